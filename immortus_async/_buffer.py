@@ -1,0 +1,101 @@
+"""A bounded, seq-ordered mailbox of job states for one waiter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from .state import JobState
+
+__all__ = ["RESYNC", "BufferStatistics", "StateBuffer"]
+
+
+class _Resync:
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+RESYNC = _Resync()
+"""Returned by :meth:`StateBuffer.get` when messages may have been lost (a dropped
+connection): the reader must re-read the job's snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStatistics:
+    """How full a buffer is and how many states it has dropped to stay bounded."""
+
+    size: int
+    maxsize: int
+    dropped: int
+
+
+class StateBuffer:
+    """Holds the states a waiter has not read yet, oldest first.
+
+    Only states newer (by ``seq``) than everything already accepted get in, so
+    duplicates and late arrivals vanish. When full, the *oldest* state is dropped:
+    the latest state always survives, and so does a terminal one, which is the last
+    a job ever publishes. Not thread-safe; one event loop.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        self._items: deque[JobState] = deque()
+        self._maxsize = maxsize
+        self._last_seq = -1
+        self._last_stalled = False
+        self._dropped = 0
+        self._error: BaseException | None = None
+        self._resync = False
+        self._wakeup = asyncio.Event()
+
+    def push(self, state: JobState) -> None:
+        """Accept ``state`` if it is newer than anything seen, or flips ``stalled``."""
+        newer = state.seq > self._last_seq
+        if not newer and not (state.seq == self._last_seq and state.stalled != self._last_stalled):
+            return
+        self._last_seq = state.seq
+        self._last_stalled = state.stalled
+        if len(self._items) >= self._maxsize:
+            self._items.popleft()
+            self._dropped += 1
+        self._items.append(state)
+        self._wakeup.set()
+
+    def seen(self, state: JobState) -> None:
+        """Record that the reader already has ``state`` (a snapshot), so older ones vanish."""
+        if state.seq >= self._last_seq:
+            self._last_seq = state.seq
+            self._last_stalled = state.stalled
+        while self._items and self._items[0].seq <= state.seq:
+            self._items.popleft()
+
+    def fail(self, error: BaseException) -> None:
+        """Make the next :meth:`get` raise ``error``."""
+        self._error = error
+        self._wakeup.set()
+
+    def request_resync(self) -> None:
+        """Make the next :meth:`get` return :data:`RESYNC`."""
+        self._resync = True
+        self._wakeup.set()
+
+    async def get(self) -> JobState | _Resync:
+        """Wait for the next state, a resync request, or an error (raised)."""
+        while True:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._resync:
+                self._resync = False
+                return RESYNC
+            if self._items:
+                return self._items.popleft()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def statistics(self) -> BufferStatistics:
+        """Current fill, capacity, and states dropped so far."""
+        return BufferStatistics(len(self._items), self._maxsize, self._dropped)

@@ -1,0 +1,92 @@
+"""The waiting loop every push strategy shares: subscribe, snapshot, newer seq only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+
+from ._buffer import RESYNC, StateBuffer
+from .state import JobState
+
+__all__ = ["follow", "poll"]
+
+logger = logging.getLogger("immortus_async.tracker")
+
+_TRANSIENT = (ConnectionError, OSError, TimeoutError)
+
+
+async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> JobState:
+    """Read a snapshot, waiting out a Redis outage (the caller's timeout still applies)."""
+    delay = 0.05
+    while True:
+        try:
+            return await read()
+        except _TRANSIENT as exc:
+            # redis-py's ConnectionError subclasses the built-in one.
+            logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def follow(
+    job_id: str,
+    subscription: AbstractAsyncContextManager[None],
+    buffer: StateBuffer,
+    read: Callable[[], Awaitable[JobState]],
+) -> AsyncIterator[JobState]:
+    """Yield the job's current state, then every newer one, until a terminal one.
+
+    ``subscription`` must feed ``buffer`` with every state published for the job and
+    return from ``__aenter__`` only once it is live: the snapshot is read after it,
+    so a change made in between arrives as a message and none is lost. States not
+    newer than the one last yielded are skipped.
+    """
+    async with subscription:
+        state = await _retrying(read, job_id)
+        buffer.seen(state)
+        yield state
+        while not state.completed:
+            item = await buffer.get()
+            if item is RESYNC:
+                fresh = await _retrying(read, job_id)
+                if fresh.seq < state.seq or (
+                    fresh.seq == state.seq and fresh.stalled == state.stalled
+                ):
+                    continue
+                buffer.seen(fresh)
+                item = fresh
+            assert isinstance(item, JobState)
+            state = item
+            yield state
+
+
+async def poll(
+    job_id: str,
+    read: Callable[[], Awaitable[JobState]],
+    *,
+    min_interval: float = 0.01,
+    max_interval: float = 1.0,
+) -> AsyncIterator[JobState]:
+    """Follow a job by reading it again and again, for strategies that cannot push.
+
+    The interval starts at ``min_interval`` and grows by half each quiet read up to
+    ``max_interval``; a change resets it. Each change is yielded with ``seq`` bumped
+    by one when the strategy does not count ``seq`` itself.
+    """
+    state = await _retrying(read, job_id)
+    yield state
+    interval = min_interval
+    while not state.completed:
+        await asyncio.sleep(interval)
+        fresh = await _retrying(read, job_id)
+        if fresh.to_dict() | {"seq": 0} == state.to_dict() | {"seq": 0}:
+            interval = min(interval * 1.5, max_interval)
+            continue
+        if fresh.seq <= state.seq:
+            fresh = replace(fresh, seq=state.seq + 1)
+        state = fresh
+        interval = min_interval
+        yield state

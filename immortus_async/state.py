@@ -1,0 +1,247 @@
+"""The state of one job, its wire form, and how an update changes it.
+
+No I/O here. :func:`apply_update` is the reference semantics; the Redis strategy's
+Lua script does the same inside Redis and the contract tests hold both to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .exceptions import InvalidStateError
+from .status import JobStatus, is_forward
+
+__all__ = ["JobState", "JobUpdate", "apply_update", "utcnow"]
+
+_TIME_FIELDS = ("enqueued_at", "started_at", "finished_at")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC, to the millisecond (what the wire keeps)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _format_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(name: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidStateError(f"{name} must be an ISO 8601 string or null, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidStateError(f"{name} is not an ISO 8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _check_progress(progress: Any) -> float | None:
+    if progress is None:
+        return None
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        raise ValueError(f"progress must be a number in [0, 1] or None, got {progress!r}")
+    value = float(progress)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"progress must be a number in [0, 1] or None, got {progress!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """Everything a waiter knows about one job at one moment. Immutable.
+
+    ``seq`` grows by one on every accepted change of the job, so of two states of
+    the same job the one with the larger ``seq`` is the newer. ``completed`` is
+    derived from ``status``: True for every terminal status, failed included.
+    ``stalled`` is set by a reader (never stored) when a started job's worker has
+    stopped sending heartbeats.
+    """
+
+    job_id: str
+    status: JobStatus = JobStatus.UNKNOWN
+    progress: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempt: int = 0
+    seq: int = 0
+    function: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    stalled: bool = False
+
+    @property
+    def completed(self) -> bool:
+        """True iff the status is terminal: the job will not change again."""
+        return self.status.terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form as a dict: JSON types only, ``completed`` included."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "completed": self.completed,
+            "progress": self.progress,
+            "meta": self.meta,
+            "error": self.error,
+            "attempt": self.attempt,
+            "seq": self.seq,
+            "function": self.function,
+            "enqueued_at": _format_time(self.enqueued_at),
+            "started_at": _format_time(self.started_at),
+            "finished_at": _format_time(self.finished_at),
+            "stalled": self.stalled,
+        }
+
+    def to_json(self) -> str:
+        """The wire form used everywhere: Redis messages, websocket frames, HTTP."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobState:
+        """Build a state from its wire form.
+
+        Raises:
+            InvalidStateError: ``data`` is not a wire-form object (a missing job
+                id, an unknown status, a field of the wrong type).
+        """
+        if not isinstance(data, dict):
+            raise InvalidStateError(f"a job state must be a JSON object, got {type(data).__name__}")
+        job_id = data.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            raise InvalidStateError(f"job_id must be a non-empty string, got {job_id!r}")
+        try:
+            status = JobStatus(data.get("status", "unknown"))
+        except ValueError:
+            raise InvalidStateError(
+                f"unknown job status {data.get('status')!r} for job {job_id!r}"
+            ) from None
+        try:
+            progress = _check_progress(data.get("progress"))
+        except ValueError as exc:
+            raise InvalidStateError(str(exc)) from None
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise InvalidStateError(f"meta must be a JSON object, got {meta!r}")
+        ints = {}
+        for name in ("attempt", "seq"):
+            value = data.get(name, 0)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidStateError(f"{name} must be a non-negative integer, got {value!r}")
+            ints[name] = value
+        for name in ("error", "function"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise InvalidStateError(f"{name} must be a string or null, got {data[name]!r}")
+        return cls(
+            job_id=job_id,
+            status=status,
+            progress=progress,
+            meta=meta,
+            error=data.get("error"),
+            attempt=ints["attempt"],
+            seq=ints["seq"],
+            function=data.get("function"),
+            enqueued_at=_parse_time("enqueued_at", data.get("enqueued_at")),
+            started_at=_parse_time("started_at", data.get("started_at")),
+            finished_at=_parse_time("finished_at", data.get("finished_at")),
+            stalled=bool(data.get("stalled", False)),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobState:
+        """Parse the wire form.
+
+        Raises:
+            InvalidStateError: ``raw`` is not JSON, or not a valid job state.
+        """
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidStateError(f"a job state is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """One change a job side reports: a new status, progress, meta to merge, an error.
+
+    Construct it with keywords; the constructor validates ``progress`` (a number in
+    [0, 1]) and ``meta`` (a dict), raising ``ValueError`` otherwise.
+    """
+
+    job_id: str
+    status: JobStatus
+    attempt: int = 1
+    progress: float | None = None
+    meta: dict[str, Any] | None = None
+    error: str | None = None
+    function: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "progress", _check_progress(self.progress))
+        if self.meta is not None and not isinstance(self.meta, dict):
+            raise ValueError(f"meta must be a dict, got {type(self.meta).__name__}")
+        if self.status in (JobStatus.UNKNOWN, JobStatus.EXPIRED):
+            raise ValueError(f"{self.status.value!r} is read, never written")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form the Redis script takes: JSON types only."""
+        return {
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "meta": self.meta,
+            "error": self.error,
+            "function": self.function,
+            "at": _format_time(self.at),
+        }
+
+
+def apply_update(current: JobState | None, update: JobUpdate) -> JobState | None:
+    """Return the job's next state, or None when the update would move it backwards.
+
+    Merging rules (the Lua script follows them too): ``meta`` merges key by key;
+    ``progress`` and ``error`` are replaced when given; a new attempt's ``started``
+    clears the previous attempt's progress and error; ``finished`` sets progress to
+    1; ``queued``, ``started`` and terminal statuses stamp their time; ``seq`` grows
+    by one.
+    """
+    if current is None:
+        current = JobState(job_id=update.job_id)
+    if not is_forward(current.status, current.attempt, update.status, update.attempt):
+        return None
+    new_attempt = update.attempt > current.attempt and update.status is JobStatus.STARTED
+    progress = None if new_attempt else current.progress
+    error = None if new_attempt else current.error
+    changes: dict[str, Any] = {
+        "status": update.status,
+        "attempt": max(update.attempt, current.attempt),
+        "seq": current.seq + 1,
+        "meta": {**current.meta, **(update.meta or {})},
+        "progress": update.progress if update.progress is not None else progress,
+        "error": update.error if update.error is not None else error,
+        "function": update.function or current.function,
+    }
+    if update.status is JobStatus.FINISHED:
+        changes["progress"] = 1.0
+    if update.status is JobStatus.QUEUED:
+        changes["enqueued_at"] = current.enqueued_at or update.at
+    elif update.status is JobStatus.STARTED and (new_attempt or current.started_at is None):
+        changes["started_at"] = update.at
+    elif update.status.terminal:
+        changes["finished_at"] = update.at
+    return replace(current, **changes)

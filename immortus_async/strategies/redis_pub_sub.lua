@@ -1,0 +1,87 @@
+-- Apply one job update atomically: check the transition, merge, bump seq, write,
+-- set the TTL, publish the full state. Mirrors immortus_async.state.apply_update
+-- and immortus_async.status.is_forward; tests hold the two to one table.
+--
+-- KEYS[1] the job's hash, KEYS[2] its tombstone
+-- ARGV[1] channel, ARGV[2] job id, ARGV[3] the update (JSON; meta values pre-encoded),
+-- ARGV[4] TTL ms while active, ARGV[5] TTL ms once terminal, ARGV[6] tombstone's extra ms
+-- Returns the new state's JSON, or false when the update was dropped.
+
+local RANK = {unknown = -1, queued = 0, started = 1, retrying = 2,
+              finished = 3, failed = 3, aborted = 3, expired = 4}
+local FINAL = {finished = true, aborted = true, expired = true}
+local TERMINAL = {finished = true, failed = true, aborted = true, expired = true}
+
+local function given(v) return v ~= nil and v ~= cjson.null end
+
+local function forward(cs, ca, ns, na)
+  if cs == 'unknown' then return ns ~= 'unknown' end
+  if FINAL[cs] or ns == 'unknown' or ns == 'expired' then return false end
+  if na < ca then return false end
+  if na > ca then return ns ~= 'queued' end
+  if cs == 'started' and ns == 'started' then return true end
+  return RANK[ns] > RANK[cs]
+end
+
+local u = cjson.decode(ARGV[3])
+local stored = redis.call('HMGET', KEYS[1], 'state', 'meta')
+local cur, meta
+if stored[1] then
+  cur = cjson.decode(stored[1])
+  meta = cjson.decode(stored[2] or '{}')
+else
+  if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+  cur = {job_id = ARGV[2], status = 'unknown', progress = cjson.null, error = cjson.null,
+         attempt = 0, seq = 0, enqueued_at = cjson.null, started_at = cjson.null,
+         finished_at = cjson.null}
+  cur['function'] = cjson.null
+  meta = {}
+end
+
+if not forward(cur.status, cur.attempt, u.status, u.attempt) then return false end
+
+local new_attempt = u.attempt > cur.attempt and u.status == 'started'
+if new_attempt then
+  cur.progress = cjson.null
+  cur.error = cjson.null
+end
+cur.status = u.status
+if u.attempt > cur.attempt then cur.attempt = u.attempt end
+cur.seq = cur.seq + 1
+if given(u.progress) then cur.progress = u.progress end
+if given(u.error) then cur.error = u.error end
+if given(u['function']) and u['function'] ~= '' then cur['function'] = u['function'] end
+if type(u.meta) == 'table' then
+  for k, v in pairs(u.meta) do meta[k] = v end
+end
+if u.status == 'finished' then cur.progress = 1 end
+if u.status == 'queued' then
+  if not given(cur.enqueued_at) then cur.enqueued_at = u.at end
+elseif u.status == 'started' then
+  if new_attempt or not given(cur.started_at) then cur.started_at = u.at end
+elseif TERMINAL[u.status] then
+  cur.finished_at = u.at
+end
+
+local state_json = cjson.encode(cur)
+local meta_json = cjson.encode(meta)
+redis.call('HSET', KEYS[1], 'state', state_json, 'meta', meta_json)
+if TERMINAL[u.status] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('SET', KEYS[2], cur.seq, 'PX', tonumber(ARGV[5]) + tonumber(ARGV[6]))
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+
+-- The wire form: scalar fields, "completed", and meta with its values spliced in
+-- verbatim (cjson would turn an empty JSON array into an object).
+local keys = {}
+for k in pairs(meta) do keys[#keys + 1] = k end
+table.sort(keys)
+local parts = {}
+for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ':' .. meta[k] end
+cur.completed = TERMINAL[cur.status] == true
+cur.stalled = false
+local wire = string.sub(cjson.encode(cur), 1, -2) .. ',"meta":{' .. table.concat(parts, ',') .. '}}'
+redis.call('PUBLISH', ARGV[1], wire)
+return wire

@@ -1,0 +1,234 @@
+"""The waiting side: ask where a job is, wait for it to end, follow every change."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from ._follow import poll
+from .config import strategy_for
+from .exceptions import JobNotFound, TrackerClosed
+from .keys import DEFAULT_PREFIX
+from .registry import StrategySpec, resolve_strategy
+from .state import JobState, JobUpdate
+from .status import JobStatus
+from .strategies.base import PushSource, StateReader, StateWriter
+from .tokens import mint_token, read_secret
+
+__all__ = ["Tracker"]
+
+Function = Callable[..., Any] | str | None
+
+
+class Tracker:
+    """Tells where jobs are and wakes whoever waits on them, without polling.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` (an arq pool is one), a Redis URL (the
+            Tracker then owns and closes the client), or None for strategies that
+            need no Redis (``"memory"``).
+        tracking_strategy: the strategy for jobs whose function has none of its
+            own; defaults to :func:`~immortus_async.configure`'s, else the one
+            inferred from the queue adapter (``"redis_pub_sub"`` for arq).
+        secret: the token signing secret; defaults to ``$IMMORTUS_SECRET``.
+        prefix: the prefix of the strategy's Redis keys and channels.
+        poll_interval: ``(min, max)`` seconds between reads for a strategy that
+            cannot push; the interval grows from min to max while nothing changes.
+
+    A Tracker holds at most one Redis pub/sub connection for all of its waiters.
+    Use it as ``async with Tracker(...) as tracker:`` or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | str | None = None,
+        *,
+        tracking_strategy: StrategySpec | None = None,
+        secret: str | bytes | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        poll_interval: tuple[float, float] = (0.01, 1.0),
+    ) -> None:
+        if isinstance(redis, str):
+            self._redis: Redis | None = Redis.from_url(redis)
+            self._owns_redis = True
+        elif redis is None or isinstance(redis, Redis):
+            self._redis, self._owns_redis = redis, False
+        else:
+            raise TypeError(
+                f"redis must be a redis.asyncio.Redis, a URL or None, got {type(redis).__name__}"
+            )
+        if tracking_strategy is not None:
+            resolve_strategy(tracking_strategy)
+        self._override = tracking_strategy
+        self._secret = read_secret(secret)
+        self._prefix = prefix
+        if not 0 < poll_interval[0] <= poll_interval[1]:
+            raise ValueError(
+                f"poll_interval must be (min, max) with 0 < min <= max, got {poll_interval}"
+            )
+        self._poll_interval = poll_interval
+        self._built: dict[type, object] = {}
+        self._closed = False
+
+    @property
+    def redis(self) -> Redis | None:
+        """The Redis client this Tracker uses (None for a Redis-less Tracker)."""
+        return self._redis
+
+    def strategy(self, function: Function = None) -> object:
+        """The strategy instance that tracks jobs of ``function`` (see :func:`strategy_for`).
+
+        A strategy given as a name or a class is built once per Tracker, with this
+        Tracker's Redis client and prefix if its constructor takes ``redis`` and
+        ``prefix``; an instance is used as it is.
+        """
+        if self._closed:
+            raise TrackerClosed("this Tracker is closed")
+        found = resolve_strategy(strategy_for(function, override=self._override))
+        if not isinstance(found, type):
+            return found
+        instance = self._built.get(found)
+        if instance is None:
+            instance = self._built[found] = self._build(found)
+        return instance
+
+    def _build(self, cls: type) -> object:
+        params = inspect.signature(cls).parameters
+        kwargs: dict[str, Any] = {}
+        if "redis" in params:
+            if self._redis is None:
+                raise ValueError(
+                    f"{cls.__name__} needs Redis: create the Tracker with a Redis client or URL"
+                )
+            kwargs["redis"] = self._redis
+        if "prefix" in params:
+            kwargs["prefix"] = self._prefix
+        return cls(**kwargs)
+
+    async def status(self, job_id: str, *, function: Function = None) -> JobState:
+        """The job's state now. Never waits; an id never seen reads ``unknown``."""
+        return await _read(self.strategy(function), job_id)
+
+    def watch(self, job_id: str, *, function: Function = None) -> AsyncIterator[JobState]:
+        """Iterate over the job's states: the current one, then every change, ending
+        after the terminal one.
+
+        With a strategy that pushes, changes arrive as they happen; a waiter that
+        falls behind skips intermediate progress (the latest state and the terminal
+        one always arrive). Otherwise the strategy is polled with backoff.
+        """
+        strategy = self.strategy(function)
+        if isinstance(strategy, PushSource):
+            return strategy.watch(job_id)
+        low, high = self._poll_interval
+        return poll(job_id, lambda: _read(strategy, job_id), min_interval=low, max_interval=high)
+
+    async def completed(
+        self, job_id: str, *, function: Function = None, timeout: float | None = None
+    ) -> JobState:
+        """Wait until the job is terminal and return that state.
+
+        A failed, aborted or expired job returns normally: look at ``status``.
+
+        Raises:
+            JobNotFound: at once, if the job has no record anywhere.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        with anyio.fail_after(timeout):
+            states = self.watch(job_id, function=function)
+            try:
+                first = True
+                async for state in states:
+                    if first and state.status is JobStatus.UNKNOWN:
+                        raise JobNotFound(job_id)
+                    first = False
+                    if state.completed:
+                        return state
+            finally:
+                close = getattr(states, "aclose", None)
+                if close is not None:
+                    await close()
+        raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
+
+    async def enqueue(self, pool: Any, function: str, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue with arq and record the ``queued`` state; return arq's ``Job``.
+
+        ``pool`` is an ``arq.ArqRedis``; every argument, arq's underscore options
+        (``_job_id``, ``_defer_by``, ...) included, goes to ``pool.enqueue_job``.
+        The queued state is written after arq has the job, as attempt 0, so a
+        worker that already started it is never moved back. Returns None, and
+        writes nothing, when arq refuses a duplicate ``_job_id``.
+        """
+        job = await pool.enqueue_job(function, *args, **kwargs)
+        if job is None:
+            return None
+        strategy = self.strategy(function)
+        if isinstance(strategy, StateWriter):
+            update = JobUpdate(
+                job_id=job.job_id, status=JobStatus.QUEUED, attempt=0, function=function
+            )
+            await strategy.apply(update)
+        elif callable(getattr(strategy, "job_enqueued", None)):
+            await strategy.job_enqueued(job.job_id)  # type: ignore[attr-defined]
+        return job
+
+    def token(self, job_id: str, *, ttl: float = 3600) -> str:
+        """A signed token (JWT, HS256) that lets a browser follow ``job_id`` for ``ttl`` s.
+
+        Raises:
+            ValueError: the Tracker has no secret (pass ``secret=`` or set
+                ``IMMORTUS_SECRET``).
+        """
+        if self._secret is None:
+            raise ValueError("no signing secret: pass Tracker(secret=...) or set IMMORTUS_SECRET")
+        return mint_token(job_id, self._secret, ttl=ttl)
+
+    async def aclose(self) -> None:
+        """Close every connection this Tracker opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for instance in self._built.values():
+            close = getattr(instance, "aclose", None)
+            if close is not None:
+                await close()
+        self._built.clear()
+        if self._owns_redis and self._redis is not None:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> Tracker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _read(strategy: object, job_id: str) -> JobState:
+    """A job's state from any strategy: its own ``status``, else ``completed``+``meta``.
+
+    For a strategy that only answers ``completed``, a job not completed reads
+    ``queued`` unless its ``meta`` carries a valid ``"status"`` (as the Immortus
+    custom-strategy example does); a completed one reads ``finished``.
+    """
+    if isinstance(strategy, StateReader):
+        return await strategy.status(job_id)
+    done = bool(await strategy.completed(job_id))  # type: ignore[attr-defined]
+    meta_method = getattr(strategy, "meta", None)
+    meta = dict(await meta_method(job_id) or {}) if meta_method is not None else {}
+    status = JobStatus.FINISHED if done else JobStatus.QUEUED
+    claimed = meta.get("status")
+    if isinstance(claimed, str) and claimed in JobStatus._value2member_map_:
+        claimed_status = JobStatus(claimed)
+        if claimed_status.terminal == done:
+            status = claimed_status
+    return JobState(job_id=job_id, status=status, meta=meta)
