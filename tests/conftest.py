@@ -1,0 +1,43 @@
+"""Fixtures: a private Redis server per test, clients, a Tracker, clean configuration."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+import immortus_async.config as config
+from immortus_async import RedisServer, Tracker
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test's own on a free port; the test may kill or restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's Redis server."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def tracker(redis: Redis) -> AsyncIterator[Tracker]:
+    """A Tracker on the test's Redis, tracking with ``redis_pub_sub``."""
+    async with Tracker(redis, tracking_strategy="redis_pub_sub") as tracker:
+        yield tracker
+
+
+@pytest.fixture(autouse=True)
+def _clean_configuration() -> Iterator[None]:
+    """Every test starts from the default configuration and leaves it so."""
+    saved = (config._global_strategy, config._queue_adapter, dict(config._inline))
+    yield
+    config._global_strategy, config._queue_adapter = saved[0], saved[1]
+    config._inline.clear()
+    config._inline.update(saved[2])

@@ -1,0 +1,119 @@
+"""Strategy resolution: inline > global > inferred; names, classes, instances, paths."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+import immortus_async
+from immortus_async import (
+    MemoryStrategy,
+    RedisPubSubStrategy,
+    StrategyNotFound,
+    Tracker,
+    configure,
+    register_strategy,
+    resolve_strategy,
+)
+from immortus_async.config import set_inline_strategy
+
+from .strategies_for_tests import OnlyCompleted
+
+
+async def job_function(ctx: dict[str, object]) -> None:
+    """A job function for inline lookups."""
+
+
+@pytest.fixture
+async def plain_tracker(redis: Redis):  # type: ignore[no-untyped-def]
+    async with Tracker(redis) as tracker:
+        yield tracker
+
+
+async def test_inferred_from_queue_adapter(plain_tracker: Tracker) -> None:
+    """With nothing configured, arq infers redis_pub_sub and memory infers memory."""
+    assert isinstance(plain_tracker.strategy(), RedisPubSubStrategy)
+    configure(queue_adapter="memory")
+    assert isinstance(plain_tracker.strategy(), MemoryStrategy)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["memory", MemoryStrategy, "immortus_async.strategies.memory:MemoryStrategy"],
+    ids=["name", "class", "path"],
+)
+async def test_global_beats_inferred(plain_tracker: Tracker, spec: object) -> None:
+    """configure(tracking_strategy=...) by name, class or path wins over inference."""
+    configure(tracking_strategy=spec)
+    assert isinstance(plain_tracker.strategy(), MemoryStrategy)
+
+
+async def test_global_instance_is_used_as_is(plain_tracker: Tracker) -> None:
+    """An instance given globally is the very object the tracker uses."""
+    instance = MemoryStrategy()
+    configure(tracking_strategy=instance)
+    assert plain_tracker.strategy() is instance
+
+
+async def test_inline_beats_global(plain_tracker: Tracker) -> None:
+    """A job's inline strategy wins over the global one, by function or by name."""
+    configure(tracking_strategy="redis_pub_sub")
+    set_inline_strategy("job_function", "memory")
+    assert isinstance(plain_tracker.strategy(job_function), MemoryStrategy)
+    assert isinstance(plain_tracker.strategy("job_function"), MemoryStrategy)
+    assert isinstance(plain_tracker.strategy("other_function"), RedisPubSubStrategy)
+    assert isinstance(plain_tracker.strategy(), RedisPubSubStrategy)
+
+
+async def test_tracker_strategy_stands_in_for_global(redis: Redis) -> None:
+    """Tracker(tracking_strategy=...) beats the global setting, not the inline one."""
+    configure(tracking_strategy="redis_pub_sub")
+    set_inline_strategy("job_function", "immortus_async.strategies.memory:MemoryStrategy")
+    async with Tracker(redis, tracking_strategy=OnlyCompleted) as tracker:
+        assert isinstance(tracker.strategy(), OnlyCompleted)
+        assert isinstance(tracker.strategy("job_function"), MemoryStrategy)
+
+
+async def test_one_instance_per_class_per_tracker(plain_tracker: Tracker) -> None:
+    """Built strategies are cached, so a tracker keeps one pub/sub connection."""
+    assert plain_tracker.strategy() is plain_tracker.strategy("anything")
+
+
+def test_registered_name_resolves() -> None:
+    """register_strategy makes a class resolvable by name."""
+    register_strategy("only_completed", OnlyCompleted)
+    assert resolve_strategy("only_completed") is OnlyCompleted
+
+
+def test_unknown_name_lists_what_was_tried() -> None:
+    """An unknown name raises StrategyNotFound naming every place tried."""
+    with pytest.raises(StrategyNotFound) as caught:
+        resolve_strategy("nope")
+    message = str(caught.value)
+    assert "'nope'" in message
+    assert "registry" in message and "redis_pub_sub" in message
+    assert "immortus_async.strategies" in message
+    assert "import path" in message
+
+
+def test_bad_path_lists_the_import_error() -> None:
+    """A 'module:Class' path that does not import says why."""
+    with pytest.raises(StrategyNotFound, match="no_such_module"):
+        resolve_strategy("no_such_module:Thing")
+    with pytest.raises(StrategyNotFound, match="NoSuchClass"):
+        resolve_strategy("immortus_async:NoSuchClass")
+
+
+def test_configure_fails_early() -> None:
+    """configure() resolves at once: a typo fails there, with a clear message."""
+    with pytest.raises(StrategyNotFound):
+        configure(tracking_strategy="redis_pubsub")
+    with pytest.raises(ValueError, match="queue_adapter"):
+        configure(queue_adapter="celery")
+    with pytest.raises(TypeError, match="completed"):
+        configure(tracking_strategy=object())
+
+
+def test_entry_point_group_name() -> None:
+    """The entry-point group is the documented one."""
+    assert immortus_async.ENTRY_POINT_GROUP == "immortus_async.strategies"
