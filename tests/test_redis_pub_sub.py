@@ -1,0 +1,172 @@
+"""RedisPubSubStrategy against a real Redis: atomic updates, TTL, tombstone, parity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from immortus_async import (
+    InvalidStateError,
+    JobState,
+    JobStatus,
+    JobUpdate,
+    MemoryStrategy,
+    RedisPubSubStrategy,
+    Tracker,
+)
+
+from .test_status import TRANSITIONS
+from .utils import wait_until
+
+S = JobStatus
+
+
+def update(job_id: str, status: JobStatus, attempt: int = 1, **fields: object) -> JobUpdate:
+    return JobUpdate(job_id=job_id, status=status, attempt=attempt, **fields)  # type: ignore[arg-type]
+
+
+async def test_late_started_after_finished_is_dropped(redis: Redis) -> None:
+    """A late `started` after `finished` changes nothing, and seq only grows."""
+    strategy = RedisPubSubStrategy(redis)
+    seqs = []
+    for status in (S.QUEUED, S.STARTED, S.FINISHED):
+        state = await strategy.apply(update("j", status, attempt=0 if status is S.QUEUED else 1))
+        assert state is not None
+        seqs.append(state.seq)
+    assert seqs == [1, 2, 3]
+    assert await strategy.apply(update("j", S.STARTED)) is None
+    assert await strategy.apply(update("j", S.STARTED, attempt=2)) is None
+    now = await strategy.status("j")
+    assert (now.status, now.seq, now.progress) == (S.FINISHED, 3, 1.0)
+
+
+async def test_each_update_is_published_with_the_full_state(redis: Redis) -> None:
+    """Every accepted update PUBLISHes the state JSON; a dropped one publishes nothing."""
+    strategy = RedisPubSubStrategy(redis)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(strategy.keys.channel("p"))
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    await strategy.apply(update("p", S.STARTED, progress=0.5, meta={"rows": [], "n": 1}))
+    await strategy.apply(update("p", S.QUEUED, attempt=0))  # backwards: dropped
+    await strategy.apply(update("p", S.FAILED, error="boom"))
+    received = []
+    while len(received) < 2:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None, "a published state never arrived"
+        received.append(JobState.from_json(message["data"]))
+    assert [(s.status, s.seq) for s in received] == [(S.STARTED, 1), (S.FAILED, 2)]
+    assert received[0].meta == {"rows": [], "n": 1}  # an empty list stays a list
+    assert received[1].error == "boom" and received[1].completed
+    assert json.loads(received[1].to_json())["completed"] is True
+    assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05) is None
+    await pubsub.aclose()
+
+
+async def test_ttl_starts_at_terminal_state_and_expired_differs_from_unknown(
+    redis: Redis,
+) -> None:
+    """TTL is set at the terminal state; past it the job reads expired; a new id unknown."""
+    strategy = RedisPubSubStrategy(redis, ttl=0.2, tombstone_ttl=60)
+    await strategy.apply(update("t", S.STARTED))
+    running_ttl = await redis.pttl(strategy.keys.record("t"))
+    assert running_ttl > 1000 * 60  # the long active TTL, not the terminal one
+    await strategy.apply(update("t", S.FINISHED))
+    assert 0 < await redis.pttl(strategy.keys.record("t")) <= 200
+    assert await redis.pttl(strategy.keys.tombstone("t")) > 1000
+    expired = await wait_until(
+        lambda: _status_if(strategy, "t", S.EXPIRED), timeout=5, message="the record to expire"
+    )
+    assert expired.completed and expired.seq > 2
+    assert (await strategy.status("never-seen")).status is S.UNKNOWN
+    assert await strategy.apply(update("t", S.STARTED, attempt=2)) is None
+
+
+async def _status_if(strategy: RedisPubSubStrategy, job_id: str, status: JobStatus):  # type: ignore[no-untyped-def]
+    state = await strategy.status(job_id)
+    return state if state.status is status else None
+
+
+async def test_completed_on_expired_job_returns_expired(redis: Redis) -> None:
+    """completed() on an expired job returns the expired state, it does not raise."""
+    strategy = RedisPubSubStrategy(redis, ttl=0.05)
+    await strategy.apply(update("e", S.FINISHED))
+    await wait_until(lambda: _status_if(strategy, "e", S.EXPIRED), timeout=5)
+    async with Tracker(redis, tracking_strategy=strategy) as tracker:
+        state = await tracker.completed("e", timeout=5)
+    assert state.status is S.EXPIRED
+
+
+WRITABLE = [row for row in TRANSITIONS if S.EXPIRED not in row and row[2] is not S.UNKNOWN]
+
+
+@pytest.mark.parametrize(("current", "ca", "new", "na", "accepted"), WRITABLE)
+async def test_lua_script_follows_the_transition_table(
+    redis: Redis, current: JobStatus, ca: int, new: JobStatus, na: int, accepted: bool
+) -> None:
+    """The Lua script accepts and drops exactly what is_forward does."""
+    strategy = RedisPubSubStrategy(redis)
+    if current is not S.UNKNOWN:
+        await strategy.apply(update("x", current, attempt=ca))
+    result = await strategy.apply(update("x", new, attempt=na))
+    assert (result is not None) is accepted
+
+
+async def test_lua_and_memory_agree_on_a_long_history(redis: Redis) -> None:
+    """The same updates through Lua and through apply_update give the same states."""
+    history = [
+        update("h", S.QUEUED, attempt=0, function="f", meta={"a": 1}),
+        update("h", S.STARTED, progress=0.1),
+        update("h", S.STARTED, progress=0.2, meta={"b": [1, 2], "a": None}),
+        update("h", S.QUEUED, attempt=0),
+        update("h", S.RETRYING, error="try again"),
+        update("h", S.STARTED, attempt=2),
+        update("h", S.STARTED, attempt=1),
+        update("h", S.STARTED, attempt=2, progress=1 / 3),
+        update("h", S.FAILED, attempt=2, error="no"),
+        update("h", S.FINISHED, attempt=2),
+    ]
+    lua, memory = RedisPubSubStrategy(redis), MemoryStrategy()
+    for item in history:
+        a, b = await lua.apply(item), await memory.apply(item)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            # Lua keeps 14 significant digits of a float.
+            assert a.to_dict() | {"progress": None} == b.to_dict() | {"progress": None}
+            assert a.progress == pytest.approx(b.progress)
+    assert (await lua.status("h")).to_dict() == (await memory.status("h")).to_dict() | {
+        "progress": (await lua.status("h")).progress
+    }
+
+
+async def test_corrupt_record_raises_clear_error(redis: Redis) -> None:
+    """A record with malformed JSON or a bad status raises InvalidStateError."""
+    strategy = RedisPubSubStrategy(redis)
+    await redis.hset(strategy.keys.record("bad"), mapping={"state": "{oops", "meta": "{}"})
+    with pytest.raises(InvalidStateError, match="not valid JSON"):
+        await strategy.status("bad")
+    await redis.hset(
+        strategy.keys.record("bad2"),
+        mapping={"state": '{"job_id": "bad2", "status": "exploded"}', "meta": "{}"},
+    )
+    with pytest.raises(InvalidStateError, match="exploded"):
+        await strategy.status("bad2")
+
+
+async def test_one_round_trip_per_update(redis: Redis) -> None:
+    """An update costs one EVALSHA and nothing else (after the script is cached)."""
+    strategy = RedisPubSubStrategy(redis)
+    await strategy.apply(update("warm", S.STARTED))
+    await redis.config_resetstat()
+    for status in (S.STARTED, S.STARTED, S.FINISHED):
+        await strategy.apply(update("r", status))
+    stats = await redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+    # Redis counts the commands a script runs too; those are what the script may run.
+    inside_script = {"hmget", "exists", "hset", "pexpire", "set", "publish"}
+    outside = {name: n for name, n in calls.items() if name not in inside_script}
+    outside.pop("config|resetstat", None)
+    assert outside == {"evalsha": 3}
+    assert calls["publish"] == 3
+
