@@ -46,29 +46,48 @@ class StateBuffer:
         self._maxsize = maxsize
         self._last_seq = -1
         self._last_stalled = False
+        self._last_completed = False
         self._dropped = 0
         self._error: BaseException | None = None
         self._resync = False
         self._wakeup = asyncio.Event()
 
     def push(self, state: JobState) -> None:
-        """Accept ``state`` if it is newer than anything seen, or flips ``stalled``."""
-        newer = state.seq > self._last_seq
-        if not newer and not (state.seq == self._last_seq and state.stalled != self._last_stalled):
+        """Accept ``state`` if it is newer than anything seen, flips ``stalled``, or is
+        the first terminal state (whatever its seq: a Redis that lost its data
+        starts counting again, and the end of a job must never be dropped)."""
+        accepted = (
+            state.seq > self._last_seq
+            or (state.seq == self._last_seq and state.stalled != self._last_stalled)
+            or (state.completed and not self._last_completed)
+        )
+        if not accepted:
             return
-        self._last_seq = state.seq
-        self._last_stalled = state.stalled
+        self._remember(state)
         if len(self._items) >= self._maxsize:
             self._items.popleft()
             self._dropped += 1
         self._items.append(state)
         self._wakeup.set()
 
-    def seen(self, state: JobState) -> None:
-        """Record that the reader already has ``state`` (a snapshot), so older ones vanish."""
+    def _remember(self, state: JobState) -> None:
+        self._last_seq = state.seq
+        self._last_stalled = state.stalled
+        self._last_completed = state.completed
+
+    def seen(self, state: JobState, *, reset: bool = False) -> None:
+        """Record that the reader already has ``state`` (a snapshot), so older ones vanish.
+
+        With ``reset``, ``state`` starts a new history (the record was lost and
+        written anew), and it becomes the baseline even if its seq is lower. States
+        already buffered stay: they may be of the new history, pushed while the
+        snapshot was being read.
+        """
+        if reset:
+            self._remember(state)
+            return
         if state.seq >= self._last_seq:
-            self._last_seq = state.seq
-            self._last_stalled = state.stalled
+            self._remember(state)
         while self._items and self._items[0].seq <= state.seq:
             self._items.popleft()
 

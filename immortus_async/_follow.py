@@ -8,14 +8,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from ._buffer import RESYNC, StateBuffer
 from .state import JobState
+from .status import JobStatus
 
 __all__ = ["follow", "poll"]
 
 logger = logging.getLogger("immortus_async.tracker")
 
-_TRANSIENT = (ConnectionError, OSError, TimeoutError)
+# redis-py's ConnectionError and TimeoutError do not derive from the built-in ones.
+_TRANSIENT = (ConnectionError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
 async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> JobState:
@@ -25,7 +30,6 @@ async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> Job
         try:
             return await read()
         except _TRANSIENT as exc:
-            # redis-py's ConnectionError subclasses the built-in one.
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -52,15 +56,24 @@ async def follow(
             item = await buffer.get()
             if item is RESYNC:
                 fresh = await _retrying(read, job_id)
-                if fresh.seq < state.seq or (
-                    fresh.seq == state.seq and fresh.stalled == state.stalled
-                ):
+                if _history_lost(state, fresh):
+                    # Redis lost the record (a restart without persistence): what
+                    # is written from now on counts from seq 1 again.
+                    buffer.seen(fresh, reset=True)
+                    if fresh.status is JobStatus.UNKNOWN:
+                        continue
+                elif fresh.seq > state.seq or fresh.stalled != state.stalled:
+                    buffer.seen(fresh)
+                else:
                     continue
-                buffer.seen(fresh)
                 item = fresh
             assert isinstance(item, JobState)
             state = item
             yield state
+
+
+def _history_lost(known: JobState, fresh: JobState) -> bool:
+    return fresh.seq < known.seq or (fresh.seq == known.seq and fresh.status != known.status)
 
 
 async def poll(

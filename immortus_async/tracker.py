@@ -11,6 +11,7 @@ import anyio
 from redis.asyncio import Redis
 
 from ._follow import poll
+from ._redis import client_from
 from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
 from .keys import DEFAULT_PREFIX
@@ -53,15 +54,10 @@ class Tracker:
         prefix: str = DEFAULT_PREFIX,
         poll_interval: tuple[float, float] = (0.01, 1.0),
     ) -> None:
-        if isinstance(redis, str):
-            self._redis: Redis | None = Redis.from_url(redis)
-            self._owns_redis = True
-        elif redis is None or isinstance(redis, Redis):
-            self._redis, self._owns_redis = redis, False
-        else:
-            raise TypeError(
-                f"redis must be a redis.asyncio.Redis, a URL or None, got {type(redis).__name__}"
-            )
+        self._redis: Redis | None = None
+        self._owns_redis = False
+        if redis is not None:
+            self._redis, self._owns_redis = client_from(redis)
         if tracking_strategy is not None:
             resolve_strategy(tracking_strategy)
         self._override = tracking_strategy

@@ -169,4 +169,3 @@ async def test_one_round_trip_per_update(redis: Redis) -> None:
     outside.pop("config|resetstat", None)
     assert outside == {"evalsha": 3}
     assert calls["publish"] == 3
-

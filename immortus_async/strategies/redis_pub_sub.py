@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from .._buffer import StateBuffer
 from .._follow import follow
 from .._pubsub import PubSubHub, connection_factory
+from .._redis import client_from
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
 from ..state import JobState, JobUpdate
@@ -22,14 +23,6 @@ __all__ = ["RedisPubSubStrategy"]
 
 _SCRIPT = resources.files(__package__).joinpath("redis_pub_sub.lua").read_text()
 _DAY_MS = 86_400_000
-
-
-def _redis_client(redis: Redis | str) -> tuple[Redis, bool]:
-    if isinstance(redis, str):
-        return Redis.from_url(redis), True
-    if isinstance(redis, Redis):
-        return redis, False
-    raise TypeError(f"redis must be a redis.asyncio.Redis or a URL, got {type(redis).__name__}")
 
 
 def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
@@ -89,7 +82,7 @@ class RedisPubSubStrategy:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        self.redis, self._owns_redis = _redis_client(redis)
+        self.redis, self._owns_redis = client_from(redis)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))

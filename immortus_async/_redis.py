@@ -1,0 +1,25 @@
+"""Making a Redis client from what a user passes: a client, or a URL."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+__all__ = ["client_from"]
+
+
+def client_from(redis: Redis | str) -> tuple[Redis, bool]:
+    """Return ``(client, owned)``: a given client as is, or a new one for a URL.
+
+    A client we create retries a command a few times on a dropped connection, so
+    the first command after a Redis restart does not fail on a stale pooled socket.
+    """
+    if isinstance(redis, Redis):
+        return redis, False
+    if isinstance(redis, str):
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), retries=3)
+        client = Redis.from_url(redis, retry=retry, retry_on_error=[ConnectionError, TimeoutError])
+        return client, True
+    raise TypeError(f"expected a redis.asyncio.Redis or a Redis URL, got {type(redis).__name__}")

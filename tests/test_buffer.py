@@ -1,0 +1,43 @@
+"""StateBuffer: bounded, seq-ordered, the latest and the terminal state always kept."""
+
+from __future__ import annotations
+
+from immortus_async import JobState, JobStatus
+from immortus_async._buffer import RESYNC, StateBuffer
+
+
+def state(seq: int, status: JobStatus = JobStatus.STARTED) -> JobState:
+    return JobState(job_id="b", status=status, seq=seq, progress=None)
+
+
+async def test_bounded_drops_oldest_keeps_terminal() -> None:
+    """A full buffer drops the oldest states; the last (terminal) one survives."""
+    buffer = StateBuffer(maxsize=3)
+    for seq in range(1, 100):
+        buffer.push(state(seq))
+    buffer.push(state(100, JobStatus.FINISHED))
+    stats = buffer.statistics()
+    assert (stats.size, stats.maxsize, stats.dropped) == (3, 3, 97)
+    got = [await buffer.get() for _ in range(3)]
+    assert [s.seq for s in got if isinstance(s, JobState)] == [98, 99, 100]
+
+
+async def test_old_and_duplicate_states_are_ignored() -> None:
+    """Only states newer than everything seen get in."""
+    buffer = StateBuffer()
+    buffer.seen(state(5))
+    for seq in (3, 5, 6, 6, 4):
+        buffer.push(state(seq))
+    assert buffer.statistics().size == 1
+
+
+async def test_state_pushed_during_a_reset_is_kept() -> None:
+    """After Redis lost the record, a state that arrived while re-reading is not lost."""
+    buffer = StateBuffer()
+    buffer.seen(state(7))
+    buffer.request_resync()
+    assert await buffer.get() is RESYNC
+    buffer.push(state(1, JobStatus.FINISHED))  # the new history's first state
+    buffer.seen(JobState(job_id="b"), reset=True)  # the snapshot read: unknown
+    got = await buffer.get()
+    assert isinstance(got, JobState) and got.status is JobStatus.FINISHED

@@ -1,0 +1,296 @@
+"""The Tracker against a real Redis: waking, races, shared subscriptions, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from immortus_async import (
+    InvalidStateError,
+    JobNotFound,
+    JobState,
+    JobStatus,
+    JobUpdate,
+    RedisPubSubStrategy,
+    RedisServer,
+    Tracker,
+    TrackerClosed,
+)
+
+from .strategies_for_tests import OnlyCompleted
+from .utils import wait_until
+
+S = JobStatus
+
+
+@pytest.fixture
+async def writer(redis_server: RedisServer) -> AsyncIterator[RedisPubSubStrategy]:
+    """The job side: a strategy on its own client, as a worker process would have."""
+    strategy = RedisPubSubStrategy(redis_server.url)  # from a URL: retries stale sockets
+    yield strategy
+    await strategy.aclose()
+
+
+async def queue(writer: RedisPubSubStrategy, *job_ids: str) -> None:
+    for job_id in job_ids:
+        await writer.apply(JobUpdate(job_id=job_id, status=S.QUEUED, attempt=0))
+
+
+async def finish(writer: RedisPubSubStrategy, job_id: str, status: JobStatus = S.FINISHED) -> None:
+    error = None if status is S.FINISHED else f"{job_id} {status.value}"
+    await writer.apply(JobUpdate(job_id=job_id, status=status, error=error))
+
+
+async def follow_to_end(tracker: Tracker, job_id: str, snapshots: set[str]) -> JobState:
+    """completed(), spelled out so a test knows when the waiter holds its snapshot."""
+    async for state in tracker.watch(job_id):
+        snapshots.add(job_id)
+        if state.completed:
+            return state
+    raise AssertionError("watch ended before a terminal state")
+
+
+async def pubsub_clients(redis: Redis) -> list[dict[str, object]]:
+    """The server's clients that are in pub/sub mode."""
+    return [c for c in await redis.client_list() if int(c.get("sub", 0)) > 0]
+
+
+async def numsub(redis: Redis, writer: RedisPubSubStrategy, job_ids: list[str]) -> list[int]:
+    channels = [writer.keys.channel(job_id) for job_id in job_ids]
+    return [count for _, count in await redis.pubsub_numsub(*channels)]
+
+
+async def test_completed_returns_terminal_state(
+    tracker: Tracker, writer: RedisPubSubStrategy
+) -> None:
+    """A waiter wakes with the finished state, and a failed job returns, not raises."""
+    await queue(writer, "ok", "bad")
+    waiters = [asyncio.create_task(tracker.completed(j, timeout=10)) for j in ("ok", "bad")]
+    await wait_until(lambda: tracker.strategy()._pubsub().channels == 2)  # type: ignore[attr-defined]
+    await finish(writer, "ok")
+    await finish(writer, "bad", S.FAILED)
+    ok, bad = await asyncio.gather(*waiters)
+    assert (ok.status, ok.completed, ok.progress) == (S.FINISHED, True, 1.0)
+    assert (bad.status, bad.completed, bad.error) == (S.FAILED, True, "bad failed")
+
+
+async def test_watch_yields_snapshot_then_each_change(
+    tracker: Tracker, writer: RedisPubSubStrategy
+) -> None:
+    """watch() gives the current state first, then every change, and ends at the end."""
+    await queue(writer, "w")
+    seen: list[JobState] = []
+    first = asyncio.Event()
+
+    async def follow() -> None:
+        async for state in tracker.watch("w"):
+            seen.append(state)
+            first.set()
+
+    task = asyncio.create_task(follow())
+    await asyncio.wait_for(first.wait(), 10)
+    for i in range(1, 4):
+        await writer.apply(JobUpdate(job_id="w", status=S.STARTED, progress=i / 4, meta={"i": i}))
+    await finish(writer, "w")
+    await asyncio.wait_for(task, 10)
+    assert [s.status for s in seen] == [S.QUEUED, S.STARTED, S.STARTED, S.STARTED, S.FINISHED]
+    assert [s.seq for s in seen] == [1, 2, 3, 4, 5]
+    assert [s.progress for s in seen[1:4]] == [0.25, 0.5, 0.75]
+    assert seen[-1].meta == {"i": 3}
+
+
+async def test_unknown_job_raises_job_not_found_at_once(tracker: Tracker) -> None:
+    """completed() on an id seen nowhere raises JobNotFound instead of waiting."""
+    with pytest.raises(JobNotFound, match="no-such-job"):
+        await tracker.completed("no-such-job")
+    assert (await tracker.status("no-such-job")).status is S.UNKNOWN
+
+
+async def test_timeout_raises_timeout_error(tracker: Tracker, writer: RedisPubSubStrategy) -> None:
+    """completed(timeout=...) raises the built-in TimeoutError when the job is not done."""
+    await queue(writer, "slow")
+    with pytest.raises(TimeoutError):
+        await tracker.completed("slow", timeout=0.05)
+
+
+async def test_custom_strategy_with_only_completed_is_polled(redis: Redis) -> None:
+    """A strategy with nothing but completed() works: polled, optional methods never called."""
+    strategy = OnlyCompleted()
+    async with Tracker(redis, tracking_strategy=strategy, poll_interval=(0.005, 0.02)) as tracker:
+        waiter = asyncio.create_task(tracker.completed("c", timeout=10))
+        await wait_until(lambda: strategy.calls.count("completed") >= 2)
+        assert not waiter.done()
+        strategy.done.add("c")
+        state = await waiter
+    assert state.status is S.FINISHED and state.completed
+    called = {c for c in strategy.calls if not c.startswith("getattr:")}
+    assert called == {"completed"}
+
+
+async def test_thousand_waiters_one_connection(
+    tracker: Tracker, writer: RedisPubSubStrategy, redis: Redis
+) -> None:
+    """1,000 waiters on 1,000 jobs finishing in random order all wake right, on one connection."""
+    job_ids = [f"job-{i}" for i in range(1000)]
+    await queue(writer, *job_ids)
+    waiters = {j: asyncio.create_task(tracker.completed(j, timeout=30)) for j in job_ids}
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+    await wait_until(lambda: hub.channels == 1000 and not hub._ready, timeout=30)
+    clients = await pubsub_clients(redis)
+    assert len(clients) == 1 and int(clients[0]["sub"]) == 1000
+    endings = {j: random.choice([S.FINISHED, S.FAILED, S.ABORTED]) for j in job_ids}
+    order = list(job_ids)
+    random.shuffle(order)
+    for job_id in order:
+        await finish(writer, job_id, endings[job_id])
+    results = dict(zip(waiters, await asyncio.gather(*waiters.values()), strict=True))
+    assert {j: s.status for j, s in results.items()} == endings
+
+
+class RacingStrategy(RedisPubSubStrategy):
+    """Finishes the job right after the waiter read its snapshot, before it returns it."""
+
+    finisher: RedisPubSubStrategy
+
+    async def status(self, job_id: str) -> JobState:
+        snapshot = await super().status(job_id)
+        if snapshot.status is S.QUEUED:
+            await finish(self.finisher, job_id)
+        return snapshot
+
+
+async def test_job_finishing_between_subscribe_and_snapshot(
+    redis: Redis, writer: RedisPubSubStrategy
+) -> None:
+    """The race: finished is published after SUBSCRIBE, while the snapshot is stale."""
+    strategy = RacingStrategy(redis)
+    strategy.finisher = writer
+    await queue(writer, "race")
+    async with Tracker(redis, tracking_strategy=strategy) as tracker:
+        state = await tracker.completed("race", timeout=10)
+    assert state.status is S.FINISHED
+
+
+async def test_numsub_is_one_per_channel_and_zero_after(
+    tracker: Tracker, writer: RedisPubSubStrategy, redis: Redis
+) -> None:
+    """1,000 waiters on 10 jobs: one subscription per channel; none once they finish,
+    time out or are cancelled."""
+    job_ids = [f"n{i}" for i in range(10)]
+    await queue(writer, *job_ids)
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+
+    async def subscribed(expected: int) -> None:
+        await wait_until(lambda: hub.channels == expected and not hub._ready)
+
+    finishing = [asyncio.create_task(tracker.completed(j, timeout=30)) for j in job_ids[:4] * 100]
+    timing_out = [asyncio.create_task(tracker.completed(j, timeout=1)) for j in job_ids[4:7] * 100]
+    cancelled = [asyncio.create_task(tracker.completed(j)) for j in job_ids[7:] * 100]
+    await subscribed(10)
+    assert await numsub(redis, writer, job_ids) == [1] * 10
+
+    for job_id in job_ids[:4]:
+        await finish(writer, job_id)
+    await asyncio.gather(*finishing)
+    for task in cancelled:
+        task.cancel()
+    await asyncio.gather(*cancelled, return_exceptions=True)
+    results = await asyncio.gather(*timing_out, return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    await subscribed(0)
+    await wait_until(lambda: _all_zero(redis, writer, job_ids), message="NUMSUB to reach 0")
+
+
+async def _all_zero(redis: Redis, writer: RedisPubSubStrategy, job_ids: list[str]) -> bool:
+    return await numsub(redis, writer, job_ids) == [0] * len(job_ids)
+
+
+async def test_redis_restart_wakes_every_waiter(
+    tracker: Tracker, redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """Redis killed while 100 wait and restarted empty; jobs finish after: all 100 wake."""
+    job_ids = [f"r{i}" for i in range(100)]
+    await queue(writer, *job_ids)
+    snapshots: set[str] = set()
+    waiters = [asyncio.create_task(follow_to_end(tracker, j, snapshots)) for j in job_ids]
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+    await wait_until(lambda: len(snapshots) == 100, message="every waiter's snapshot")
+    redis_server.restart()
+    await wait_until(lambda: not hub.connected.is_set(), message="the hub to notice")
+    await wait_until(lambda: hub.connected.is_set(), timeout=20, message="the hub to reconnect")
+    for job_id in job_ids:
+        await finish(writer, job_id)
+    states = await asyncio.gather(*waiters)
+    assert {s.status for s in states} == {S.FINISHED}
+
+
+async def test_state_written_while_disconnected_arrives_by_resync(
+    tracker: Tracker, redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """A job that finished while the Tracker was away is delivered by the resync."""
+    await queue(writer, "away")
+    snapshots: set[str] = set()
+    waiter = asyncio.create_task(follow_to_end(tracker, "away", snapshots))
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+    await wait_until(lambda: snapshots == {"away"})
+    gate = asyncio.Event()
+    connect = hub._connect
+
+    async def gated_connect():  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await connect()
+
+    hub._connect = gated_connect
+    redis_server.restart()
+    await wait_until(lambda: not hub.connected.is_set())
+    await finish(writer, "away")  # published to nobody: the tracker is not subscribed
+    gate.set()
+    state = await waiter
+    assert state.status is S.FINISHED
+
+
+async def test_garbage_message_fails_only_its_waiters(
+    tracker: Tracker, writer: RedisPubSubStrategy, redis: Redis
+) -> None:
+    """A malformed message raises InvalidStateError for that job; others keep working."""
+    await queue(writer, "garbled", "fine")
+    garbled = asyncio.create_task(tracker.completed("garbled", timeout=10))
+    fine = asyncio.create_task(tracker.completed("fine", timeout=10))
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+    await wait_until(lambda: hub.channels == 2 and not hub._ready)
+    await redis.publish(writer.keys.channel("garbled"), b'{"job_id": "garbled", "status": "?!"}')
+    with pytest.raises(InvalidStateError, match="unknown job status"):
+        await garbled
+    await finish(writer, "fine")
+    assert (await fine).status is S.FINISHED
+
+
+async def test_closed_tracker_refuses_and_wakes_waiters(
+    redis: Redis, writer: RedisPubSubStrategy
+) -> None:
+    """Closing a Tracker ends its waiters with TrackerClosed; later calls raise it too."""
+    await queue(writer, "z")
+    tracker = Tracker(redis)
+    waiter = asyncio.create_task(tracker.completed("z", timeout=10))
+    await wait_until(lambda: tracker.strategy()._pubsub().channels == 1)  # type: ignore[attr-defined]
+    await tracker.aclose()
+    with pytest.raises(TrackerClosed):
+        await waiter
+    with pytest.raises(TrackerClosed):
+        await tracker.status("z")
+    await tracker.aclose()  # idempotent
+
+
+async def test_token_needs_a_long_secret(redis: Redis) -> None:
+    """token() signs with the secret; no secret or a short one is a clear error."""
+    async with Tracker(redis, secret="s" * 32) as tracker:
+        assert tracker.token("j").count(".") == 2
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Tracker(redis, secret="short")
+    async with Tracker(redis) as tracker:
+        with pytest.raises(ValueError, match="IMMORTUS_SECRET"):
+            tracker.token("j")
