@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,7 +14,8 @@ from redis.asyncio import Redis
 from immortus_async import RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
-from .helpers import SECRET
+from ..utils import SCALE
+from .helpers import SECRET, BridgeProcess
 
 
 @pytest.fixture
@@ -24,3 +29,36 @@ async def bridge(redis_server: RedisServer) -> AsyncIterator[Bridge]:
 def strategy(redis: Redis) -> RedisPubSubStrategy:
     """The job side: writes and publishes states as a worker would."""
     return RedisPubSubStrategy(redis)
+
+
+async def start_bridge_process(redis_url: str, *options: str) -> BridgeProcess:
+    """``immortus-async bridge`` in a process of its own, on a free port."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "immortus_async.cli",
+        "bridge",
+        "--redis",
+        redis_url,
+        "--port",
+        "0",
+        *options,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "IMMORTUS_SECRET": SECRET},
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(20 * SCALE):
+        while not (found := re.search(r"listening on ws://[^:]+:(\d+)", "".join(lines))):
+            line = await process.stderr.readline()
+            assert line, "the bridge exited:\n" + "".join(lines)
+            lines.append(line.decode())
+    return BridgeProcess(process, int(found.group(1)), lines)
+
+
+@pytest.fixture
+async def bridge_process(redis_server: RedisServer) -> AsyncIterator[BridgeProcess]:
+    """The CLI's bridge in its own process; it must stop cleanly on SIGTERM."""
+    running = await start_bridge_process(redis_server.url)
+    yield running
+    assert await running.stop() == 0, "".join(running.output)

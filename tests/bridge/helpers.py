@@ -5,18 +5,55 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+import signal
+from typing import Any, Protocol
 
 import jwt
 from websockets.asyncio.client import ClientConnection, connect
 
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
-from immortus_async.bridge import Bridge
-
 from ..utils import SCALE
 
 SECRET = "bridge-tests-secret-0123456789abcdef"
 OTHER_SECRET = "someone-elses-secret-0123456789abcdef"
+
+
+class Listening(Protocol):
+    """Where a bridge listens: a :class:`~immortus_async.bridge.Bridge` or a process."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+class BridgeProcess:
+    """A bridge run by the CLI in a process of its own; its log is read as it comes."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, output: list[str]) -> None:
+        self.process = process
+        self.port = port
+        self.output = output
+        self._reader = asyncio.create_task(self._read_log())
+
+    async def _read_log(self) -> None:
+        # Read continuously: a full pipe would block the bridge on its next log line.
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.output.append(line.decode())
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>``."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def stop(self) -> int:
+        """SIGTERM, wait for the exit, return the status."""
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20 * SCALE):
+            status = await self.process.wait()
+            await self._reader
+        return status
 
 
 def token(job_id: str, *, ttl: float = 300, secret: str = SECRET) -> str:
@@ -46,7 +83,7 @@ def subscribe(job_id: str, **fields: Any) -> str:
     return json.dumps(message)
 
 
-async def open_client(bridge: Bridge, path: str = "/", **options: Any) -> ClientConnection:
+async def open_client(bridge: Listening, path: str = "/", **options: Any) -> ClientConnection:
     """A websockets client of ``bridge``."""
     return await connect(bridge.url + path, open_timeout=10 * SCALE, **options)
 
@@ -76,7 +113,7 @@ async def receive_until_completed(
 
 
 async def http_get(
-    bridge: Bridge, path: str, headers: dict[str, str] | None = None
+    bridge: Listening, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """``GET path`` on the bridge's port: (status, headers lower-cased, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
