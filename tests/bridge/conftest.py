@@ -9,13 +9,14 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 from immortus_async import RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE
-from .helpers import SECRET, BridgeProcess
+from .helpers import SECRET, BridgeProcess, PageServer
 
 
 @pytest.fixture
@@ -62,3 +63,58 @@ async def bridge_process(redis_server: RedisServer) -> AsyncIterator[BridgeProce
     running = await start_bridge_process(redis_server.url)
     yield running
     assert await running.stop() == 0, "".join(running.output)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require_chromium() -> None:
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium"
+        if os.environ.get("IMMORTUS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium through Playwright (never a downloaded browser).
+
+    Skipped when Chromium is missing, unless IMMORTUS_REQUIRE_BROWSER=1 (CI).
+    """
+    _require_chromium()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page_server() -> AsyncIterator[PageServer]:
+    """A started :class:`PageServer` for a test page on its own origin."""
+    server = PageServer()
+    await server.start()
+    yield server
+    await server.aclose()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh page; the browser's console errors are printed for failing tests."""
+    context = await browser.new_context(viewport={"width": 640, "height": 300})
+    page = await context.new_page()
+    page.on("console", lambda message: print(f"[browser {message.type}] {message.text}"))
+    yield page
+    await context.close()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import signal
+import time
 from typing import Any, Protocol
 
 import jwt
 from websockets.asyncio.client import ClientConnection, connect
 
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
+
 from ..utils import SCALE
 
 SECRET = "bridge-tests-secret-0123456789abcdef"
@@ -131,3 +132,91 @@ async def http_get(
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), parsed, body
+
+
+class PageServer:
+    """A loopback HTTP server answering every GET with :attr:`html`.
+
+    The page lives on another port than the bridge, so the browser treats the
+    bridge as cross-origin, as it is in a real deployment. Start it first (the
+    bridge needs its origin), then set :attr:`html` (which needs the bridge's port).
+    """
+
+    def __init__(self) -> None:
+        self.html = ""
+        self.origin = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen on a free port; return the origin, ``http://127.0.0.1:<port>``."""
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.origin = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self.origin
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = self.html.encode()
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def follow_page(bridge: Listening, *, module: bool = False) -> str:
+    """A page with a progress bar that follows a job with immortus.js.
+
+    ``window.follow(job_id, token, options)`` starts following and stores the
+    promise in ``window.done``; every callback is recorded in ``window.events``.
+    With ``module=True`` the page imports ``immortus.mjs`` instead of the script.
+    """
+    base = bridge.url.replace("ws://", "http://")
+    if module:
+        loader = f"""<script type="module">
+  import Immortus, {{ verify }} from "{base}/immortus.mjs";
+  window.Immortus = Immortus; window.verifyFromModule = verify;
+  document.body.dataset.ready = "yes";
+</script>"""
+    else:
+        loader = f"""<script src="{base}/immortus.js"></script>
+<script>document.addEventListener("DOMContentLoaded", () => {{
+  document.body.dataset.ready = "yes"; }});</script>"""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>immortus-async job</title>
+<style>
+  body {{ font: 18px sans-serif; margin: 40px; }}
+  progress {{ width: 420px; height: 28px; }}
+  #status {{ margin-left: 12px; font-weight: bold; }}
+</style>
+{loader}
+</head><body>
+<h1>Job <code id="job">-</code></h1>
+<progress id="bar" max="1" value="0"></progress><span id="status">waiting</span>
+<p id="percent">0%</p>
+<script>
+window.events = [];
+window.follow = (jobId, token, options) => {{
+  document.getElementById("job").textContent = jobId;
+  const verify = window.verifyFromModule || Immortus.verify;
+  window.done = verify(Object.assign({{ job_id: jobId, token: token }}, options), {{
+    onProgress: (progress) => {{
+      document.getElementById("bar").value = progress;
+      document.getElementById("percent").textContent = Math.round(progress * 100) + "%";
+      window.events.push(["progress", progress]);
+    }},
+    onStatus: (status) => {{
+      document.getElementById("status").textContent = status;
+      window.events.push(["status", status]);
+    }},
+  }});
+}};
+</script>
+</body></html>"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -26,7 +27,7 @@ async def _pubsub_connections(redis: Redis) -> int:
 
 
 def _rising(seqs: list[int]) -> bool:
-    return all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+    return all(a < b for a, b in itertools.pairwise(seqs))
 
 
 async def _follow(bridge: Bridge, job_id: str) -> ClientConnection:
