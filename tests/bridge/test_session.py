@@ -10,12 +10,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from immortus_async import JobStatus, RedisPubSubStrategy
-from immortus_async.bridge import Bridge, CloseCode
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async.bridge import Bridge, CloseCode, serve
 
 from ..utils import wait_until
 from .helpers import (
     OTHER_SECRET,
+    SECRET,
     advance,
     expired_token,
     http_get,
@@ -232,3 +233,25 @@ async def test_foreign_origin_is_refused_with_403(
         await client.send(subscribe("good"))
         assert (await receive(client))["job_id"] == "good"
     await _still_served(bystander, strategy)
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """Keepalive: a client that no longer answers pings is disconnected, its tasks gone."""
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        ping_interval=0.1,
+        ping_timeout=0.2,
+        close_timeout=0.2,
+    ) as bridge:
+        client = await open_client(bridge, ping_interval=None)
+        await client.send(subscribe("dead"))
+        assert (await receive(client))["job_id"] == "dead"
+        client.transport.pause_reading()  # a frozen peer: it reads no ping, sends no pong
+        await wait_until(lambda: bridge.statistics().connections == 0, message="the drop")
+        assert bridge.statistics().subscriptions == 0
+        client.transport.abort()
