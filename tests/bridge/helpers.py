@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from typing import Any, Protocol
@@ -135,7 +136,8 @@ async def http_get(
 
 
 class PageServer:
-    """A loopback HTTP server answering every GET with :attr:`html`.
+    """A loopback HTTP server: GET answers :attr:`html`; POST, the application's
+    create endpoint, records its JSON body in :attr:`posted` and answers :attr:`created`.
 
     The page lives on another port than the bridge, so the browser treats the
     bridge as cross-origin, as it is in a real deployment. Start it first (the
@@ -145,6 +147,8 @@ class PageServer:
     def __init__(self) -> None:
         self.html = ""
         self.origin = ""
+        self.posted: list[Any] = []
+        self.created: dict[str, str] = {}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -154,13 +158,20 @@ class PageServer:
         return self.origin
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = self.html.encode()
-        head = (
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        content_type, body = "text/html; charset=utf-8", self.html.encode()
+        if head.startswith("POST "):
+            length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+            data = await reader.readexactly(int(length.group(1)) if length else 0)
+            self.posted.append(json.loads(data))
+            content_type, body = "application/json", json.dumps(self.created).encode()
+        writer.write(
+            (
+                f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            + body
         )
-        writer.write(head.encode() + body)
         await writer.drain()
         writer.close()
 

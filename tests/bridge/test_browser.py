@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page
+from playwright.async_api import Page, WebSocketRoute
 
 from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
@@ -122,3 +123,49 @@ async def test_a_token_function_renews_an_expired_token(
     await page.wait_for_function("window.calls >= 2", timeout=10_000)
     await advance(strategy, job_id, S.FINISHED)
     assert (await _result(page))["status"] == "finished"
+
+
+@pytest.mark.timeout(60)
+async def test_create_posts_json_and_the_page_follows_the_new_job(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """Immortus.create POSTs the data as JSON and resolves to the app's {job_id, token}."""
+    page_server.created = {"job_id": "created-1", "token": token("created-1")}
+    await advance(strategy, "created-1", S.QUEUED)
+    await _open(page, page_server, site_bridge, module=False)
+    created = await page.evaluate(
+        """async () => {
+            const job = await Immortus.create("/jobs", { rows: 3 });
+            follow(job.job_id, job.token);
+            return job;
+        }"""
+    )
+    assert created == page_server.created and page_server.posted == [{"rows": 3}]
+    await page.wait_for_function("document.getElementById('status').textContent === 'queued'")
+    await advance(strategy, "created-1", S.FINISHED)
+    assert (await _result(page))["job_id"] == "created-1"
+
+
+@pytest.mark.timeout(60)
+async def test_page_falls_back_to_polling_when_websockets_keep_failing(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """Every websocket closes at once (a proxy that breaks them): the client polls /verify."""
+    closed: list[str] = []
+
+    async def refuse(socket: WebSocketRoute) -> None:
+        closed.append(socket.url)
+        await socket.close()
+
+    await page.route_web_socket(re.compile(".*"), refuse)
+    job_id = "behind-a-bad-proxy"
+    await advance(strategy, job_id, S.STARTED, progress=0.4)
+    await _open(page, page_server, site_bridge, module=False)
+    await page.evaluate(
+        "([id, t]) => follow(id, t, { backoffMin: 10, pollInterval: 50 })",
+        [job_id, token(job_id)],
+    )
+    await _wait_progress(page, 0.4)
+    await advance(strategy, job_id, S.FINISHED)
+    assert (await _result(page))["status"] == "finished"
+    assert len(closed) == 4, "socketFailures (4) attempts, then polling"
