@@ -82,6 +82,7 @@ class CloseCode(IntEnum):
     """The websocket close codes the bridge uses. Stable."""
 
     NORMAL_CLOSURE = 1000
+    """The client or the bridge is done."""
     GOING_AWAY = 1001
     """The bridge is shutting down: reconnect (to another instance) with backoff."""
     MESSAGE_TOO_BIG = 1009

@@ -30,10 +30,17 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @dataclass(frozen=True, slots=True)
 class BridgeStatistics:
-    """What a bridge serves now: open websocket connections and their subscriptions."""
+    """What a bridge serves now.
+
+    ``connections``: open websocket connections; ``subscriptions``: jobs they
+    follow; ``pending``: jobs with a frame waiting for a slow client; ``replaced``:
+    states the open connections' clients skipped because a newer one came first.
+    """
 
     connections: int
     subscriptions: int
+    pending: int
+    replaced: int
 
 
 class Bridge:
@@ -170,9 +177,13 @@ class Bridge:
         return f"ws://{host}:{self.port}"
 
     def statistics(self) -> BridgeStatistics:
-        """Open connections and the subscriptions they hold."""
+        """Open connections, their subscriptions, and how far behind their clients are."""
+        outboxes = [session.outbox.statistics() for session in self._sessions]
         return BridgeStatistics(
-            len(self._sessions), sum(session.subscriptions for session in self._sessions)
+            connections=len(self._sessions),
+            subscriptions=sum(session.subscriptions for session in self._sessions),
+            pending=sum(outbox.jobs for outbox in outboxes),
+            replaced=sum(outbox.replaced for outbox in outboxes),
         )
 
     async def start(self) -> Bridge:
