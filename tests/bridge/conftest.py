@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
 
-from immortus_async import RedisPubSubStrategy, RedisServer
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE
-from .helpers import SECRET, BridgeProcess, PageServer
+from .helpers import SECRET, BridgeProcess, PageServer, advance, open_client, receive, subscribe
 
 
 @pytest.fixture
@@ -118,3 +119,15 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     page.on("console", lambda message: print(f"[browser {message.type}] {message.text}"))
     yield page
     await context.close()
+
+
+@pytest.fixture
+async def bystander(
+    bridge: Bridge, strategy: RedisPubSubStrategy
+) -> AsyncIterator[ClientConnection]:
+    """A well-behaved client following job "good" (its snapshot already read)."""
+    await advance(strategy, "good", JobStatus.STARTED)
+    async with await open_client(bridge) as client:
+        await client.send(subscribe("good"))
+        assert (await receive(client))["job_id"] == "good"
+        yield client

@@ -231,3 +231,10 @@ window.follow = (jobId, token, options) => {{
 }};
 </script>
 </body></html>"""
+
+
+async def still_served(bystander: ClientConnection, strategy: RedisPubSubStrategy) -> None:
+    """Assert that the ``bystander`` fixture's client still gets its job's next state."""
+    state = await advance(strategy, "good", JobStatus.STARTED, progress=0.5)
+    frame = await receive(bystander)
+    assert (frame["job_id"], frame["seq"]) == ("good", state.seq)

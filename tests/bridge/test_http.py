@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 
 from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
-from .helpers import OTHER_SECRET, SECRET, advance, expired_token, http_get, token
+from .helpers import (
+    OTHER_SECRET,
+    SECRET,
+    advance,
+    expired_token,
+    http_get,
+    still_served,
+    token,
+)
 
 S = JobStatus
 
@@ -26,12 +35,18 @@ S = JobStatus
     ids=["no token", "empty token", "forged", "another job", "expired"],
 )
 async def test_verify_refuses_without_a_good_token(
-    bridge: Bridge, query: str, status: int, code: str
+    bridge: Bridge,
+    strategy: RedisPubSubStrategy,
+    bystander: ClientConnection,
+    query: str,
+    status: int,
+    code: str,
 ) -> None:
-    """/verify answers 401 without a token and 403 with a bad one, with a JSON error."""
+    """/verify answers 401 without a token and 403 with a bad one; websockets go on."""
     got, headers, body = await http_get(bridge, f"/verify/7{query}")
     assert (got, headers["content-type"]) == (status, "application/json")
     assert json.loads(body)["code"] == code
+    await still_served(bystander, strategy)
 
 
 async def test_verify_serves_allowed_origins_with_cors_and_refuses_others(

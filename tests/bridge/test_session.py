@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from .helpers import (
     open_client,
     receive,
     receive_until_completed,
+    still_served,
     subscribe,
     token,
 )
@@ -149,24 +149,6 @@ BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
 ]
 
 
-@pytest.fixture
-async def bystander(
-    bridge: Bridge, strategy: RedisPubSubStrategy
-) -> AsyncIterator[ClientConnection]:
-    """A well-behaved client following job "good" (its snapshot already read)."""
-    await advance(strategy, "good", S.STARTED)
-    async with await open_client(bridge) as client:
-        await client.send(subscribe("good"))
-        assert (await receive(client))["job_id"] == "good"
-        yield client
-
-
-async def _still_served(bystander: ClientConnection, strategy: RedisPubSubStrategy) -> None:
-    state = await advance(strategy, "good", S.STARTED, progress=0.5)
-    frame = await receive(bystander)
-    assert (frame["job_id"], frame["seq"]) == ("good", state.seq)
-
-
 @pytest.mark.parametrize(
     ("frame", "code"), [case[1:] for case in BAD_FRAMES], ids=[case[0] for case in BAD_FRAMES]
 )
@@ -185,7 +167,7 @@ async def test_bad_frame_gets_its_error_code(
         assert isinstance(error["message"], str)
         await client.send(subscribe("good"))  # the same connection still works
         assert (await receive(client))["job_id"] == "good"
-    await _still_served(bystander, strategy)
+    await still_served(bystander, strategy)
 
 
 async def test_oversized_frame_closes_with_1009(
@@ -198,7 +180,7 @@ async def test_oversized_frame_closes_with_1009(
             await receive(client)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
-    await _still_served(bystander, strategy)
+    await still_served(bystander, strategy)
 
 
 async def test_the_101st_subscription_is_refused(
@@ -217,7 +199,7 @@ async def test_the_101st_subscription_is_refused(
         await advance(strategy, "many-0", S.STARTED)
         frame = await receive(client)
         assert (frame["type"], frame["job_id"]) == ("state", "many-0")
-    await _still_served(bystander, strategy)
+    await still_served(bystander, strategy)
 
 
 async def test_foreign_origin_is_refused_with_403(
@@ -232,7 +214,7 @@ async def test_foreign_origin_is_refused_with_403(
     async with await open_client(bridge, origin=own) as client:  # type: ignore[arg-type]
         await client.send(subscribe("good"))
         assert (await receive(client))["job_id"] == "good"
-    await _still_served(bystander, strategy)
+    await still_served(bystander, strategy)
 
 
 async def test_a_peer_that_stops_answering_pings_is_dropped(
