@@ -87,6 +87,8 @@ class CloseCode(IntEnum):
     """The bridge is shutting down: reconnect (to another instance) with backoff."""
     MESSAGE_TOO_BIG = 1009
     """An inbound frame exceeded the size limit (4 KiB by default)."""
+    INTERNAL_ERROR = 1011
+    """A keepalive ping went unanswered, or the bridge failed: reconnect with backoff."""
     SLOW_CLIENT = 4008
     """The client did not read for longer than the bridge's ``send_timeout``."""
 

@@ -94,7 +94,9 @@ class Session:
             tasks = [sender, *self._tasks]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    logger.error("a connection task failed", exc_info=result)
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with ``code``; abort the TCP connection if the client does not read."""
@@ -192,18 +194,21 @@ class Session:
             snapshot = False
 
     async def _send_loop(self) -> None:
-        while True:
-            for frame in await self.outbox.take():
-                try:
+        try:
+            while True:
+                for frame in await self.outbox.take():
                     async with asyncio.timeout(self._send_timeout):
                         await self._ws.send(frame)
-                except ConnectionClosed:
-                    return
-                except TimeoutError:
-                    logger.warning(
-                        "closing a client that read nothing for %.1fs (%s)",
-                        self._send_timeout,
-                        self._ws.remote_address,
-                    )
-                    await self.close(CloseCode.SLOW_CLIENT, "the client does not read")
-                    return
+        except ConnectionClosed:
+            pass  # the reading side sees it too and ends the session
+        except TimeoutError:
+            logger.warning(
+                "closing a client that read nothing for %.1fs (%s)",
+                self._send_timeout,
+                self._ws.remote_address,
+            )
+            await self.close(CloseCode.SLOW_CLIENT, "the client does not read")
+        except Exception:
+            # Without its sender the client would wait forever: end the connection.
+            logger.exception("sending to a client failed")
+            await self.close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -54,7 +53,7 @@ async def test_client_follows_a_job_from_snapshot_to_finished(
 
 
 async def test_healthz_reports_redis_down_while_it_is_down(
-    bridge: Bridge, redis_server: Any
+    bridge: Bridge, redis_server: RedisServer
 ) -> None:
     """/healthz answers 200 while Redis answers PING, 503 while it is stopped."""
     status, _, body = await http_get(bridge, "/healthz")
