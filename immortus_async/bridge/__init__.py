@@ -1,0 +1,59 @@
+"""The websocket bridge: browsers follow jobs live, and ``/verify`` answers over HTTP.
+
+>>> from immortus_async.bridge import serve
+>>> async with serve("redis://localhost:6379/0", port=8765) as bridge:  # doctest: +SKIP
+...     await bridge.wait_closed()
+
+Or from a shell: ``IMMORTUS_SECRET=... immortus-async bridge --redis redis://...``.
+The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
+"""
+
+from .auth import Gatekeeper
+from .http import STATIC_FILES, VERIFY_PATH, HttpRoutes
+from .logs import REDACTED, RedactingLogger, redact
+from .outbox import Outbox, OutboxStatistics
+from .protocol import (
+    JOBS_PATH,
+    MAX_JOB_ID_LENGTH,
+    CloseCode,
+    ErrorCode,
+    Rejection,
+    Subscribe,
+    Unsubscribe,
+    check_job_id,
+    error_frame,
+    parse_connect_path,
+    parse_message,
+    state_frame,
+)
+from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, serve
+from .session import Session
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "JOBS_PATH",
+    "MAX_JOB_ID_LENGTH",
+    "REDACTED",
+    "STATIC_FILES",
+    "VERIFY_PATH",
+    "Bridge",
+    "BridgeStatistics",
+    "CloseCode",
+    "ErrorCode",
+    "Gatekeeper",
+    "HttpRoutes",
+    "Outbox",
+    "OutboxStatistics",
+    "RedactingLogger",
+    "Rejection",
+    "Session",
+    "Subscribe",
+    "Unsubscribe",
+    "check_job_id",
+    "error_frame",
+    "parse_connect_path",
+    "parse_message",
+    "redact",
+    "serve",
+    "state_frame",
+]

@@ -1,0 +1,114 @@
+"""What one websocket connection still has to send, bounded whatever the client does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from ..state import JobState
+from .protocol import Rejection, state_frame
+
+__all__ = ["Outbox", "OutboxStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatistics:
+    """How full an outbox is and what it has dropped to stay bounded.
+
+    ``jobs``: jobs with a frame waiting; ``errors``: connection-level errors waiting;
+    ``replaced``: states overwritten by a newer one before they were sent;
+    ``errors_dropped``: connection-level errors dropped when the queue was full.
+    """
+
+    jobs: int
+    errors: int
+    replaced: int
+    errors_dropped: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    state: JobState | None = None
+    end: Rejection | None = None
+
+
+class Outbox:
+    """The frames a connection has not sent yet: only the latest state per job.
+
+    A newer state of a job replaces the one waiting (a client that reads slowly
+    skips intermediate progress); since a job's terminal state is the last it
+    ever has, it is never replaced and so never lost. A subscription that ends
+    with an error (``token_expired``) leaves that error after the job's state.
+    Errors about the input itself (bad JSON, a refused subscribe) wait in a
+    queue of ``max_errors``; when it is full the oldest is dropped. So the
+    outbox holds at most one state and one error per followed job, plus
+    ``max_errors`` errors.
+
+    One consumer (the connection's sender) calls :meth:`take`. Not thread-safe.
+    """
+
+    def __init__(self, max_errors: int = 16) -> None:
+        if max_errors < 1:
+            raise ValueError(f"max_errors must be at least 1, got {max_errors}")
+        self._jobs: dict[str, _Pending] = {}
+        self._errors: deque[Rejection] = deque(maxlen=max_errors)
+        self._replaced = 0
+        self._errors_dropped = 0
+        self._wakeup = asyncio.Event()
+
+    def put_state(self, state: JobState) -> None:
+        """Queue ``state``, replacing an older waiting state of the same job."""
+        pending = self._jobs.setdefault(state.job_id, _Pending())
+        if pending.state is not None:
+            if pending.state.seq > state.seq:
+                return
+            self._replaced += 1
+        pending.state = state
+        self._wakeup.set()
+
+    def end(self, rejection: Rejection) -> None:
+        """Queue the error that ended the subscription to ``rejection.job_id``."""
+        assert rejection.job_id is not None, "a subscription's end names its job"
+        self._jobs.setdefault(rejection.job_id, _Pending()).end = rejection
+        self._wakeup.set()
+
+    def reject(self, rejection: Rejection) -> None:
+        """Queue an error about the client's input; the oldest goes when full."""
+        if len(self._errors) == self._errors.maxlen:
+            self._errors_dropped += 1
+        self._errors.append(rejection)
+        self._wakeup.set()
+
+    def discard(self, job_id: str) -> None:
+        """Forget everything waiting for ``job_id`` (the client unsubscribed)."""
+        self._jobs.pop(job_id, None)
+
+    def jobs(self) -> set[str]:
+        """The jobs with something waiting to be sent."""
+        return set(self._jobs)
+
+    async def take(self) -> list[str]:
+        """Wait until something is waiting, then return every waiting frame, in order.
+
+        Errors about input come first, then each job's state and end, jobs in
+        the order they first had something waiting.
+        """
+        while not (self._jobs or self._errors):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        frames = [rejection.frame() for rejection in self._errors]
+        for pending in self._jobs.values():
+            if pending.state is not None:
+                frames.append(state_frame(pending.state))
+            if pending.end is not None:
+                frames.append(pending.end.frame())
+        self._errors.clear()
+        self._jobs.clear()
+        return frames
+
+    def statistics(self) -> OutboxStatistics:
+        """Current fill and what was dropped so far."""
+        return OutboxStatistics(
+            len(self._jobs), len(self._errors), self._replaced, self._errors_dropped
+        )

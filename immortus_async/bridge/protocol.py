@@ -1,0 +1,212 @@
+"""The bridge's wire protocol: client messages, server frames, codes and limits.
+
+No I/O here: every function takes text and returns values, so the whole protocol
+is tested without an event loop or a socket. ``docs/protocol.md`` describes the
+same messages for client authors.
+
+Client messages (JSON text frames)::
+
+    {"type": "subscribe", "job_id": "42", "token": "<jwt>", "since_seq": 3}
+    {"type": "unsubscribe", "job_id": "42"}
+
+Server frames::
+
+    {"type": "state", "job_id": "42", "status": "started", "seq": 4, ...}
+    {"type": "error", "code": "token_expired", "message": "...", "job_id": "42"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..state import JobState
+
+__all__ = [
+    "JOBS_PATH",
+    "MAX_JOB_ID_LENGTH",
+    "CloseCode",
+    "ErrorCode",
+    "Rejection",
+    "Subscribe",
+    "Unsubscribe",
+    "check_job_id",
+    "error_frame",
+    "parse_connect_path",
+    "parse_message",
+    "state_frame",
+]
+
+MAX_JOB_ID_LENGTH = 200
+"""The longest job id accepted, in characters (arq's are 32)."""
+
+JOBS_PATH = "/jobs/"
+"""``ws://host:port/jobs/<job_id>?token=...`` subscribes to that job on connect."""
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``error`` frame, and of an HTTP error's JSON body. Stable."""
+
+    INVALID_JSON = "invalid_json"
+    """The frame is not UTF-8 JSON."""
+    INVALID_MESSAGE = "invalid_message"
+    """The JSON is not an object, or a field is missing or of the wrong type."""
+    UNKNOWN_TYPE = "unknown_type"
+    """``type`` is neither ``subscribe`` nor ``unsubscribe``."""
+    BINARY_FRAME = "binary_frame"
+    """A binary frame: the protocol is JSON text only."""
+    INVALID_JOB_ID = "invalid_job_id"
+    """Empty, longer than :data:`MAX_JOB_ID_LENGTH`, or with control characters."""
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    """The connection already holds the maximum number of subscriptions."""
+    TOKEN_REQUIRED = "token_required"
+    """No token was given and the bridge requires one."""
+    TOKEN_INVALID = "token_invalid"
+    """Malformed, badly signed, or for another job."""
+    TOKEN_EXPIRED = "token_expired"
+    """The token's ``exp`` has passed; on a live subscription, it has ended."""
+    ORIGIN_NOT_ALLOWED = "origin_not_allowed"
+    """HTTP only: the request's ``Origin`` is not allowed (status 403)."""
+    NOT_FOUND = "not_found"
+    """HTTP only: no such path (status 404)."""
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    """HTTP only: Redis did not answer in time (status 503)."""
+    INTERNAL_ERROR = "internal_error"
+    """The bridge could not follow the job (a corrupt record); the subscription ended."""
+
+
+class CloseCode(IntEnum):
+    """The websocket close codes the bridge uses. Stable."""
+
+    NORMAL_CLOSURE = 1000
+    """The client or the bridge is done."""
+    GOING_AWAY = 1001
+    """The bridge is shutting down: reconnect (to another instance) with backoff."""
+    MESSAGE_TOO_BIG = 1009
+    """An inbound frame exceeded the size limit (4 KiB by default)."""
+    INTERNAL_ERROR = 1011
+    """A keepalive ping went unanswered, or the bridge failed: reconnect with backoff."""
+    SLOW_CLIENT = 4008
+    """The client did not read for longer than the bridge's ``send_timeout``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Follow ``job_id``: its snapshot (if newer than ``since_seq``), then each change."""
+
+    job_id: str
+    token: str | None = None
+    since_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Stop following ``job_id``. Idempotent."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a client's input was refused: becomes an ``error`` frame or an HTTP error."""
+
+    code: ErrorCode
+    message: str
+    job_id: str | None = None
+
+    def frame(self) -> str:
+        """This rejection as an ``error`` frame."""
+        return error_frame(self.code, self.message, self.job_id)
+
+
+def check_job_id(value: Any) -> str | Rejection:
+    """``value`` if it is an acceptable job id, else the :class:`Rejection` saying why."""
+    if not isinstance(value, str):
+        return Rejection(ErrorCode.INVALID_MESSAGE, "job_id must be a string")
+    if not value:
+        return Rejection(ErrorCode.INVALID_JOB_ID, "job_id must not be empty")
+    if len(value) > MAX_JOB_ID_LENGTH:
+        return Rejection(
+            ErrorCode.INVALID_JOB_ID, f"job_id is longer than {MAX_JOB_ID_LENGTH} characters"
+        )
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
+        # Control characters would forge log lines and Redis key names.
+        return Rejection(ErrorCode.INVALID_JOB_ID, "job_id contains control characters")
+    return value
+
+
+def _since_seq(value: Any) -> int | Rejection | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return Rejection(ErrorCode.INVALID_MESSAGE, "since_seq must be a non-negative integer")
+    return value
+
+
+def _subscribe(job_id: str, token: Any, since_seq: Any) -> Subscribe | Rejection:
+    if token is not None and not isinstance(token, str):
+        return Rejection(ErrorCode.INVALID_MESSAGE, "token must be a string", job_id)
+    seq = _since_seq(since_seq)
+    if isinstance(seq, Rejection):
+        return Rejection(seq.code, seq.message, job_id)
+    return Subscribe(job_id, token or None, seq)
+
+
+def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Rejection:
+    """Read one client frame: a text frame arrives as ``str``, a binary one as ``bytes``."""
+    if isinstance(data, bytes):
+        return Rejection(ErrorCode.BINARY_FRAME, "send JSON in text frames, not binary")
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return Rejection(ErrorCode.INVALID_JSON, "the frame is not valid JSON")
+    if not isinstance(message, dict):
+        return Rejection(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
+    kind = message.get("type")
+    if kind not in ("subscribe", "unsubscribe"):
+        return Rejection(ErrorCode.UNKNOWN_TYPE, 'type must be "subscribe" or "unsubscribe"')
+    if "job_id" not in message:
+        return Rejection(ErrorCode.INVALID_MESSAGE, f"a {kind} message needs a job_id")
+    job_id = check_job_id(message["job_id"])
+    if isinstance(job_id, Rejection):
+        return job_id
+    if kind == "unsubscribe":
+        return Unsubscribe(job_id)
+    return _subscribe(job_id, message.get("token"), message.get("since_seq"))
+
+
+def parse_connect_path(path: str) -> Subscribe | Rejection | None:
+    """The subscription a connection's request path asks for, if any.
+
+    ``/`` asks for none (the client will send ``subscribe`` messages);
+    ``/jobs/<job_id>?token=...&since_seq=N`` asks for one, the job id
+    percent-encoded. The result is checked like a ``subscribe`` message.
+    """
+    parts = urlsplit(path)
+    if not parts.path.startswith(JOBS_PATH):
+        return None
+    job_id = check_job_id(unquote(parts.path[len(JOBS_PATH) :]))
+    if isinstance(job_id, Rejection):
+        return job_id
+    query = parse_qs(parts.query)
+    token = query.get("token", [None])[0]
+    since: Any = query.get("since_seq", [None])[0]
+    if since is not None:
+        since = int(since) if since.isdigit() else -1
+    return _subscribe(job_id, token, since)
+
+
+def state_frame(state: JobState) -> str:
+    """A ``state`` frame: ``{"type": "state"}`` plus every field of the state's wire form."""
+    return json.dumps({"type": "state", **state.to_dict()}, separators=(",", ":"))
+
+
+def error_frame(code: ErrorCode, message: str, job_id: str | None = None) -> str:
+    """An ``error`` frame; ``job_id`` names the subscription it concerns, if any."""
+    body: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
+    if job_id is not None:
+        body["job_id"] = job_id
+    return json.dumps(body, separators=(",", ":"))

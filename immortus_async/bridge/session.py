@@ -1,0 +1,214 @@
+"""One websocket connection: its subscriptions, its outbox and the task that sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..state import JobState
+from ..tracker import Tracker
+from .auth import Gatekeeper
+from .logs import RedactingLogger
+from .outbox import Outbox
+from .protocol import (
+    CloseCode,
+    ErrorCode,
+    Rejection,
+    Subscribe,
+    Unsubscribe,
+    parse_connect_path,
+    parse_message,
+)
+
+__all__ = ["Session"]
+
+logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
+
+
+class Session:
+    """Serves one client: reads its messages, follows its jobs, sends their states.
+
+    Each subscription is a task that follows the job through the bridge's one
+    :class:`~immortus_async.Tracker` and drops every state into the connection's
+    :class:`Outbox`, which keeps only the latest per job; one sender task drains
+    the outbox. Following never waits on the client, so a client that reads
+    slowly holds back nobody else, and costs at most one state per job it follows.
+    A send that the client's socket leaves blocked for ``send_timeout`` seconds
+    closes the connection with :attr:`CloseCode.SLOW_CLIENT`.
+
+    Args:
+        websocket: the open connection.
+        tracker: the bridge's tracker (one Redis pub/sub connection for all).
+        gate: checks each subscription's token.
+        max_subscriptions: subscriptions a connection may hold at once; a job
+            whose last frames are still waiting to be sent holds its slot.
+        send_timeout: seconds one frame may wait for the client to read.
+        close_timeout: seconds the closing handshake may take before the TCP
+            connection is aborted.
+    """
+
+    def __init__(
+        self,
+        websocket: ServerConnection,
+        tracker: Tracker,
+        gate: Gatekeeper,
+        *,
+        max_subscriptions: int,
+        send_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self._ws = websocket
+        self._tracker = tracker
+        self._gate = gate
+        self._max_subscriptions = max_subscriptions
+        self._send_timeout = send_timeout
+        self._close_timeout = close_timeout
+        self.outbox = Outbox()
+        self._subscriptions: dict[str, asyncio.Task[None]] = {}
+        # Cancelled subscriptions stay here until they have finished unwinding.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def subscriptions(self) -> int:
+        """How many jobs this connection follows now."""
+        return len(self._subscriptions)
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; then cancel and await every task."""
+        sender = asyncio.create_task(self._send_loop(), name="immortus-bridge-sender")
+        try:
+            request = self._ws.request
+            first = parse_connect_path(request.path) if request is not None else None
+            if first is not None:
+                self._handle(first)
+            async for message in self._ws:
+                self._handle(parse_message(message))
+        except ConnectionClosed:
+            pass  # the client left, or a limit closed the connection: nothing to tell
+        finally:
+            tasks = [sender, *self._tasks]
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    logger.error("a connection task failed", exc_info=result)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; abort the TCP connection if the client does not read."""
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()
+
+    # Messages
+
+    def _handle(self, message: Subscribe | Unsubscribe | Rejection) -> None:
+        if isinstance(message, Rejection):
+            self.outbox.reject(message)
+        elif isinstance(message, Unsubscribe):
+            self._stop(message.job_id)
+            self.outbox.discard(message.job_id)
+        else:
+            self._subscribe(message)
+
+    def _subscribe(self, request: Subscribe) -> None:
+        job_id = request.job_id
+        expires_at = self._gate.authorize(job_id, request.token)
+        if isinstance(expires_at, Rejection):
+            self.outbox.reject(expires_at)
+            return
+        held = self._subscriptions.keys() | self.outbox.jobs()
+        if job_id not in held and len(held) >= self._max_subscriptions:
+            self.outbox.reject(
+                Rejection(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"a connection may follow at most {self._max_subscriptions} jobs at once",
+                    job_id,
+                )
+            )
+            return
+        # Subscribing again replaces the subscription: that is how a client
+        # renews its token, with since_seq so it gets nothing twice.
+        self._stop(job_id)
+        self.outbox.discard(job_id)
+        task = asyncio.create_task(
+            self._follow(job_id, request.since_seq, expires_at),
+            name="immortus-bridge-follow",
+        )
+        self._subscriptions[job_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stop(self, job_id: str) -> None:
+        task = self._subscriptions.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
+    # Tasks
+
+    async def _follow(self, job_id: str, since_seq: int | None, expires_at: float | None) -> None:
+        deadline = None
+        if expires_at is not None:
+            deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
+        scope = asyncio.timeout_at(deadline)
+        states: AsyncIterator[JobState] | None = None
+        try:
+            async with scope:
+                states = self._tracker.watch(job_id)
+                await self._forward(states, since_seq)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and scope.expired():
+                end = Rejection(
+                    ErrorCode.TOKEN_EXPIRED,
+                    "the token has expired: subscribe again with a new token and since_seq",
+                    job_id,
+                )
+            else:
+                # Not a lost connection (the tracker rides those out) but a corrupt
+                # record or a closed tracker: this subscription cannot go on.
+                logger.exception("following job %r failed", job_id)
+                end = Rejection(
+                    ErrorCode.INTERNAL_ERROR, "the bridge could not follow this job", job_id
+                )
+            self.outbox.end(end)
+        finally:
+            if self._subscriptions.get(job_id) is asyncio.current_task():
+                del self._subscriptions[job_id]
+            close = getattr(states, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _forward(self, states: AsyncIterator[JobState], since_seq: int | None) -> None:
+        snapshot = True
+        async for state in states:
+            # The client already has everything up to since_seq: skip the snapshot
+            # unless it is newer. Later states are newer than the snapshot anyway.
+            if not (snapshot and since_seq is not None and state.seq <= since_seq):
+                self.outbox.put_state(state)
+            snapshot = False
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                for frame in await self.outbox.take():
+                    async with asyncio.timeout(self._send_timeout):
+                        await self._ws.send(frame)
+        except ConnectionClosed:
+            pass  # the reading side sees it too and ends the session
+        except TimeoutError:
+            logger.warning(
+                "closing a client that read nothing for %.1fs (%s)",
+                self._send_timeout,
+                self._ws.remote_address,
+            )
+            await self.close(CloseCode.SLOW_CLIENT, "the client does not read")
+        except Exception:
+            # Without its sender the client would wait forever: end the connection.
+            logger.exception("sending to a client failed")
+            await self.close(CloseCode.INTERNAL_ERROR, "internal error")

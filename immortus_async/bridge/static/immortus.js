@@ -1,0 +1,286 @@
+/*
+ * immortus.js: follow immortus-async jobs from a browser. No build step, no dependencies.
+ *
+ * As a classic script (sets window.Immortus):
+ *   <script src="http://bridge.example:8765/immortus.js"></script>
+ * As an ES module (immortus.mjs wraps this file):
+ *   import Immortus, { verify, create } from "http://bridge.example:8765/immortus.mjs";
+ *
+ *   const { job_id, token } = await Immortus.create("/jobs", { path: "data.csv" });
+ *   const state = await Immortus.verify({ job_id, token }, {
+ *     onProgress: (progress, state) => { bar.value = progress; },
+ *     onStatus: (status, state) => { label.textContent = status; },
+ *   });
+ *
+ * verify() follows the job over a websocket, reconnects with jittered exponential
+ * backoff and resubscribes with since_seq, and falls back to polling GET /verify
+ * when WebSocket is missing or keeps failing. Its promise resolves with the
+ * terminal state (failed jobs included: look at state.status) and rejects with an
+ * ImmortusError only when following cannot succeed (a refused token, a bad job id).
+ * The protocol is described in docs/protocol.md.
+ */
+(function (global) {
+  "use strict";
+
+  if (global.Immortus && global.Immortus.verify) {
+    return; // loaded twice (a classic script and the module): keep the first
+  }
+
+  // Where this script came from: the bridge. document.currentScript is null when
+  // the file is imported by immortus.mjs, which then sets Immortus.baseUrl itself.
+  var script = global.document && global.document.currentScript;
+  var scriptBase = script && script.src ? new URL(".", script.src).href : null;
+
+  // Errors that retrying cannot fix.
+  var PERMANENT = [
+    "token_required",
+    "token_invalid",
+    "token_expired",
+    "invalid_job_id",
+    "invalid_message",
+    "unknown_type",
+    "too_many_subscriptions",
+  ];
+
+  class ImmortusError extends Error {
+    constructor(code, message) {
+      super(message);
+      this.name = "ImmortusError";
+      this.code = code;
+    }
+  }
+
+  var defaults = {
+    backoffMin: 250, // ms before the first reconnection
+    backoffMax: 10000, // ms, the longest wait between reconnections
+    socketFailures: 4, // failed connections in a row before polling /verify instead
+    pollInterval: 1000, // ms between two reads of /verify
+  };
+
+  function httpBase(url) {
+    var base = new URL(url || Immortus.baseUrl || scriptBase || global.location.href);
+    base.protocol = base.protocol.replace(/^ws/, "http");
+    return base.origin;
+  }
+
+  function callSafely(callback, first, second) {
+    if (typeof callback !== "function") return;
+    try {
+      callback(first, second);
+    } catch (error) {
+      console.error("immortus: a callback failed", error);
+    }
+  }
+
+  class Follower {
+    constructor(job, handlers, resolve, reject) {
+      if (!job || typeof job.job_id !== "string" || !job.job_id) {
+        throw new ImmortusError("invalid_job_id", "verify() needs { job_id, token }");
+      }
+      this.job = job;
+      this.handlers = handlers || {};
+      this.options = Object.assign({}, defaults, job);
+      this.base = httpBase(job.url);
+      this.resolve = resolve;
+      this.reject = reject;
+      this.seq = typeof job.since_seq === "number" ? job.since_seq : -1;
+      this.status = null;
+      this.progress = null;
+      this.done = false;
+      this.failures = 0; // connections in a row that delivered nothing
+      this.attempt = 0; // for the backoff
+      this.socket = null;
+      this.timer = null;
+    }
+
+    start() {
+      if (typeof global.WebSocket === "undefined") {
+        this.poll();
+      } else {
+        this.connect();
+      }
+    }
+
+    async token() {
+      var token = this.job.token;
+      return typeof token === "function" ? await token() : token;
+    }
+
+    deliver(state) {
+      // A repeated or older state is skipped; a terminal one always counts.
+      if (this.done || (state.seq <= this.seq && !state.completed)) return;
+      this.seq = Math.max(this.seq, state.seq);
+      this.failures = 0;
+      this.attempt = 0;
+      callSafely(this.handlers.onState, state);
+      if (state.status !== this.status) {
+        this.status = state.status;
+        callSafely(this.handlers.onStatus, state.status, state);
+      }
+      if (state.progress !== null && state.progress !== this.progress) {
+        this.progress = state.progress;
+        callSafely(this.handlers.onProgress, state.progress, state);
+      }
+      if (state.completed) this.finish(null, state);
+    }
+
+    finish(error, state) {
+      if (this.done) return;
+      this.done = true;
+      clearTimeout(this.timer);
+      if (this.socket) {
+        this.socket.onclose = null;
+        this.socket.close(1000);
+        this.socket = null;
+      }
+      if (error) this.reject(error);
+      else this.resolve(state);
+    }
+
+    later(action) {
+      var o = this.options;
+      var ceiling = Math.min(o.backoffMax, o.backoffMin * Math.pow(2, this.attempt++));
+      var delay = ceiling / 2 + (Math.random() * ceiling) / 2; // jitter spreads reconnections
+      this.timer = setTimeout(action, delay);
+    }
+
+    // Websocket
+
+    async subscribe(socket) {
+      var message = { type: "subscribe", job_id: this.job.job_id };
+      try {
+        message.token = await this.token();
+      } catch (error) {
+        console.error("immortus: the token function failed", error);
+        socket.close(1000);
+        return;
+      }
+      if (this.seq >= 0) message.since_seq = this.seq;
+      if (socket.readyState === 1) socket.send(JSON.stringify(message));
+    }
+
+    connect() {
+      if (this.done) return;
+      var socket;
+      try {
+        socket = new global.WebSocket(this.base.replace(/^http/, "ws") + "/");
+      } catch (error) {
+        this.retry();
+        return;
+      }
+      this.socket = socket;
+      socket.onopen = () => this.subscribe(socket);
+      socket.onmessage = (event) => this.received(socket, event.data);
+      socket.onclose = () => {
+        if (this.socket === socket) this.socket = null;
+        this.failures += 1;
+        this.retry();
+      };
+    }
+
+    received(socket, data) {
+      var message;
+      try {
+        message = JSON.parse(data);
+      } catch (error) {
+        return;
+      }
+      if (message.job_id !== undefined && message.job_id !== this.job.job_id) return;
+      if (message.type === "state") {
+        this.deliver(message);
+      } else if (message.type === "error") {
+        this.refused(message.code, message.message, () => this.subscribe(socket));
+      }
+    }
+
+    // A refusal from either transport: renew an expired token when we can,
+    // give up on what cannot succeed, retry the rest.
+    refused(code, text, renew) {
+      if (code === "token_expired" && typeof this.job.token === "function") {
+        this.later(renew); // backoff: a token function that keeps failing must not spin
+      } else if (PERMANENT.indexOf(code) >= 0) {
+        this.finish(new ImmortusError(code, text || code));
+      } else if (this.socket) {
+        this.socket.close(1000); // its onclose retries
+      } else {
+        this.later(() => this.poll());
+      }
+    }
+
+    retry() {
+      if (this.done) return;
+      if (this.failures >= this.options.socketFailures) {
+        this.poll();
+      } else {
+        this.later(() => this.connect());
+      }
+    }
+
+    // Polling /verify
+
+    async poll() {
+      if (this.done) return;
+      var url = this.base + "/verify/" + encodeURIComponent(this.job.job_id);
+      var response;
+      try {
+        var token = await this.token();
+        if (token) url += "?token=" + encodeURIComponent(token);
+        response = await global.fetch(url, { cache: "no-store" });
+      } catch (error) {
+        this.later(() => this.poll());
+        return;
+      }
+      var body = null;
+      try {
+        body = await response.json();
+      } catch (error) {
+        body = null;
+      }
+      if (response.ok && body) {
+        this.deliver(body);
+        if (!this.done) this.timer = setTimeout(() => this.poll(), this.options.pollInterval);
+      } else if (body && body.type === "error") {
+        this.refused(body.code, body.message, () => this.poll());
+      } else {
+        this.later(() => this.poll());
+      }
+    }
+  }
+
+  function verify(job, handlers) {
+    return new Promise(function (resolve, reject) {
+      new Follower(job, handlers, resolve, reject).start();
+    });
+  }
+
+  async function create(url, data, init) {
+    var response = await global.fetch(
+      url,
+      Object.assign(
+        {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify(data === undefined ? {} : data),
+        },
+        init,
+      ),
+    );
+    if (!response.ok) {
+      throw new ImmortusError("create_failed", "POST " + url + " answered " + response.status);
+    }
+    var body = await response.json();
+    if (!body || typeof body.job_id !== "string") {
+      throw new ImmortusError("create_failed", "POST " + url + " answered no job_id");
+    }
+    return body;
+  }
+
+  var Immortus = {
+    verify: verify,
+    create: create,
+    ImmortusError: ImmortusError,
+    defaults: defaults,
+    baseUrl: scriptBase,
+  };
+  global.Immortus = Immortus;
+})(globalThis);

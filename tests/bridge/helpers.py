@@ -1,0 +1,240 @@
+"""Test helpers for the bridge: tokens, job updates, websocket and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import time
+from typing import Any, Protocol
+
+import jwt
+from websockets.asyncio.client import ClientConnection, connect
+
+from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
+
+from ..utils import SCALE
+
+SECRET = "bridge-tests-secret-0123456789abcdef"
+OTHER_SECRET = "someone-elses-secret-0123456789abcdef"
+
+
+class Listening(Protocol):
+    """Where a bridge listens: a :class:`~immortus_async.bridge.Bridge` or a process."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+class BridgeProcess:
+    """A bridge run by the CLI in a process of its own; its log is read as it comes."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, output: list[str]) -> None:
+        self.process = process
+        self.port = port
+        self.output = output
+        self._reader = asyncio.create_task(self._read_log())
+
+    async def _read_log(self) -> None:
+        # Read continuously: a full pipe would block the bridge on its next log line.
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.output.append(line.decode())
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>``."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def stop(self) -> int:
+        """SIGTERM, wait for the exit, return the status."""
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20 * SCALE):
+            status = await self.process.wait()
+            await self._reader
+        return status
+
+
+def token(job_id: str, *, ttl: float = 300, secret: str = SECRET) -> str:
+    """A token that opens ``job_id``."""
+    return mint_token(job_id, secret, ttl=ttl)
+
+
+def expired_token(job_id: str) -> str:
+    """A correctly signed token whose ``exp`` has passed."""
+    claims = {"job_id": job_id, "exp": int(time.time()) - 10}
+    return jwt.encode(claims, SECRET.encode(), algorithm="HS256")
+
+
+async def advance(
+    strategy: RedisPubSubStrategy, job_id: str, status: JobStatus, **fields: Any
+) -> JobState:
+    """Apply one update as a worker would (``queued`` is attempt 0, the rest attempt 1)."""
+    attempt = 0 if status is JobStatus.QUEUED else 1
+    state = await strategy.apply(JobUpdate(job_id=job_id, status=status, attempt=attempt, **fields))
+    assert state is not None, f"{status} was dropped for {job_id}"
+    return state
+
+
+def subscribe(job_id: str, **fields: Any) -> str:
+    """A subscribe message with a valid token unless ``fields`` says otherwise."""
+    message = {"type": "subscribe", "job_id": job_id, "token": token(job_id), **fields}
+    return json.dumps(message)
+
+
+async def open_client(bridge: Listening, path: str = "/", **options: Any) -> ClientConnection:
+    """A websockets client of ``bridge``."""
+    return await connect(bridge.url + path, open_timeout=10 * SCALE, **options)
+
+
+async def receive(client: ClientConnection, timeout: float = 10) -> dict[str, Any]:
+    """The next frame, parsed; fail after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout * SCALE):
+        raw = await client.recv()
+    frame: dict[str, Any] = json.loads(raw)
+    return frame
+
+
+async def receive_until_completed(
+    client: ClientConnection, job_id: str, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """Every state frame of ``job_id`` up to and including its terminal one."""
+    frames = []
+    async with asyncio.timeout(timeout * SCALE):
+        while True:
+            frame = json.loads(await client.recv())
+            if frame.get("job_id") != job_id:
+                continue
+            assert frame["type"] == "state", frame
+            frames.append(frame)
+            if frame["completed"]:
+                return frames
+
+
+async def http_get(
+    bridge: Listening, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """``GET path`` on the bridge's port: (status, headers lower-cased, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{bridge.port}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    async with asyncio.timeout(10 * SCALE):
+        raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body
+
+
+class PageServer:
+    """A loopback HTTP server: GET answers :attr:`html`; POST, the application's
+    create endpoint, records its JSON body in :attr:`posted` and answers :attr:`created`.
+
+    The page lives on another port than the bridge, so the browser treats the
+    bridge as cross-origin, as it is in a real deployment. Start it first (the
+    bridge needs its origin), then set :attr:`html` (which needs the bridge's port).
+    """
+
+    def __init__(self) -> None:
+        self.html = ""
+        self.origin = ""
+        self.posted: list[Any] = []
+        self.created: dict[str, str] = {}
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen on a free port; return the origin, ``http://127.0.0.1:<port>``."""
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.origin = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self.origin
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        content_type, body = "text/html; charset=utf-8", self.html.encode()
+        if head.startswith("POST "):
+            length = re.search(r"(?im)^content-length:\s*(\d+)", head)
+            data = await reader.readexactly(int(length.group(1)) if length else 0)
+            self.posted.append(json.loads(data))
+            content_type, body = "application/json", json.dumps(self.created).encode()
+        writer.write(
+            (
+                f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def follow_page(bridge: Listening, *, module: bool = False) -> str:
+    """A page with a progress bar that follows a job with immortus.js.
+
+    ``window.follow(job_id, token, options)`` starts following and stores the
+    promise in ``window.done``; every callback is recorded in ``window.events``.
+    With ``module=True`` the page imports ``immortus.mjs`` instead of the script.
+    """
+    base = bridge.url.replace("ws://", "http://")
+    if module:
+        loader = f"""<script type="module">
+  import Immortus, {{ verify }} from "{base}/immortus.mjs";
+  window.Immortus = Immortus; window.verifyFromModule = verify;
+  document.body.dataset.ready = "yes";
+</script>"""
+    else:
+        loader = f"""<script src="{base}/immortus.js"></script>
+<script>document.addEventListener("DOMContentLoaded", () => {{
+  document.body.dataset.ready = "yes"; }});</script>"""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>immortus-async job</title>
+<style>
+  body {{ font: 18px sans-serif; margin: 40px; }}
+  progress {{ width: 420px; height: 28px; }}
+  #status {{ margin-left: 12px; font-weight: bold; }}
+</style>
+{loader}
+</head><body>
+<h1>Job <code id="job">-</code></h1>
+<progress id="bar" max="1" value="0"></progress><span id="status">waiting</span>
+<p id="percent">0%</p>
+<script>
+window.events = [];
+window.follow = (jobId, token, options) => {{
+  document.getElementById("job").textContent = jobId;
+  const verify = window.verifyFromModule || Immortus.verify;
+  window.done = verify(Object.assign({{ job_id: jobId, token: token }}, options), {{
+    onProgress: (progress) => {{
+      document.getElementById("bar").value = progress;
+      document.getElementById("percent").textContent = Math.round(progress * 100) + "%";
+      window.events.push(["progress", progress]);
+    }},
+    onStatus: (status) => {{
+      document.getElementById("status").textContent = status;
+      window.events.push(["status", status]);
+    }},
+  }});
+}};
+</script>
+</body></html>"""
+
+
+async def still_served(bystander: ClientConnection, strategy: RedisPubSubStrategy) -> None:
+    """Assert that the ``bystander`` fixture's client still gets its job's next state."""
+    state = await advance(strategy, "good", JobStatus.STARTED, progress=0.5)
+    frame = await receive(bystander)
+    assert (frame["job_id"], frame["seq"]) == ("good", state.seq)

@@ -1,0 +1,108 @@
+"""Plain HTTP on the bridge's port: /verify, /healthz, the browser client, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async.bridge import Bridge, serve
+
+from .helpers import (
+    OTHER_SECRET,
+    SECRET,
+    advance,
+    expired_token,
+    http_get,
+    still_served,
+    token,
+)
+
+S = JobStatus
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("", 401, "token_required"),
+        ("?token=", 401, "token_required"),
+        (f"?token={token('7', secret=OTHER_SECRET)}", 403, "token_invalid"),
+        (f"?token={token('8')}", 403, "token_invalid"),
+        (f"?token={expired_token('7')}", 403, "token_expired"),
+    ],
+    ids=["no token", "empty token", "forged", "another job", "expired"],
+)
+async def test_verify_refuses_without_a_good_token(
+    bridge: Bridge,
+    strategy: RedisPubSubStrategy,
+    bystander: ClientConnection,
+    query: str,
+    status: int,
+    code: str,
+) -> None:
+    """/verify answers 401 without a token and 403 with a bad one; websockets go on."""
+    got, headers, body = await http_get(bridge, f"/verify/7{query}")
+    assert (got, headers["content-type"]) == (status, "application/json")
+    assert json.loads(body)["code"] == code
+    await still_served(bystander, strategy)
+
+
+async def test_verify_serves_allowed_origins_with_cors_and_refuses_others(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """An allowed Origin gets the state and its CORS header; a foreign one gets 403."""
+    await advance(strategy, "7", S.STARTED, progress=0.5)
+    async with serve(
+        redis_server.url, "127.0.0.1", 0, secret=SECRET, allowed_origins=["https://app.x"]
+    ) as bridge:
+        path = f"/verify/7?token={token('7')}"
+        status, headers, body = await http_get(bridge, path, {"Origin": "https://app.x"})
+        assert (status, headers["access-control-allow-origin"]) == (200, "https://app.x")
+        assert json.loads(body)["progress"] == 0.5
+        status, _, body = await http_get(bridge, path, {"Origin": "https://evil.x"})
+        assert (status, json.loads(body)["code"]) == (403, "origin_not_allowed")
+
+
+async def test_verify_of_unknown_and_invalid_job_ids(bridge: Bridge) -> None:
+    """A job never seen reads "unknown" (200); a job id with a control character is 400."""
+    status, _, body = await http_get(bridge, f"/verify/nope?token={token('nope')}")
+    assert (status, json.loads(body)["status"]) == (200, "unknown")
+    status, _, body = await http_get(bridge, f"/verify/a%0Ab?token={token('a')}")
+    assert (status, json.loads(body)["code"]) == (400, "invalid_job_id")
+
+
+async def test_verify_answers_503_while_redis_is_down(
+    bridge: Bridge, redis_server: RedisServer
+) -> None:
+    """/verify says redis_unavailable (503) instead of hanging when Redis is down."""
+    redis_server.stop(kill=True)
+    status, _, body = await http_get(bridge, f"/verify/7?token={token('7')}")
+    assert (status, json.loads(body)["code"]) == (503, "redis_unavailable")
+
+
+async def test_insecure_bridge_needs_no_token(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """With insecure_no_auth, /verify answers without a token."""
+    await advance(strategy, "7", S.QUEUED)
+    async with serve(redis_server.url, "127.0.0.1", 0, insecure_no_auth=True) as bridge:
+        status, _, body = await http_get(bridge, "/verify/7")
+    assert (status, json.loads(body)["status"]) == (200, "queued")
+
+
+@pytest.mark.parametrize("path", ["/immortus.js", "/immortus.mjs"])
+async def test_the_browser_client_is_served_to_any_origin(bridge: Bridge, path: str) -> None:
+    """immortus.js and immortus.mjs are JavaScript, cacheable, loadable cross-origin."""
+    status, headers, body = await http_get(bridge, path, {"Origin": "https://anywhere.x"})
+    assert status == 200
+    assert headers["content-type"] == "text/javascript; charset=utf-8"
+    assert headers["access-control-allow-origin"] == "*"
+    assert b"Immortus" in body
+
+
+async def test_unknown_paths_are_404(bridge: Bridge) -> None:
+    """Any other path is a JSON 404."""
+    status, _, body = await http_get(bridge, "/admin")
+    assert (status, json.loads(body)["code"]) == (404, "not_found")

@@ -1,0 +1,84 @@
+"""The per-connection outbox: latest state per job, terminal never lost, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from immortus_async import JobState, JobStatus
+from immortus_async.bridge import ErrorCode, Outbox, Rejection
+
+S = JobStatus
+
+
+def _state(job_id: str, seq: int, status: JobStatus = S.STARTED) -> JobState:
+    return JobState(job_id=job_id, status=status, seq=seq, progress=None)
+
+
+async def _take(outbox: Outbox) -> list[dict[str, object]]:
+    return [json.loads(frame) for frame in await asyncio.wait_for(outbox.take(), 1)]
+
+
+async def test_only_the_latest_state_of_a_job_waits() -> None:
+    """Ten states of one job while nobody reads: one frame, the newest; order of jobs kept."""
+    outbox = Outbox()
+    outbox.put_state(_state("a", 1))
+    outbox.put_state(_state("b", 1))
+    for seq in range(2, 11):
+        outbox.put_state(_state("a", seq))
+    outbox.put_state(_state("a", 4))  # older than what waits: ignored
+    frames = await _take(outbox)
+    assert [(f["job_id"], f["seq"]) for f in frames] == [("a", 10), ("b", 1)]
+    stats = outbox.statistics()
+    assert (stats.jobs, stats.replaced) == (0, 9)
+
+
+async def test_the_terminal_state_is_never_replaced_or_lost() -> None:
+    """Progress then finished while nobody reads: the finished state is what is sent."""
+    outbox = Outbox()
+    for seq in range(1, 1000):
+        outbox.put_state(_state("a", seq))
+    outbox.put_state(_state("a", 1000, S.FINISHED))
+    [frame] = await _take(outbox)
+    assert (frame["status"], frame["seq"]) == ("finished", 1000)
+
+
+async def test_a_subscriptions_end_follows_its_last_state() -> None:
+    """token_expired is sent after the job's waiting state; discard drops both."""
+    outbox = Outbox()
+    outbox.put_state(_state("a", 3))
+    outbox.end(Rejection(ErrorCode.TOKEN_EXPIRED, "m", "a"))
+    outbox.put_state(_state("b", 1))
+    outbox.end(Rejection(ErrorCode.TOKEN_EXPIRED, "m", "b"))
+    outbox.discard("b")
+    assert outbox.jobs() == {"a"}
+    frames = await _take(outbox)
+    assert [f["type"] for f in frames] == ["state", "error"]
+
+
+async def test_input_errors_are_bounded_oldest_dropped() -> None:
+    """A client that sends garbage and never reads holds at most max_errors errors."""
+    outbox = Outbox(max_errors=4)
+    for n in range(10):
+        outbox.reject(Rejection(ErrorCode.INVALID_JSON, f"error {n}"))
+    assert outbox.statistics().errors_dropped == 6
+    frames = await _take(outbox)
+    assert [f["message"] for f in frames] == ["error 6", "error 7", "error 8", "error 9"]
+
+
+async def test_take_waits_for_something_to_send() -> None:
+    """take() blocks while empty and wakes on the first put."""
+    outbox = Outbox()
+    waiter = asyncio.ensure_future(outbox.take())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    outbox.put_state(_state("a", 1))
+    assert len(await asyncio.wait_for(waiter, 1)) == 1
+
+
+def test_max_errors_must_be_positive() -> None:
+    """A zero-sized error queue is a configuration mistake."""
+    with pytest.raises(ValueError, match="max_errors"):
+        Outbox(max_errors=0)

@@ -1,0 +1,112 @@
+"""Clients that do not read: bounded memory, nobody else slowed, the end still delivered."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import psutil
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async.bridge import serve
+
+from ..utils import SCALE, wait_until
+from .helpers import (
+    SECRET,
+    BridgeProcess,
+    Listening,
+    advance,
+    open_client,
+    receive,
+    subscribe,
+)
+
+S = JobStatus
+UPDATES = 10_000
+PADDING = "x" * 2048  # 10,000 frames of this would be over 20 MiB if the bridge kept them
+MiB = 1024 * 1024
+
+
+async def _stalled_client(bridge: Listening) -> ClientConnection:
+    """A client whose socket takes almost nothing in: the bridge's sends soon block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", bridge.port))
+    sock.setblocking(False)
+    return await connect(bridge.url, sock=sock, max_queue=1, ping_interval=None)
+
+
+def _rss(bridge: BridgeProcess) -> int:
+    rss: int = psutil.Process(bridge.process.pid).memory_info().rss
+    return rss
+
+
+@pytest.mark.timeout(120)
+async def test_a_client_that_never_reads_costs_bounded_memory(
+    bridge_process: BridgeProcess, strategy: RedisPubSubStrategy
+) -> None:
+    """10,000 updates to a never-reading client: RSS bounded, others served, latest+end kept."""
+    await advance(strategy, "slow", S.STARTED)
+    await advance(strategy, "other", S.STARTED)
+    slow = await _stalled_client(bridge_process)
+    await slow.send(subscribe("slow"))
+    async with await open_client(bridge_process) as other:
+        await other.send(subscribe("other"))
+        assert (await receive(other))["job_id"] == "other"
+        # Warm up until the slow client's sends block, so the baseline includes
+        # its full socket buffers, then measure what 10,000 more updates add.
+        for n in range(500):
+            await advance(strategy, "slow", S.STARTED, progress=n / UPDATES, meta={"pad": PADDING})
+        before = _rss(bridge_process)
+        for n in range(1, UPDATES + 1):
+            last = await advance(
+                strategy, "slow", S.STARTED, progress=n / UPDATES, meta={"n": n, "pad": PADDING}
+            )
+            if n % 1000 == 0:
+                sent = await advance(strategy, "other", S.STARTED, progress=n / UPDATES)
+                frame = await receive(other, timeout=5)
+                assert (frame["job_id"], frame["seq"]) == ("other", sent.seq)
+        growth = _rss(bridge_process) - before
+    print(f"\nRSS growth over {UPDATES} updates: {growth / MiB:.2f} MiB")
+    assert growth < 8 * MiB, f"the bridge grew by {growth / MiB:.1f} MiB"
+
+    seqs = []
+    while not seqs or seqs[-1] < last.seq:
+        frame = await receive(slow)
+        seqs.append(frame["seq"])
+    assert seqs == sorted(set(seqs)), "states arrive in order, each once"
+    print(f"the slow client received {len(seqs)} of {UPDATES} states")
+    assert len(seqs) < UPDATES / 2, "intermediate states were skipped, not queued"
+    assert frame["progress"] == 1.0 and frame["meta"]["n"] == UPDATES
+    await advance(strategy, "slow", S.FINISHED)
+    assert (await receive(slow))["status"] == "finished"
+    await slow.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_blocked_past_send_timeout_is_closed(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that leaves a send blocked past send_timeout is disconnected (code 4008)."""
+    caplog.set_level(logging.WARNING, logger="immortus_async.bridge")
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        send_timeout=0.5 * SCALE,
+        close_timeout=0.5 * SCALE,
+        write_limit=1024,
+    ) as bridge:
+        slow = await _stalled_client(bridge)
+        await slow.send(subscribe("stuck"))
+        await wait_until(lambda: bridge.statistics().subscriptions == 1, message="the subscribe")
+        for n in range(5000):
+            if bridge.statistics().connections == 0:
+                break
+            await advance(strategy, "stuck", S.STARTED, meta={"n": n, "pad": PADDING})
+        await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
+        slow.transport.abort()
+    assert any("read nothing" in record.getMessage() for record in caplog.records)
