@@ -199,9 +199,23 @@ def parse_connect_path(path: str) -> Subscribe | Rejection | None:
     return _subscribe(job_id, token, since)
 
 
+_last_frame: tuple[JobState, str] | None = None
+
+
 def state_frame(state: JobState) -> str:
-    """A ``state`` frame: ``{"type": "state"}`` plus every field of the state's wire form."""
-    return json.dumps({"type": "state", **state.to_dict()}, separators=(",", ":"))
+    """A ``state`` frame: ``{"type": "state"}`` plus every field of the state's wire form.
+
+    The frame of the last state encoded is kept: every follower of a job gets the
+    same :class:`JobState` object (decoded once per Redis message), so a job with a
+    thousand followers is encoded once, not a thousand times.
+    """
+    global _last_frame
+    last = _last_frame
+    if last is not None and last[0] is state:
+        return last[1]
+    frame = json.dumps({"type": "state", **state.to_dict()}, separators=(",", ":"))
+    _last_frame = (state, frame)
+    return frame
 
 
 def error_frame(code: ErrorCode, message: str, job_id: str | None = None) -> str:

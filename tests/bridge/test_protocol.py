@@ -84,6 +84,17 @@ def test_state_frame_is_the_wire_form_plus_type() -> None:
     assert frame == state.to_dict()
 
 
+def test_state_frame_encodes_a_state_shared_by_many_followers_once() -> None:
+    """The same state object gives the same frame object; an equal-looking other state is
+    encoded on its own."""
+    state = JobState(job_id="7", status=JobStatus.STARTED, seq=2)
+    first = state_frame(state)
+    assert state_frame(state) is first
+    other = JobState(job_id="7", status=JobStatus.FINISHED, seq=3)
+    assert json.loads(state_frame(other))["seq"] == 3
+    assert json.loads(state_frame(state))["seq"] == 2
+
+
 def test_error_frame_names_the_job_only_when_given() -> None:
     """An error frame has code and message, and job_id only for a subscription's error."""
     assert json.loads(error_frame(ErrorCode.INVALID_JSON, "m")) == {
