@@ -195,8 +195,16 @@ class Session:
 
     async def _send_loop(self) -> None:
         try:
+            transport = self._ws.transport
+            # A frame that fits in the write buffer's high-water mark (UTF-8 is at
+            # most 4 bytes a character, the header at most 14) cannot make send()
+            # wait when the buffer is empty: it needs no timer.
+            fits = (self._ws.write_limit_high - 14) // 4
             while True:
                 for frame in await self.outbox.take():
+                    if len(frame) <= fits and not transport.get_write_buffer_size():
+                        await self._ws.send(frame)
+                        continue
                     async with asyncio.timeout(self._send_timeout):
                         await self._ws.send(frame)
         except ConnectionClosed:
