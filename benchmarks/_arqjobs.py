@@ -87,7 +87,7 @@ async def waiters(config: dict[str, Any], stream: AsyncIterator[dict[str, Any]])
     if method == "tracker":
         async with Tracker(config["redis"]) as tracker:
             strategy = tracker.strategy()
-            snapshots = _count_calls(strategy, "status")
+            snapshots_read = _after_calls(strategy, "status", len(jobs))
 
             async def wait_tracker(job_id: str) -> None:
                 await tracker.completed(job_id, timeout=600)
@@ -95,8 +95,7 @@ async def waiters(config: dict[str, Any], stream: AsyncIterator[dict[str, Any]])
 
             tasks = [asyncio.create_task(wait_tracker(job_id)) for job_id in jobs]
             # Every waiter has subscribed and read its snapshot: only a push wakes it now.
-            while snapshots[0] < len(jobs):
-                await asyncio.sleep(0.01)
+            await snapshots_read.wait()
             await _report(tasks, woke, proc)
     else:
         pool = await create_pool(settings(config["redis"]))
@@ -119,18 +118,22 @@ async def _report(tasks: list[asyncio.Task[None]], woke: dict[str, float], proc:
     say("done", woke=woke, cpu=cpu_seconds(proc) - before)
 
 
-def _count_calls(obj: object, name: str) -> list[int]:
-    """Count the calls of ``obj.name`` that have returned (instrumentation only)."""
-    counter = [0]
+def _after_calls(obj: object, name: str, count: int) -> asyncio.Event:
+    """An event set once ``obj.name`` has returned ``count`` times (instrumentation only)."""
+    reached = asyncio.Event()
+    calls = 0
     method: Callable[..., Awaitable[Any]] = getattr(obj, name)
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
         result = await method(*args, **kwargs)
-        counter[0] += 1
+        calls += 1
+        if calls >= count:
+            reached.set()
         return result
 
     setattr(obj, name, counted)
-    return counter
+    return reached
 
 
 # The parent's helpers
