@@ -119,16 +119,16 @@ async def _report(tasks: list[asyncio.Task[None]], woke: dict[str, float], proc:
 
 
 def _after_calls(obj: object, name: str, count: int) -> asyncio.Event:
-    """An event set once ``obj.name`` has returned ``count`` times (instrumentation only)."""
+    """An event set once ``obj.name`` has returned for ``count`` different first
+    arguments (job ids): instrumentation only, off the measured path."""
     reached = asyncio.Event()
-    calls = 0
+    seen: set[Any] = set()
     method: Callable[..., Awaitable[Any]] = getattr(obj, name)
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
         result = await method(*args, **kwargs)
-        calls += 1
-        if calls >= count:
+        seen.add(args[0] if args else None)
+        if len(seen) >= count:
             reached.set()
         return result
 
