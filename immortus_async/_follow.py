@@ -11,7 +11,7 @@ from dataclasses import replace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._buffer import RESYNC, StateBuffer
+from ._buffer import RESYNC, StateBuffer, _Resync
 from .state import JobState
 from .status import JobStatus
 
@@ -35,11 +35,27 @@ async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> Job
             delay = min(delay * 2, 2.0)
 
 
+async def _next(buffer: StateBuffer, timeout: float | None) -> JobState | _Resync:
+    """The buffer's next item, or :data:`RESYNC` once ``timeout`` seconds pass."""
+    if timeout is None:
+        return await buffer.get()
+    deadline = asyncio.timeout(max(timeout, 0.0))
+    try:
+        async with deadline:
+            return await buffer.get()
+    except TimeoutError:
+        if deadline.expired():
+            return RESYNC
+        raise
+
+
 async def follow(
     job_id: str,
     subscription: AbstractAsyncContextManager[None],
     buffer: StateBuffer,
     read: Callable[[], Awaitable[JobState]],
+    *,
+    recheck: Callable[[JobState], float | None] | None = None,
 ) -> AsyncIterator[JobState]:
     """Yield the job's current state, then every newer one, until a terminal one.
 
@@ -47,13 +63,18 @@ async def follow(
     return from ``__aenter__`` only once it is live: the snapshot is read after it,
     so a change made in between arrives as a message and none is lost. States not
     newer than the one last yielded are skipped.
+
+    ``recheck``, given the current state before each wait, returns the seconds
+    after which the job is read again though nothing was pushed (None: wait for a
+    push): for what no message announces, such as a heartbeat going stale or a
+    queue that cannot push.
     """
     async with subscription:
         state = await _retrying(read, job_id)
         buffer.seen(state)
         yield state
         while not state.completed:
-            item = await buffer.get()
+            item = await _next(buffer, recheck(state) if recheck is not None else None)
             if item is RESYNC:
                 fresh = await _retrying(read, job_id)
                 if _history_lost(state, fresh):
