@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
+from . import config
 from ._follow import poll
 from ._redis import client_from
 from .config import strategy_for
@@ -18,6 +19,7 @@ from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate
 from .status import JobStatus
+from .strategies.arq import ArqStrategy
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_token, read_secret
 
@@ -88,9 +90,12 @@ class Tracker:
         found = resolve_strategy(strategy_for(function, override=self._override))
         if not isinstance(found, type):
             return found
-        instance = self._built.get(found)
+        return self._instance(found)
+
+    def _instance(self, cls: type) -> object:
+        instance = self._built.get(cls)
         if instance is None:
-            instance = self._built[found] = self._build(found)
+            instance = self._built[cls] = self._build(cls)
         return instance
 
     def _build(self, cls: type) -> object:
@@ -104,6 +109,10 @@ class Tracker:
             kwargs["redis"] = self._redis
         if "prefix" in params:
             kwargs["prefix"] = self._prefix
+        if "fallback" in params and config._queue_adapter == "arq":
+            # A job with no record of ours (enqueued and run by code that never heard
+            # of us), or one arq ended without calling it, still reports honestly.
+            kwargs["fallback"] = self._instance(ArqStrategy)
         return cls(**kwargs)
 
     async def status(self, job_id: str, *, function: Function = None) -> JobState:
