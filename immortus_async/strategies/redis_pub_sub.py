@@ -89,7 +89,8 @@ def _now() -> float:
 
 def _heartbeat(state: JobState, beat: Any, ttl_left: int) -> tuple[JobState, float | None]:
     """``state`` with ``stalled`` set from its heartbeat, and the seconds until the
-    heartbeat goes stale (or, once stalled, until it is worth looking again)."""
+    heartbeat goes stale or, once stalled, until it is worth looking again: half the
+    threshold, so that a beat made just after this read is still fresh then."""
     if state.status is not JobStatus.STARTED or beat is None or ttl_left < 0:
         return state, None
     try:
@@ -100,7 +101,7 @@ def _heartbeat(state: JobState, beat: Any, ttl_left: int) -> tuple[JobState, flo
         return state, None
     silent_ms = ttl_ms - ttl_left
     if silent_ms > stalled_ms:
-        return replace(state, stalled=True), stalled_ms / 1000
+        return replace(state, stalled=True), stalled_ms / 2000
     return state, (stalled_ms - silent_ms) / 1000
 
 
