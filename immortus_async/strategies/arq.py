@@ -47,10 +47,9 @@ from redis.exceptions import RedisError, ResponseError
 from .._buffer import StateBuffer
 from .._describe import describe_error
 from .._follow import follow
-from .._pubsub import PubSubHub, connection_factory
-from .._redis import client_from
 from ..state import JobState
 from ..status import JobStatus
+from ._connected import Connected
 
 __all__ = ["ArqStrategy"]
 
@@ -142,7 +141,7 @@ class _Polling:
     interval: float | None = None
 
 
-class ArqStrategy:
+class ArqStrategy(Connected):
     """Reads a job's state from arq's records; pushes through keyspace notifications.
 
     ``seq`` is derived from the lifecycle (``4 * attempt`` plus the step within the
@@ -177,7 +176,8 @@ class ArqStrategy:
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
-        self.redis, self._owns_redis = client_from(redis)
+        # A keyspace event carries only the command's name: any one means "re-read".
+        super().__init__(redis, decode=bytes)
         if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("ArqStrategy needs a Redis client with decode_responses=False, as arq")
         pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
@@ -186,7 +186,6 @@ class ArqStrategy:
         self._notifications = notifications
         self.poll_interval = poll_interval
         self._buffer_size = buffer_size
-        self._hub: PubSubHub | None = None
 
     # Reading
 
@@ -333,18 +332,6 @@ class ArqStrategy:
                 yield
 
         return follow(job_id, subscription(), buffer, read, recheck=lambda _: polling.interval)
-
-    def _pubsub(self) -> PubSubHub:
-        if self._hub is None:
-            self._hub = PubSubHub(connection_factory(self.redis), lambda payload: payload)
-        return self._hub
-
-    async def aclose(self) -> None:
-        """Close the pub/sub connection, and the client if this object created it."""
-        if self._hub is not None:
-            await self._hub.aclose()
-        if self._owns_redis:
-            await self.redis.aclose()
 
 
 def _text(value: Any) -> str | None:

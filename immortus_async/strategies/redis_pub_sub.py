@@ -14,12 +14,11 @@ from redis.asyncio import Redis
 
 from .._buffer import StateBuffer
 from .._follow import follow
-from .._pubsub import PubSubHub, connection_factory
-from .._redis import client_from
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
 from ..state import JobState, JobUpdate
 from ..status import JobStatus, is_forward
+from ._connected import Connected
 from .base import StateReader
 
 __all__ = ["RedisPubSubStrategy"]
@@ -121,7 +120,7 @@ def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
     return data
 
 
-class RedisPubSubStrategy:
+class RedisPubSubStrategy(Connected):
     """Tracks jobs in Redis and pushes every change through pub/sub.
 
     Each change is one atomic Lua step (one round trip): check that it moves the
@@ -180,7 +179,7 @@ class RedisPubSubStrategy:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        self.redis, self._owns_redis = client_from(redis)
+        super().__init__(redis, decode=JobState.from_json)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
@@ -189,7 +188,6 @@ class RedisPubSubStrategy:
         self._beat = self.redis.register_script(_HEARTBEAT)
         self._fallback = fallback
         self._buffer_size = buffer_size
-        self._hub: PubSubHub | None = None
 
     # Writing
 
@@ -327,15 +325,3 @@ class RedisPubSubStrategy:
             if changes is not None:
                 recheck.poll = await stack.enter_async_context(changes(job_id, buffer))
             yield
-
-    def _pubsub(self) -> PubSubHub:
-        if self._hub is None:
-            self._hub = PubSubHub(connection_factory(self.redis), JobState.from_json)
-        return self._hub
-
-    async def aclose(self) -> None:
-        """Close the pub/sub connection, and the client if this object created it."""
-        if self._hub is not None:
-            await self._hub.aclose()
-        if self._owns_redis:
-            await self.redis.aclose()
