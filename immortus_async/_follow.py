@@ -8,19 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from ._buffer import RESYNC, StateBuffer, _Resync
+from ._redis import UNREACHABLE
 from .state import JobState
 from .status import JobStatus
 
 __all__ = ["follow", "poll"]
 
 logger = logging.getLogger("immortus_async.tracker")
-
-# redis-py's ConnectionError and TimeoutError do not derive from the built-in ones.
-_TRANSIENT = (ConnectionError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
 async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> JobState:
@@ -29,7 +24,7 @@ async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> Job
     while True:
         try:
             return await read()
-        except _TRANSIENT as exc:
+        except UNREACHABLE as exc:
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

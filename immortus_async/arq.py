@@ -54,11 +54,10 @@ from typing import Any, TypeVar, cast, overload
 
 from arq.worker import Retry, RetryJob
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import config
 from ._describe import describe_error
+from ._redis import UNREACHABLE
 from .registry import StrategySpec, resolve_strategy
 from .state import JobUpdate
 from .status import JobStatus
@@ -73,7 +72,6 @@ MAX_META_BYTES = 64 * 1024
 """The largest ``meta`` one :meth:`JobContext.update` takes, encoded as JSON."""
 
 _KEY = "immortus"
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 _BACKOFF = (0.05, 1.0)
 _SETTLE_POLL = 0.02
 _NO_RESULT = (
@@ -338,7 +336,7 @@ class JobContext:
                 return
             try:
                 await self._deliver(update)
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 logger.warning(
                     "tracking job %s: Redis is unreachable (%s); the job goes on, its state "
                     "is written once Redis is back (retrying for up to %ss)",
@@ -359,7 +357,7 @@ class JobContext:
                 update, self._backlog = self._backlog, None
                 try:
                     await self._deliver(update)
-                except _UNREACHABLE as exc:
+                except UNREACHABLE as exc:
                     if self._backlog is not None:
                         update = _merge(update, self._backlog)
                     self._backlog = update
@@ -387,7 +385,7 @@ class JobContext:
             method = getattr(strategy, name, None)
             if method is not None:
                 await method(update.job_id, *args)
-        except _UNREACHABLE:
+        except UNREACHABLE:
             raise
         except Exception:
             logger.exception("tracking job %s failed; the job goes on without it", self.job_id)

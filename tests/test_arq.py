@@ -626,3 +626,15 @@ async def test_enqueue_passes_arq_options_and_ignores_duplicates(
     assert (first.status, first.seq, first.function) == (S.QUEUED, 1, "add")
     assert await tracker.enqueue(pool, "add", 1, 2, _job_id="fixed") is None
     assert (await tracker.status("fixed")).seq == 1
+
+
+async def test_enqueue_returns_the_job_when_the_tracking_redis_is_away(
+    pool: ArqRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """arq has the job: a tracking Redis that is down is logged, not raised."""
+    with RedisServer() as tracking:
+        async with Tracker(tracking.url, tracking_strategy="redis_pub_sub") as tracker:
+            tracking.stop(kill=True)
+            job = await tracker.enqueue(pool, "add", 1, 2)
+    assert job is not None and await pool.exists(job_key_prefix + job.job_id)
+    assert any("queued state was not written" in r.getMessage() for r in caplog.records)
