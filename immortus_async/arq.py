@@ -47,7 +47,6 @@ import functools
 import inspect
 import json
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
@@ -86,8 +85,10 @@ S = TypeVar("S", bound=dict[str, Any] | type)
 # away, reading arq's outcome after a cancellation): held here so they are not
 # collected while they run.
 _background: set[asyncio.Task[None]] = set()
-# The strategies built on each worker's Redis, one per class, as a Tracker does.
-_built: weakref.WeakKeyDictionary[Redis, dict[type, object]] = weakref.WeakKeyDictionary()
+# The strategies built on a worker's Redis, one per class as a Tracker builds them,
+# live on that client: a dict keyed by the client would keep it alive for ever, as
+# each strategy refers to its client.
+_BUILT = "_immortus_strategies"
 
 
 def _spawn(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -122,7 +123,7 @@ def _strategy_on(redis: Redis, spec: StrategySpec) -> object:
     found = resolve_strategy(spec)
     if not isinstance(found, type):
         return found
-    built = _built.setdefault(redis, {})
+    built: dict[type, object] = redis.__dict__.setdefault(_BUILT, {})
     if found not in built:
         takes_redis = "redis" in inspect.signature(found).parameters
         built[found] = found(redis=redis) if takes_redis else found()
