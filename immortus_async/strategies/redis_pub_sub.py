@@ -44,6 +44,10 @@ return 1
 # one takes it that this job has no heartbeat (a worker that does not beat).
 _FIRST_LOOK = 0.05
 _LOOKS = 6
+# A fallback that cannot push is read at its interval, growing by half with each
+# read that finds the job where it was, up to this: many waiters on jobs that sit in
+# a queue stay cheap, and a job the queue ends on its own is still seen within it.
+_POLL_MAX = 2.0
 
 
 @dataclass
@@ -54,11 +58,13 @@ class _Recheck:
     read: JobState | None = None  # what the last read returned
     stale_at: float | None = None  # loop time at which its heartbeat goes stale
     step: tuple[JobStatus, int] | None = None  # the watcher's (status, attempt)
+    reads: int = 0  # reads in that step
     unbeaten: int = 0  # reads in that step that found no heartbeat
 
     def seen(self, state: JobState, stale_in: float | None) -> None:
         self.read = state
         self.stale_at = None if stale_in is None else _now() + stale_in
+        self.reads += 1
         self.unbeaten = 0 if stale_in is not None else self.unbeaten + 1
 
     def next(self, state: JobState) -> float | None:
@@ -66,7 +72,7 @@ class _Recheck:
         if state.completed:
             return None
         if (state.status, state.attempt) != self.step:
-            self.step, self.unbeaten = (state.status, state.attempt), 0
+            self.step, self.reads, self.unbeaten = (state.status, state.attempt), 0, 0
         waits = []
         beating = False
         if state.status is JobStatus.STARTED:
@@ -78,7 +84,7 @@ class _Recheck:
             elif self.unbeaten < _LOOKS:
                 waits.append(_FIRST_LOOK * 2**self.unbeaten)
         if self.poll is not None and not beating:
-            waits.append(self.poll)
+            waits.append(min(self.poll * 1.5**self.reads, max(self.poll, _POLL_MAX)))
         return min(waits, default=None)
 
 
@@ -146,7 +152,8 @@ class RedisPubSubStrategy(Connected):
     expired, function not found), reads what the fallback says; that state is
     written here too (forward-only, like any update), so every waiter gets it as a
     message. A watcher also follows the fallback's changes: pushed when it can, else
-    read every ``poll_interval`` of the fallback while no worker beats for the job.
+    read while no worker beats for the job, from every ``poll_interval`` of the
+    fallback, growing by half with each read that finds nothing new, up to 2 s.
 
     Args:
         redis: a ``redis.asyncio.Redis`` (an arq pool is one) or a URL.
