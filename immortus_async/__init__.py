@@ -4,6 +4,7 @@
 ...     state = await tracker.completed(job_id, timeout=60)
 """
 
+from .arq import MAX_META_BYTES, JobContext, track_worker, tracked
 from .config import INFERRED_STRATEGIES, configure, strategy_for
 from .embedded import RedisServer, find_redis_server
 from .exceptions import (
@@ -21,6 +22,7 @@ from .registry import ENTRY_POINT_GROUP, StrategySpec, register_strategy, resolv
 from .state import JobState, JobUpdate, apply_update, utcnow
 from .status import TERMINAL_STATUSES, JobStatus, is_forward
 from .strategies import (
+    ArqStrategy,
     MemoryStrategy,
     PushSource,
     RedisPubSubStrategy,
@@ -37,10 +39,13 @@ __all__ = [
     "DEFAULT_PREFIX",
     "ENTRY_POINT_GROUP",
     "INFERRED_STRATEGIES",
+    "MAX_META_BYTES",
     "SECRET_ENV",
     "TERMINAL_STATUSES",
+    "ArqStrategy",
     "ImmortusError",
     "InvalidStateError",
+    "JobContext",
     "JobNotFound",
     "JobState",
     "JobStatus",
@@ -69,6 +74,8 @@ __all__ = [
     "register_strategy",
     "resolve_strategy",
     "strategy_for",
+    "track_worker",
+    "tracked",
     "utcnow",
     "verify_token",
 ]

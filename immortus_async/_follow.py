@@ -8,19 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from ._buffer import RESYNC, StateBuffer
+from ._buffer import RESYNC, StateBuffer, _Resync
+from ._redis import UNREACHABLE
 from .state import JobState
 from .status import JobStatus
 
 __all__ = ["follow", "poll"]
 
 logger = logging.getLogger("immortus_async.tracker")
-
-# redis-py's ConnectionError and TimeoutError do not derive from the built-in ones.
-_TRANSIENT = (ConnectionError, OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
 async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> JobState:
@@ -29,10 +24,24 @@ async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> Job
     while True:
         try:
             return await read()
-        except _TRANSIENT as exc:
+        except UNREACHABLE as exc:
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _next(buffer: StateBuffer, timeout: float | None) -> JobState | _Resync:
+    """The buffer's next item, or :data:`RESYNC` once ``timeout`` seconds pass."""
+    if timeout is None:
+        return await buffer.get()
+    deadline = asyncio.timeout(max(timeout, 0.0))
+    try:
+        async with deadline:
+            return await buffer.get()
+    except TimeoutError:
+        if deadline.expired():
+            return RESYNC
+        raise
 
 
 async def follow(
@@ -40,6 +49,8 @@ async def follow(
     subscription: AbstractAsyncContextManager[None],
     buffer: StateBuffer,
     read: Callable[[], Awaitable[JobState]],
+    *,
+    recheck: Callable[[JobState], float | None] | None = None,
 ) -> AsyncIterator[JobState]:
     """Yield the job's current state, then every newer one, until a terminal one.
 
@@ -47,13 +58,18 @@ async def follow(
     return from ``__aenter__`` only once it is live: the snapshot is read after it,
     so a change made in between arrives as a message and none is lost. States not
     newer than the one last yielded are skipped.
+
+    ``recheck``, given the current state before each wait, returns the seconds
+    after which the job is read again though nothing was pushed (None: wait for a
+    push): for what no message announces, such as a heartbeat going stale or a
+    queue that cannot push.
     """
     async with subscription:
         state = await _retrying(read, job_id)
         buffer.seen(state)
         yield state
         while not state.completed:
-            item = await buffer.get()
+            item = await _next(buffer, recheck(state) if recheck is not None else None)
             if item is RESYNC:
                 fresh = await _retrying(read, job_id)
                 if _history_lost(state, fresh):

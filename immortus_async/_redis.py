@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import builtins
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-__all__ = ["client_from"]
+__all__ = ["UNREACHABLE", "client_from"]
+
+UNREACHABLE = (
+    ConnectionError,
+    TimeoutError,
+    builtins.ConnectionError,
+    builtins.TimeoutError,
+    OSError,
+)
+"""What a command raises when Redis cannot be reached; redis-py's own errors do not
+derive from the built-in ones."""
 
 
 def client_from(redis: Redis | str) -> tuple[Redis, bool]:

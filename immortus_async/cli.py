@@ -12,10 +12,11 @@ import sys
 from types import ModuleType
 
 from .bridge import cli as bridge_cli
+from .commands import status, watch
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS: dict[str, ModuleType] = {"bridge": bridge_cli}
+COMMANDS: dict[str, ModuleType] = {"bridge": bridge_cli, "status": status, "watch": watch}
 """Subcommand name -> the module that implements it."""
 
 

@@ -198,6 +198,30 @@ class JobUpdate:
         if self.status in (JobStatus.UNKNOWN, JobStatus.EXPIRED):
             raise ValueError(f"{self.status.value!r} is read, never written")
 
+    @classmethod
+    def from_state(cls, state: JobState) -> JobUpdate:
+        """The update that moves a record to ``state``'s status, attempt and error.
+
+        Used to record what another source (the queue's own records) knows; its
+        time is the one ``state`` gives for that status, else now.
+        """
+        if state.status is JobStatus.QUEUED:
+            at = state.enqueued_at
+        elif state.status is JobStatus.STARTED:
+            at = state.started_at
+        else:
+            at = state.finished_at
+        return cls(
+            job_id=state.job_id,
+            status=state.status,
+            attempt=state.attempt,
+            progress=state.progress,
+            meta=state.meta or None,
+            error=state.error,
+            function=state.function,
+            at=at or utcnow(),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The form the Redis script takes: JSON types only."""
         return {

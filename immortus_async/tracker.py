@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
@@ -10,20 +11,24 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
+from . import config
 from ._follow import poll
-from ._redis import client_from
+from ._redis import UNREACHABLE, client_from
 from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
 from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate
 from .status import JobStatus
+from .strategies.arq import ArqStrategy
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_token, read_secret
 
 __all__ = ["Tracker"]
 
 Function = Callable[..., Any] | str | None
+
+logger = logging.getLogger("immortus_async.tracker")
 
 
 class Tracker:
@@ -88,9 +93,12 @@ class Tracker:
         found = resolve_strategy(strategy_for(function, override=self._override))
         if not isinstance(found, type):
             return found
-        instance = self._built.get(found)
+        return self._instance(found)
+
+    def _instance(self, cls: type) -> object:
+        instance = self._built.get(cls)
         if instance is None:
-            instance = self._built[found] = self._build(found)
+            instance = self._built[cls] = self._build(cls)
         return instance
 
     def _build(self, cls: type) -> object:
@@ -104,6 +112,10 @@ class Tracker:
             kwargs["redis"] = self._redis
         if "prefix" in params:
             kwargs["prefix"] = self._prefix
+        if "fallback" in params and config._queue_adapter == "arq":
+            # A job with no record of ours (enqueued and run by code that never heard
+            # of us), or one arq ended without calling it, still reports honestly.
+            kwargs["fallback"] = self._instance(ArqStrategy)
         return cls(**kwargs)
 
     async def status(self, job_id: str, *, function: Function = None) -> JobState:
@@ -159,18 +171,28 @@ class Tracker:
         The queued state is written after arq has the job, as attempt 0, so a
         worker that already started it is never moved back. Returns None, and
         writes nothing, when arq refuses a duplicate ``_job_id``.
+
+        The job is enqueued once arq has it: if the tracking Redis cannot be
+        reached for the queued state, that is logged and the job returned all the
+        same (raising would invite the caller to enqueue it twice); the worker's
+        own updates, and arq's records, tell the rest.
         """
         job = await pool.enqueue_job(function, *args, **kwargs)
         if job is None:
             return None
         strategy = self.strategy(function)
-        if isinstance(strategy, StateWriter):
-            update = JobUpdate(
-                job_id=job.job_id, status=JobStatus.QUEUED, attempt=0, function=function
+        try:
+            if isinstance(strategy, StateWriter):
+                update = JobUpdate(
+                    job_id=job.job_id, status=JobStatus.QUEUED, attempt=0, function=function
+                )
+                await strategy.apply(update)
+            elif callable(getattr(strategy, "job_enqueued", None)):
+                await strategy.job_enqueued(job.job_id)  # type: ignore[attr-defined]
+        except UNREACHABLE as exc:
+            logger.warning(
+                "job %s is enqueued, but its queued state was not written: %s", job.job_id, exc
             )
-            await strategy.apply(update)
-        elif callable(getattr(strategy, "job_enqueued", None)):
-            await strategy.job_enqueued(job.job_id)  # type: ignore[attr-defined]
         return job
 
     def token(self, job_id: str, *, ttl: float = 3600) -> str:

@@ -1,10 +1,11 @@
-"""Fixtures: a private Redis server per test, clients, a Tracker, clean configuration."""
+"""Fixtures: a private Redis server per test, clients, an arq pool, a Tracker, clean config."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 import immortus_async.config as config
@@ -24,6 +25,14 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def pool(redis_server: RedisServer) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the test's Redis server (arq's own client: enqueue_job, results)."""
+    arq_pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+    yield arq_pool
+    await arq_pool.aclose()
 
 
 @pytest.fixture

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from arq.connections import ArqRedis
+from arq.worker import Worker
 
 T = TypeVar("T")
 
@@ -35,3 +38,18 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout * SCALE:.1f}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def run_worker(pool: ArqRedis, functions: Sequence[Any], **settings: Any) -> Worker:
+    """Run a real arq worker in this loop until its queue is empty (burst mode, as arq's
+    own tests do) and return it; ``settings`` are more ``Worker`` arguments."""
+    worker = Worker(
+        functions=functions,
+        redis_pool=pool,
+        burst=True,
+        poll_delay=settings.pop("poll_delay", 0),
+        handle_signals=False,
+        **settings,
+    )
+    await worker.main()
+    return worker

@@ -1,4 +1,4 @@
-"""``immortus-async bridge``: run the websocket bridge until SIGINT or SIGTERM."""
+"""Run the websocket bridge (browsers follow jobs live) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 

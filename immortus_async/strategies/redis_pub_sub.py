@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -11,18 +14,104 @@ from redis.asyncio import Redis
 
 from .._buffer import StateBuffer
 from .._follow import follow
-from .._pubsub import PubSubHub, connection_factory
-from .._redis import client_from
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
 from ..state import JobState, JobUpdate
-from ..status import JobStatus
+from ..status import JobStatus, is_forward
+from ._connected import Connected
 from .base import StateReader
 
 __all__ = ["RedisPubSubStrategy"]
 
 _SCRIPT = resources.files(__package__).joinpath("redis_pub_sub.lua").read_text()
-_DAY_MS = 86_400_000
+
+# The heartbeat rides on the job's own hash: a field "<attempt>:<stalled_after ms>:
+# <TTL ms>" and the hash's TTL, refreshed together. Time since the last beat is then
+# TTL ms - PTTL, measured by Redis alone: no clock of ours is compared with another.
+_HEARTBEAT = """
+local stored = redis.call('HGET', KEYS[1], 'state')
+if not stored then return 0 end
+local state = cjson.decode(stored)
+if state.status ~= 'started' or state.attempt ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'hb', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+# A started job's first heartbeat follows its `started` by a round trip: a watcher
+# looks for it after _FIRST_LOOK, then backs off, and after _LOOKS reads without
+# one takes it that this job has no heartbeat (a worker that does not beat).
+_FIRST_LOOK = 0.05
+_LOOKS = 6
+# A fallback that cannot push is read at its interval, growing by half with each
+# read that finds the job where it was, up to this: many waiters on jobs that sit in
+# a queue stay cheap, and a job the queue ends on its own is still seen within it.
+_POLL_MAX = 2.0
+
+
+@dataclass
+class _Recheck:
+    """When a watcher must read its job again though nothing was published."""
+
+    poll: float | None = None  # the fallback's polling interval; None when it pushes
+    read: JobState | None = None  # what the last read returned
+    stale_at: float | None = None  # loop time at which its heartbeat goes stale
+    step: tuple[JobStatus, int] | None = None  # the watcher's (status, attempt)
+    reads: int = 0  # reads in that step
+    unbeaten: int = 0  # reads in that step that found no heartbeat
+
+    def seen(self, state: JobState, stale_in: float | None) -> None:
+        self.read = state
+        self.stale_at = None if stale_in is None else _now() + stale_in
+        self.reads += 1
+        self.unbeaten = 0 if stale_in is not None else self.unbeaten + 1
+
+    def next(self, state: JobState) -> float | None:
+        """Seconds until the next read, given the state the watcher has now."""
+        if state.completed:
+            return None
+        if (state.status, state.attempt) != self.step:
+            self.step, self.reads, self.unbeaten = (state.status, state.attempt), 0, 0
+        waits = []
+        beating = False
+        if state.status is JobStatus.STARTED:
+            read = self.read
+            if self.stale_at is not None and read is not None and read.attempt == state.attempt:
+                waits.append(max(self.stale_at - _now(), 0.0) + 0.01)
+                # A job whose worker beats needs no polling: that worker writes its end.
+                beating = not state.stalled
+            elif self.unbeaten < _LOOKS:
+                waits.append(_FIRST_LOOK * 2**self.unbeaten)
+        if self.poll is not None and not beating:
+            waits.append(min(self.poll * 1.5**self.reads, max(self.poll, _POLL_MAX)))
+        return min(waits, default=None)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _heartbeat(state: JobState, beat: Any, ttl_left: int) -> tuple[JobState, float | None]:
+    """``state`` with ``stalled`` set from its heartbeat, and the seconds until the
+    heartbeat goes stale or, once stalled, until it is worth looking again: half the
+    threshold, so that a beat made just after this read is still fresh then."""
+    if state.status is not JobStatus.STARTED or beat is None or ttl_left < 0:
+        return state, None
+    try:
+        attempt, stalled_ms, ttl_ms = (int(part) for part in _text(beat).split(":"))
+    except ValueError:
+        return state, None
+    if attempt != state.attempt:
+        return state, None
+    silent_ms = ttl_ms - ttl_left
+    if silent_ms > stalled_ms:
+        return replace(state, stalled=True), stalled_ms / 2000
+    return state, (stalled_ms - silent_ms) / 1000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
@@ -37,7 +126,7 @@ def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
     return data
 
 
-class RedisPubSubStrategy:
+class RedisPubSubStrategy(Connected):
     """Tracks jobs in Redis and pushes every change through pub/sub.
 
     Each change is one atomic Lua step (one round trip): check that it moves the
@@ -50,6 +139,21 @@ class RedisPubSubStrategy:
     Waiters share one pub/sub connection per strategy instance (a
     :class:`~immortus_async.Tracker` builds one instance), with each job's channel
     subscribed once however many wait on it.
+
+    Heartbeats: a running job's worker calls :meth:`heartbeat` every few seconds
+    (``@tracked`` does, every ``heartbeat_interval``). A ``started`` job whose last
+    beat is older than the ``stalled_after`` its worker announced reads
+    ``stalled=True``; a watcher reads the job again when that deadline passes, so it
+    sees the flag without polling. Any update of the job counts as a beat.
+
+    With a ``fallback`` (the queue's own records), a job with no record of ours, or
+    one whose record says it is still going while the queue has ended it (arq ends
+    some jobs without calling anything: retries exhausted, aborted before start,
+    expired, function not found), reads what the fallback says; that state is
+    written here too (forward-only, like any update), so every waiter gets it as a
+    message. A watcher also follows the fallback's changes: pushed when it can, else
+    read while no worker beats for the job, from every ``poll_interval`` of the
+    fallback, growing by half with each read that finds nothing new, up to 2 s.
 
     Args:
         redis: a ``redis.asyncio.Redis`` (an arq pool is one) or a URL.
@@ -82,15 +186,15 @@ class RedisPubSubStrategy:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        self.redis, self._owns_redis = client_from(redis)
+        super().__init__(redis, decode=JobState.from_json)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
         self._script = self.redis.register_script(_SCRIPT)
+        self._beat = self.redis.register_script(_HEARTBEAT)
         self._fallback = fallback
         self._buffer_size = buffer_size
-        self._hub: PubSubHub | None = None
 
     # Writing
 
@@ -129,25 +233,68 @@ class RedisPubSubStrategy:
         """The job failed with ``error``."""
         await self.apply(JobUpdate(job_id=job_id, status=JobStatus.FAILED, error=error))
 
+    async def heartbeat(self, job_id: str, attempt: int, *, stalled_after: float) -> bool:
+        """Tell readers that attempt ``attempt`` of the job is alive.
+
+        Until the next beat, readers report the job ``stalled`` once
+        ``stalled_after`` seconds have passed. Returns False, writing nothing, when
+        the job is not ``started`` at that attempt (it ended, or was never started).
+        """
+        ttl_ms = int(self._active_ttl_ms)
+        beat = f"{attempt}:{max(1, int(stalled_after * 1000))}:{ttl_ms}"
+        written = await self._beat(keys=[self.keys.record(job_id)], args=[attempt, beat, ttl_ms])
+        return bool(written)
+
     # Reading
 
     async def status(self, job_id: str) -> JobState:
         """The job's state now; ``expired`` past its TTL; else what the fallback knows.
 
+        ``stalled`` is set on a ``started`` job whose heartbeat has gone stale. A
+        state the fallback knows better (see the class) is recorded before it is
+        returned.
+
         Raises:
             InvalidStateError: the stored record is not a valid job state.
         """
+        record = self.keys.record(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys.record(job_id), ["state", "meta"])
+            pipe.hmget(record, ["state", "meta", "hb"])
+            pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
-            (stored_state, stored_meta), tombstone = await pipe.execute()
+            (stored_state, stored_meta, beat), ttl_left, tombstone = await pipe.execute()
         if stored_state is not None:
-            return JobState.from_dict(_decode_state(stored_state, stored_meta))
-        if tombstone is not None:
+            state = JobState.from_dict(_decode_state(stored_state, stored_meta))
+            state, _ = _heartbeat(state, beat, ttl_left)
+        elif tombstone is not None:
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1)
-        if self._fallback is not None:
-            return await self._fallback.status(job_id)
-        return JobState(job_id=job_id)
+        else:
+            state = JobState(job_id=job_id)
+        if self._fallback is not None and not state.completed:
+            state = await self._catch_up(state, self._fallback)
+        return state
+
+    async def _stale_in(self, state: JobState) -> float | None:
+        """Seconds until a started job's heartbeat goes stale (None: it has none)."""
+        if state.status is not JobStatus.STARTED:
+            return None
+        record = self.keys.record(state.job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(record, "hb")
+            pipe.pttl(record)
+            beat, ttl_left = await pipe.execute()
+        return _heartbeat(state, beat, ttl_left)[1]
+
+    async def _catch_up(self, state: JobState, fallback: StateReader) -> JobState:
+        """Record what the fallback knows when it is ahead of our record."""
+        theirs = await fallback.status(state.job_id)
+        if (
+            theirs.status is JobStatus.UNKNOWN
+            or (theirs.status, theirs.attempt) == (state.status, state.attempt)
+            or not is_forward(state.status, state.attempt, theirs.status, theirs.attempt)
+        ):
+            return state
+        return await self.apply(JobUpdate.from_state(theirs)) or state
 
     async def completed(self, job_id: str) -> bool:
         """True when the job is in a terminal state."""
@@ -163,18 +310,25 @@ class RedisPubSubStrategy:
         Keyword options: ``buffer_size`` overrides the strategy's per-waiter buffer.
         """
         buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
-        hub = self._pubsub()
-        subscription = hub.subscription(self.keys.channel(job_id), buffer)
-        return follow(job_id, subscription, buffer, lambda: self.status(job_id))
+        recheck = _Recheck()
 
-    def _pubsub(self) -> PubSubHub:
-        if self._hub is None:
-            self._hub = PubSubHub(connection_factory(self.redis), JobState.from_json)
-        return self._hub
+        async def read() -> JobState:
+            state = await self.status(job_id)
+            recheck.seen(state, await self._stale_in(state))
+            return state
 
-    async def aclose(self) -> None:
-        """Close the pub/sub connection, and the client if this object created it."""
-        if self._hub is not None:
-            await self._hub.aclose()
-        if self._owns_redis:
-            await self.redis.aclose()
+        subscription = self._subscription(job_id, buffer, recheck)
+        return follow(job_id, subscription, buffer, read, recheck=recheck.next)
+
+    @contextlib.asynccontextmanager
+    async def _subscription(
+        self, job_id: str, buffer: StateBuffer, recheck: _Recheck
+    ) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            channel = self.keys.channel(job_id)
+            await stack.enter_async_context(self._pubsub().subscription(channel, buffer))
+            # A fallback that can say when its records change (ArqStrategy.changes).
+            changes = getattr(self._fallback, "changes", None)
+            if changes is not None:
+                recheck.poll = await stack.enter_async_context(changes(job_id, buffer))
+            yield

@@ -1,0 +1,66 @@
+"""Follow a job with a live progress bar until it ends; exit codes as for status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+from typing import TextIO
+
+from ..exceptions import JobNotFound
+from ..state import JobState
+from ..status import JobStatus
+from ..tracker import Tracker
+from ._jobs import EXIT_OTHER, add_job_arguments, exit_code, summary
+
+__all__ = ["add_arguments", "render_bar", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job to follow, and how long to wait."""
+    parser.description = __doc__
+    add_job_arguments(parser)
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="give up after this many seconds"
+    )
+
+
+def render_bar(state: JobState, width: int) -> str:
+    """``[#####-----]  50%  started  rows=5``, cut to ``width`` characters."""
+    cells = max(10, min(40, width // 3))
+    filled = round((state.progress or 0.0) * cells)
+    bar = f"[{'#' * filled}{'-' * (cells - filled)}]"
+    return f"{bar} {summary(state)}"[:width]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Follow the job; on a terminal, redraw one line; elsewhere, print each change."""
+    try:
+        return asyncio.run(_watch(args, sys.stdout))
+    except JobNotFound as exc:
+        print(f"immortus-async watch: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    except TimeoutError:
+        print(f"immortus-async watch: still running after {args.timeout}s", file=sys.stderr)
+        return EXIT_OTHER
+
+
+async def _watch(args: argparse.Namespace, out: TextIO) -> int:
+    live = out.isatty()
+    async with Tracker(args.redis, prefix=args.prefix) as tracker:
+        # completed()'s checks (unknown job, timeout) with watch()'s every change.
+        first = await tracker.status(args.job_id, function=args.function)
+        if first.status is JobStatus.UNKNOWN:
+            raise JobNotFound(args.job_id)
+        async with asyncio.timeout(args.timeout):
+            async for state in tracker.watch(args.job_id, function=args.function):
+                if live:
+                    width = shutil.get_terminal_size().columns - 1
+                    out.write("\r" + render_bar(state, width).ljust(width))
+                else:
+                    out.write(summary(state) + "\n")
+                out.flush()
+    if live:
+        out.write("\n")
+    return exit_code(state)

@@ -1,0 +1,340 @@
+"""``"arq"``: a job's state read from arq's own records, with no callbacks.
+
+Like Immortus's Delayed::Job strategy read the ``delayed_jobs`` table, this reads
+what arq itself keeps in Redis, so it works for jobs enqueued and run by code that
+never heard of us:
+
+===========================================  ======================================
+arq's records                                state
+===========================================  ======================================
+a result (``arq:result:<id>``)               ``finished``; ``failed`` with the error
+                                             text (arq calls a failed job
+                                             "complete"); ``aborted`` for an abort
+in progress (``arq:in-progress:<id>``)       ``started``, attempt from ``arq:retry:``
+the job (``arq:job:<id>`` or the queue)      ``queued``; ``retrying`` once tried
+nothing                                      ``unknown`` (never "completed")
+===========================================  ======================================
+
+Push: when the server publishes keyspace notifications for generic, string and
+expiry events (``notify-keyspace-events`` containing ``K`` and ``g$x``, or ``KA``,
+e.g. ``CONFIG SET notify-keyspace-events Kg$x``), a watcher subscribes to the four
+keys of its job and re-reads only when one changes. Otherwise, or when ``CONFIG``
+is not allowed (some managed services), it re-reads every ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import pickle
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from .._buffer import StateBuffer
+from .._describe import describe_error
+from .._follow import follow
+from ..state import JobState
+from ..status import JobStatus
+from ._connected import Connected
+
+__all__ = ["ArqStrategy"]
+
+logger = logging.getLogger("immortus_async.strategies.arq")
+
+_NEEDED_EVENTS = frozenset("g$x")
+# Every key whose change moves a job: written, deleted, incremented or expired.
+_PREFIXES = (job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix)
+# Steps of one attempt: the seq of an arq-derived state is 4 * attempt + step, so it
+# grows along any path arq can take (queued, started, retrying, started, ..., end).
+_STEP = {JobStatus.QUEUED: 1, JobStatus.STARTED: 2, JobStatus.RETRYING: 3}
+_VANISHED = (
+    "the job left arq without a result (the worker keeps none with keep_result=0, "
+    "or it has expired), so its outcome is unknown"
+)
+
+
+def _seq(status: JobStatus, attempt: int) -> int:
+    if status is JobStatus.UNKNOWN:
+        return 0
+    return 4 * attempt + _STEP.get(status, 4)
+
+
+def _time(ms: Any) -> datetime | None:
+    if not isinstance(ms, int | float):
+        return None
+    ms = int(ms)
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+
+
+class _StandIn(Exception):
+    """An object of a class this process cannot import (a job's own exception
+    class, say): its class name and arguments survive, for the error text."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):
+            state = state[0]
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (_StandIn,), {"__module__": module})
+
+
+def _unpickle(raw: bytes) -> dict[str, Any]:
+    """arq's default deserializer, tolerant of classes that only the worker has."""
+    data = _Unpickler(io.BytesIO(raw)).load()
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a dict, got {type(data).__name__}")
+    return data
+
+
+def _outcome(data: dict[str, Any]) -> tuple[JobStatus, str | None]:
+    if data.get("s"):
+        return JobStatus.FINISHED, None
+    result = data.get("r")
+    if isinstance(result, asyncio.CancelledError):
+        return JobStatus.ABORTED, describe_error(result, default="job aborted")
+    if isinstance(result, TimeoutError):
+        return JobStatus.FAILED, describe_error(result, default="job timed out")
+    if isinstance(result, BaseException):
+        return JobStatus.FAILED, describe_error(result)
+    return JobStatus.FAILED, str(result)
+
+
+class _Nudge:
+    """A pub/sub sink that turns any keyspace event into "re-read the job"."""
+
+    def __init__(self, buffer: StateBuffer) -> None:
+        self._buffer = buffer
+
+    def push(self, item: Any) -> None:
+        self._buffer.request_resync()
+
+    def fail(self, error: BaseException) -> None:
+        self._buffer.fail(error)
+
+    def request_resync(self) -> None:
+        self._buffer.request_resync()
+
+
+@dataclass
+class _Polling:
+    interval: float | None = None
+
+
+class ArqStrategy(Connected):
+    """Reads a job's state from arq's records; pushes through keyspace notifications.
+
+    ``seq`` is derived from the lifecycle (``4 * attempt`` plus the step within the
+    attempt), so it grows as arq moves a job along and two readers agree on it.
+    A job that disappears from arq while watched (no result was kept) ends the
+    watch as ``failed`` with an error saying so, rather than leaving it waiting.
+
+    Args:
+        redis: arq's Redis: an ``arq.ArqRedis`` (whose queue name and job
+            deserializer are then used), a ``redis.asyncio.Redis`` or a URL.
+        queue_name: the queue to look for a waiting job in; default the pool's, else
+            ``arq:queue``. A job's own key is looked at too, so jobs of other queues
+            read ``queued`` as well.
+        deserializer: arq's ``job_deserializer`` if the worker uses one; default
+            pickle, tolerant of classes this process cannot import.
+        notifications: True or False to force push or polling; None (default)
+            asks the server once (``CONFIG GET notify-keyspace-events``).
+        poll_interval: seconds between reads while polling.
+        buffer_size: states kept per waiter that has not read them yet.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | str,
+        *,
+        queue_name: str | None = None,
+        deserializer: Callable[[bytes], dict[str, Any]] | None = None,
+        # Push or poll
+        notifications: bool | None = None,
+        poll_interval: float = 0.1,
+        buffer_size: int = 64,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
+        # A keyspace event carries only the command's name: any one means "re-read".
+        super().__init__(redis, decode=bytes)
+        if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("ArqStrategy needs a Redis client with decode_responses=False, as arq")
+        pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
+        self.queue_name = queue_name or pool_queue
+        self._loads = deserializer or getattr(self.redis, "job_deserializer", None) or _unpickle
+        self._notifications = notifications
+        self.poll_interval = poll_interval
+        self._buffer_size = buffer_size
+
+    # Reading
+
+    async def status(self, job_id: str) -> JobState:
+        """The job's state as arq's records tell it; ``unknown`` when arq has none."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(result_key_prefix + job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+            pipe.get(job_key_prefix + job_id)
+            pipe.get(retry_key_prefix + job_id)
+            pipe.zscore(self.queue_name, job_id)
+            result, in_progress, job, tries, score = await pipe.execute()
+        if result is not None:
+            return self._ended(job_id, result)
+        tries = int(tries or 0)
+        if in_progress:
+            status, attempt = JobStatus.STARTED, max(tries, 1)
+        elif job is not None or score is not None:
+            status, attempt = (JobStatus.RETRYING, tries) if tries else (JobStatus.QUEUED, 0)
+        else:
+            return JobState(job_id=job_id)
+        data = self._load(job_id, job) if job is not None else {}
+        return JobState(
+            job_id=job_id,
+            status=status,
+            attempt=attempt,
+            seq=_seq(status, attempt),
+            function=_text(data.get("f")),
+            enqueued_at=_time(data.get("et")),
+        )
+
+    def _load(self, job_id: str, raw: bytes) -> dict[str, Any]:
+        try:
+            return self._loads(raw)
+        except Exception as exc:
+            logger.warning("cannot read arq's record of job %s: %s", job_id, exc)
+            return {}
+
+    def _ended(self, job_id: str, raw: bytes) -> JobState:
+        data = self._load(job_id, raw)
+        if data:
+            status, error = _outcome(data)
+        else:
+            status, error = JobStatus.FAILED, "arq's result record of the job could not be read"
+        attempt = data.get("t")
+        attempt = attempt if isinstance(attempt, int) and attempt > 0 else 1
+        return JobState(
+            job_id=job_id,
+            status=status,
+            progress=1.0 if status is JobStatus.FINISHED else None,
+            error=error,
+            attempt=attempt,
+            seq=_seq(status, attempt),
+            function=_text(data.get("f")),
+            enqueued_at=_time(data.get("et")),
+            started_at=_time(data.get("st")),
+            finished_at=_time(data.get("ft")),
+        )
+
+    async def completed(self, job_id: str) -> bool:
+        """True once arq holds a result for the job (success or not)."""
+        return (await self.status(job_id)).completed
+
+    async def meta(self, job_id: str) -> dict[str, Any]:
+        """Always empty: arq records no progress or meta of a job."""
+        return {}
+
+    # Pushing
+
+    async def notifications_enabled(self) -> bool:
+        """Whether the server publishes the keyspace events a watcher needs.
+
+        Asked once (``CONFIG GET notify-keyspace-events``) unless forced in the
+        constructor; a server that refuses ``CONFIG`` counts as no. While Redis is
+        unreachable the answer is no, and it is asked again next time.
+        """
+        if self._notifications is None:
+            try:
+                reply = await self.redis.config_get("notify-keyspace-events")
+            except ResponseError as exc:
+                logger.info("CONFIG GET refused (%s); watching arq jobs by polling", exc)
+                self._notifications = False
+            except (RedisError, OSError) as exc:
+                logger.info("cannot ask Redis about keyspace events (%s); polling", exc)
+                return False
+            else:
+                flags = set(_text(next(iter(reply.values()), None)) or "")
+                self._notifications = "K" in flags and ("A" in flags or _NEEDED_EVENTS <= flags)
+        return self._notifications
+
+    @contextlib.asynccontextmanager
+    async def changes(self, job_id: str, buffer: StateBuffer) -> AsyncIterator[float | None]:
+        """Ask ``buffer`` to re-read the job whenever arq's records of it may change.
+
+        Yields None when keyspace notifications carry the changes, else the
+        interval at which the caller must re-read by itself.
+        """
+        if not await self.notifications_enabled():
+            yield self.poll_interval
+            return
+        hub = self._pubsub()
+        nudge = _Nudge(buffer)
+        db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        async with contextlib.AsyncExitStack() as stack:
+            for prefix in _PREFIXES:
+                channel = f"__keyspace@{db}__:{prefix}{job_id}"
+                await stack.enter_async_context(hub.subscription(channel, nudge))
+            yield None
+
+    def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:
+        """Yield the job's state now, then each change, until a terminal state.
+
+        Keyword options: ``buffer_size`` overrides the strategy's per-waiter buffer.
+        """
+        buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
+        polling = _Polling()
+        seen: list[JobState] = []
+
+        async def read() -> JobState:
+            state = await self.status(job_id)
+            if seen and 0 < state.seq < seen[-1].seq:
+                # In progress before arq counted the try (it counts just after): the
+                # attempt looks like the last one's. Nothing to report yet.
+                return seen[-1]
+            if state.status is JobStatus.UNKNOWN and seen and not seen[-1].completed:
+                last = seen[-1]
+                state = JobState(
+                    job_id=job_id,
+                    status=JobStatus.FAILED,
+                    error=_VANISHED,
+                    attempt=last.attempt,
+                    seq=_seq(JobStatus.FAILED, last.attempt),
+                    function=last.function,
+                    enqueued_at=last.enqueued_at,
+                )
+            if state.status is not JobStatus.UNKNOWN:
+                seen[:] = [state]
+            return state
+
+        @contextlib.asynccontextmanager
+        async def subscription() -> AsyncIterator[None]:
+            async with self.changes(job_id, buffer) as interval:
+                polling.interval = interval
+                yield
+
+        return follow(job_id, subscription(), buffer, read, recheck=lambda _: polling.interval)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
