@@ -148,3 +148,15 @@ async def test_bad_arguments_are_refused() -> None:
         ArqStrategy(Redis(decode_responses=True))
     with pytest.raises(ValueError, match="poll_interval"):
         ArqStrategy(Redis(), poll_interval=0)
+
+
+async def test_many_watchers_starting_at_once_ask_redis_about_keyspace_events_once(
+    redis: Redis,
+) -> None:
+    """Concurrent first calls of notifications_enabled() share one CONFIG GET."""
+    strategy = ArqStrategy(redis)
+    await redis.config_resetstat()
+    answers = await asyncio.gather(*(strategy.notifications_enabled() for _ in range(50)))
+    assert len(set(answers)) == 1
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_config|get"]["calls"] == 1

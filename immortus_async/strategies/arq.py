@@ -184,6 +184,7 @@ class ArqStrategy(Connected):
         self.queue_name = queue_name or pool_queue
         self._loads = deserializer or getattr(self.redis, "job_deserializer", None) or _unpickle
         self._notifications = notifications
+        self._asking: asyncio.Future[bool] | None = None
         self.poll_interval = poll_interval
         self._buffer_size = buffer_size
 
@@ -262,18 +263,33 @@ class ArqStrategy(Connected):
         constructor; a server that refuses ``CONFIG`` counts as no. While Redis is
         unreachable the answer is no, and it is asked again next time.
         """
-        if self._notifications is None:
-            try:
-                reply = await self.redis.config_get("notify-keyspace-events")
-            except ResponseError as exc:
-                logger.info("CONFIG GET refused (%s); watching arq jobs by polling", exc)
-                self._notifications = False
-            except (RedisError, OSError) as exc:
-                logger.info("cannot ask Redis about keyspace events (%s); polling", exc)
-                return False
-            else:
-                flags = set(_text(next(iter(reply.values()), None)) or "")
-                self._notifications = "K" in flags and ("A" in flags or _NEEDED_EVENTS <= flags)
+        if self._notifications is not None:
+            return self._notifications
+        # A thousand watchers starting at once ask once: the first asks, the rest
+        # wait for its answer (they used to send a CONFIG GET each).
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._ask_notifications())
+            # Retrieved even if every asker was cancelled meanwhile.
+            self._asking.add_done_callback(lambda f: f.cancelled() or f.exception())
+        asking = self._asking
+        try:
+            return await asyncio.shield(asking)
+        finally:
+            if asking.done() and self._asking is asking:
+                self._asking = None
+
+    async def _ask_notifications(self) -> bool:
+        try:
+            reply = await self.redis.config_get("notify-keyspace-events")
+        except ResponseError as exc:
+            logger.info("CONFIG GET refused (%s); watching arq jobs by polling", exc)
+            self._notifications = False
+        except (RedisError, OSError) as exc:
+            logger.info("cannot ask Redis about keyspace events (%s); polling", exc)
+            return False
+        else:
+            flags = set(_text(next(iter(reply.values()), None)) or "")
+            self._notifications = "K" in flags and ("A" in flags or _NEEDED_EVENTS <= flags)
         return self._notifications
 
     @contextlib.asynccontextmanager
