@@ -8,6 +8,7 @@ that speak JSON lines: events on stdout, commands on stdin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -462,7 +463,10 @@ class Profile:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._process is not None:
-            self._process.send_signal(signal.SIGINT)
+            if self._process.returncode is None:
+                # py-spy stops by itself (and writes) when the target exits.
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.send_signal(signal.SIGINT)
             await asyncio.wait_for(self._process.wait(), 30)
 
 
