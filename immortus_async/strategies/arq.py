@@ -49,6 +49,7 @@ from .._describe import describe_error
 from .._follow import follow
 from ..state import JobState
 from ..status import JobStatus
+from ._arq_poller import ArqPoller
 from ._connected import Connected
 
 __all__ = ["ArqStrategy"]
@@ -56,6 +57,8 @@ __all__ = ["ArqStrategy"]
 logger = logging.getLogger("immortus_async.strategies.arq")
 
 _NEEDED_EVENTS = frozenset("g$x")
+# Without keyspace events, a quiet job's records are looked at this often at least.
+_POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
 _PREFIXES = (job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix)
 # Steps of one attempt: the seq of an arq-derived state is 4 * attempt + step, so it
@@ -185,6 +188,7 @@ class ArqStrategy(Connected):
         self._loads = deserializer or getattr(self.redis, "job_deserializer", None) or _unpickle
         self._notifications = notifications
         self._asking: asyncio.Future[bool] | None = None
+        self._arq_poller: ArqPoller | None = None
         self.poll_interval = poll_interval
         self._buffer_size = buffer_size
 
@@ -256,6 +260,19 @@ class ArqStrategy(Connected):
 
     # Pushing
 
+    def _poller(self) -> ArqPoller:
+        if self._arq_poller is None:
+            self._arq_poller = ArqPoller(
+                self.redis, self.queue_name, interval=self.poll_interval, max_interval=_POLL_MAX
+            )
+        return self._arq_poller
+
+    async def aclose(self) -> None:
+        """Stop the poller, close the pub/sub connection, and the client if made here."""
+        if self._arq_poller is not None:
+            await self._arq_poller.aclose()
+        await super().aclose()
+
     async def notifications_enabled(self) -> bool:
         """Whether the server publishes the keyspace events a watcher needs.
 
@@ -296,11 +313,23 @@ class ArqStrategy(Connected):
     async def changes(self, job_id: str, buffer: StateBuffer) -> AsyncIterator[float | None]:
         """Ask ``buffer`` to re-read the job whenever arq's records of it may change.
 
-        Yields None when keyspace notifications carry the changes, else the
-        interval at which the caller must re-read by itself.
+        Keyspace notifications carry the changes where the server sends them;
+        otherwise one poller per strategy looks at the fingerprints of every
+        watched job's records in batches, from ``poll_interval`` growing by half
+        each quiet look up to 2 s, and nudges only the jobs that changed. Yields
+        None: the caller need not re-read by itself (the yielded value is the
+        interval at which it would have to).
         """
         if not await self.notifications_enabled():
-            yield self.poll_interval
+            # One poller looks at every watched job in batches and nudges only
+            # the watchers whose job changed (see _arq_poller).
+            poller = self._poller()
+            sink = _Nudge(buffer)
+            poller.register(job_id, sink)
+            try:
+                yield None
+            finally:
+                poller.unregister(job_id, sink)
             return
         hub = self._pubsub()
         nudge = _Nudge(buffer)

@@ -1,0 +1,204 @@
+"""One poller for all the jobs a process watches in arq's records, when Redis cannot push.
+
+Without keyspace notifications, the only way to learn that arq ended a job on its own
+(retries exhausted, aborted before it started, expired, function not found) is to look
+at arq's records. Each watcher looking for itself costs a full read per watcher per
+interval: ten thousand watchers on one bridge were ten thousand reads every two
+seconds, more than a Python process can do. Here one task looks at every watched job
+in one script call per few hundred jobs, reading only a fingerprint of arq's records
+(which of them exist, the try count), and tells a job's watchers to re-read (the same
+"resync" a keyspace event gives them) only when that fingerprint changed.
+
+Each job is looked at after ``interval`` seconds, then less and less often while
+nothing changes (half as long again each time, up to ``max_interval``), and again
+``interval`` after a change. A job's first look always tells its watchers to re-read,
+since what changed between their snapshot and that look is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis.asyncio import Redis
+
+__all__ = ["ArqPoller"]
+
+logger = logging.getLogger("immortus_async.strategies.arq")
+
+# KEYS: the queue, then per job its result, in-progress, job and retry keys.
+# ARGV: the job ids. Returns one number per job: which records exist, and the tries.
+_FINGERPRINTS = """
+local out = {}
+for i, job_id in ipairs(ARGV) do
+  local k = 1 + (i - 1) * 4
+  local code = redis.call('EXISTS', KEYS[k + 1]) * 8 + redis.call('EXISTS', KEYS[k + 2]) * 4
+             + redis.call('EXISTS', KEYS[k + 3]) * 2
+  if redis.call('ZSCORE', KEYS[1], job_id) then code = code + 1 end
+  out[i] = code * 1000000 + (tonumber(redis.call('GET', KEYS[k + 4])) or 0)
+end
+return out
+"""
+_BATCH = 250  # jobs per script call
+_COALESCE = 0.05  # jobs due this soon are looked at with the ones due now
+
+
+class Sink(Protocol):
+    """A watcher's buffer: told to re-read the job."""
+
+    def request_resync(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    sinks: set[Sink] = field(default_factory=set)
+    interval: float = 0.0
+    due: float = 0.0
+    fingerprint: int | None = None
+    version: int = 0  # bumped when rescheduled: older heap entries are stale
+
+
+class ArqPoller:
+    """Looks at arq's records of every registered job, in batches, from one task.
+
+    Args:
+        redis: arq's Redis.
+        queue_name: arq's queue.
+        interval: seconds before a job's first look, and after a change.
+        max_interval: the longest wait between two looks at a quiet job.
+    """
+
+    def __init__(
+        self, redis: Redis, queue_name: str, *, interval: float, max_interval: float
+    ) -> None:
+        self._redis = redis
+        self._queue = queue_name
+        self._interval = interval
+        self._max_interval = max(interval, max_interval)
+        self._script = redis.register_script(_FINGERPRINTS)
+        self._jobs: dict[str, _Job] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def jobs(self) -> int:
+        """How many jobs are watched."""
+        return len(self._jobs)
+
+    def register(self, job_id: str, sink: Sink) -> None:
+        """Tell ``sink`` to re-read whenever arq's records of ``job_id`` change."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self._jobs[job_id] = _Job(interval=self._interval)
+            self._schedule(job_id, job, self._interval)
+        job.sinks.add(sink)
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name="immortus-arq-poller")
+
+    def unregister(self, job_id: str, sink: Sink) -> None:
+        """Stop telling ``sink``; the last one out stops looking at the job."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        job.sinks.discard(sink)
+        if not job.sinks:
+            del self._jobs[job_id]
+
+    def _schedule(self, job_id: str, job: _Job, delay: float) -> None:
+        job.version += 1
+        job.due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._heap, (job.due, job.version, job_id))
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            # Drop heap entries of jobs no longer watched or rescheduled since.
+            while self._heap:
+                _, version, job_id = self._heap[0]
+                job = self._jobs.get(job_id)
+                if job is not None and job.version == version:
+                    break
+                heapq.heappop(self._heap)
+            if not self._heap:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            delay = self._heap[0][0] - loop.time()
+            if delay > 0:
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+                continue
+            horizon = loop.time() + _COALESCE
+            due_ids: list[str] = []
+            while self._heap and self._heap[0][0] <= horizon:
+                _, version, job_id = heapq.heappop(self._heap)
+                job = self._jobs.get(job_id)
+                if job is not None and job.version == version:
+                    due_ids.append(job_id)
+            for start in range(0, len(due_ids), _BATCH):
+                try:
+                    await self._look(due_ids[start : start + _BATCH])
+                except Exception:
+                    logger.exception("looking at arq's records failed")
+
+    async def _look(self, job_ids: Sequence[str]) -> None:
+        keys: list[str] = [self._queue]
+        for job_id in job_ids:
+            keys += [
+                result_key_prefix + job_id,
+                in_progress_key_prefix + job_id,
+                job_key_prefix + job_id,
+                retry_key_prefix + job_id,
+            ]
+        try:
+            fingerprints: list[Any] = await self._script(keys=keys, args=list(job_ids))
+        except Exception as exc:
+            # Redis is away: look again later; watchers resync when the hub reconnects.
+            logger.debug("reading arq's records failed (%s); looking again later", exc)
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._schedule(job_id, job, job.interval)
+            return
+        for job_id, fingerprint in zip(job_ids, fingerprints, strict=True):
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            if fingerprint != job.fingerprint:
+                job.fingerprint = int(fingerprint)
+                job.interval = self._interval
+                for sink in list(job.sinks):
+                    sink.request_resync()
+            else:
+                job.interval = min(job.interval * 1.5, self._max_interval)
+            self._schedule(job_id, job, job.interval)
+
+    async def aclose(self) -> None:
+        """Stop looking. Idempotent."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._jobs.clear()
+        self._heap.clear()

@@ -1,0 +1,78 @@
+"""The arq poller: one task looks at every watched job's records in batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq.constants import default_queue_name, result_key_prefix
+from redis.asyncio import Redis
+
+from immortus_async.strategies._arq_poller import ArqPoller
+
+from .utils import SCALE
+
+
+class Sink:
+    """Counts the nudges; an event per nudge count reached."""
+
+    def __init__(self) -> None:
+        self.nudges = 0
+        self.changed = asyncio.Event()
+
+    def request_resync(self) -> None:
+        self.nudges += 1
+        self.changed.set()
+
+
+async def test_many_jobs_are_looked_at_in_a_few_script_calls(redis: Redis) -> None:
+    """600 watched jobs: each is nudged once at its first look, in three script calls."""
+    poller = ArqPoller(redis, default_queue_name, interval=0.01, max_interval=60)
+    sinks = {f"job-{n}": Sink() for n in range(600)}
+    await redis.config_resetstat()
+    try:
+        for job_id, sink in sinks.items():
+            poller.register(job_id, sink)
+        async with asyncio.timeout(10 * SCALE):
+            for sink in sinks.values():
+                await sink.changed.wait()
+        stats = await redis.info("commandstats")
+    finally:
+        await poller.aclose()
+    assert all(sink.nudges == 1 for sink in sinks.values())
+    calls = stats["cmdstat_evalsha"]["calls"] + stats.get("cmdstat_eval", {}).get("calls", 0)
+    assert calls <= 3 + 2  # 250 jobs a call (a NOSCRIPT retry may add one)
+
+
+async def test_only_the_job_whose_records_changed_is_nudged(redis: Redis) -> None:
+    """After the first look, a result written by arq nudges that job's watchers alone."""
+    poller = ArqPoller(redis, default_queue_name, interval=0.01, max_interval=0.02)
+    ended, quiet = Sink(), Sink()
+    try:
+        poller.register("ended", ended)
+        poller.register("quiet", quiet)
+        async with asyncio.timeout(10 * SCALE):
+            await ended.changed.wait()
+            await quiet.changed.wait()
+        ended.changed.clear()
+        await redis.set(result_key_prefix + "ended", b"result")
+        async with asyncio.timeout(10 * SCALE):
+            await ended.changed.wait()
+    finally:
+        await poller.aclose()
+    assert ended.nudges == 2
+    assert quiet.nudges == 1
+
+
+async def test_a_job_nobody_watches_any_more_is_not_looked_at(redis: Redis) -> None:
+    """The last watcher out stops the looks at its job."""
+    poller = ArqPoller(redis, default_queue_name, interval=0.01, max_interval=0.02)
+    sink = Sink()
+    try:
+        poller.register("job", sink)
+        poller.unregister("job", sink)
+        assert poller.jobs == 0
+        poller.unregister("job", sink)  # idempotent
+    finally:
+        await poller.aclose()
+    await poller.aclose()  # idempotent
+    assert sink.nudges == 0
