@@ -45,15 +45,16 @@ class Sizes:
     overhead_jobs: int
     cost_jobs: int
     cost_wait: float  # seconds each Redis-cost job runs
+    cost_long_wait: float  # a second, longer run of the waiter phases (0: none)
     selectivity_rate: int  # jobs finished per second
     selectivity_seconds: float
     selectivity_watched: int
 
 
 SIZES = {
-    "full": Sizes("full", 1000, 1000, 10_000, 1000, 2000, 5000, 200, 1.0, 2000, 10.0, 10),
-    "quick": Sizes("quick", 1000, 500, 2000, 500, 2000, 2000, 100, 1.0, 2000, 4.0, 10),
-    "smoke": Sizes("smoke", 20, 20, 50, 20, 500, 100, 10, 0.2, 500, 0.5, 3),
+    "full": Sizes("full", 1000, 1000, 10_000, 1000, 2000, 5000, 200, 1.0, 10.0, 2000, 10.0, 10),
+    "quick": Sizes("quick", 1000, 500, 2000, 500, 2000, 2000, 100, 1.0, 0.0, 2000, 4.0, 10),
+    "smoke": Sizes("smoke", 20, 20, 50, 20, 500, 100, 10, 0.2, 0.0, 500, 0.5, 3),
 }
 
 

@@ -9,10 +9,11 @@ in one script call per few hundred jobs, reading only a fingerprint of arq's rec
 (which of them exist, the try count), and tells a job's watchers to re-read (the same
 "resync" a keyspace event gives them) only when that fingerprint changed.
 
-Each job is looked at after ``interval`` seconds, then less and less often while
-nothing changes (half as long again each time, up to ``max_interval``), and again
-``interval`` after a change. A job's first look always tells its watchers to re-read,
-since what changed between their snapshot and that look is unknown.
+A job's first fingerprint is read as its first watcher registers, before that watcher
+reads its snapshot (registrations made together share one script call), so any later
+change shows as a different fingerprint. The job is then looked at after ``interval``
+seconds, then less and less often while nothing changes (half as long again each time,
+up to ``max_interval``), and again ``interval`` after a change.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class _Job:
     sinks: set[Sink] = field(default_factory=set)
     interval: float = 0.0
     due: float = 0.0
-    fingerprint: int | None = None
+    fingerprint: int | None = None  # None: unknown, the next look nudges
     version: int = 0  # bumped when rescheduled: older heap entries are stale
+    ready: asyncio.Future[None] | None = None  # done once the first fingerprint is read
 
 
 class ArqPoller:
@@ -88,6 +90,7 @@ class ArqPoller:
         self._script = redis.register_script(_FINGERPRINTS)
         self._jobs: dict[str, _Job] = {}
         self._heap: list[tuple[float, int, str]] = []
+        self._unread: list[str] = []  # registered, first fingerprint not read yet
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -97,15 +100,25 @@ class ArqPoller:
         """How many jobs are watched."""
         return len(self._jobs)
 
-    def register(self, job_id: str, sink: Sink) -> None:
-        """Tell ``sink`` to re-read whenever arq's records of ``job_id`` change."""
+    async def register(self, job_id: str, sink: Sink) -> None:
+        """Tell ``sink`` to re-read whenever arq's records of ``job_id`` change.
+
+        Returns once the job's first fingerprint is read: a snapshot the watcher
+        reads after this sees everything before it, and the poller every change
+        after it. If Redis cannot be read, returns all the same, and the job's
+        first look tells its watchers to re-read.
+        """
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = _Job(interval=self._interval)
-            self._schedule(job_id, job, self._interval)
+            job.ready = asyncio.get_running_loop().create_future()
+            self._unread.append(job_id)
         job.sinks.add(sink)
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="immortus-arq-poller")
+        self._wakeup.set()
+        if job.ready is not None and not job.ready.done():
+            await asyncio.shield(job.ready)
 
     def unregister(self, job_id: str, sink: Sink) -> None:
         """Stop telling ``sink``; the last one out stops looking at the job."""
@@ -125,6 +138,10 @@ class ArqPoller:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._unread:
+                batch, self._unread = self._unread[:_BATCH], self._unread[_BATCH:]
+                await self._first_look(batch)
+                continue
             # Drop heap entries of jobs no longer watched or rescheduled since.
             while self._heap:
                 _, version, job_id = self._heap[0]
@@ -158,7 +175,22 @@ class ArqPoller:
                 except Exception:
                     logger.exception("looking at arq's records failed")
 
-    async def _look(self, job_ids: Sequence[str]) -> None:
+    async def _first_look(self, job_ids: list[str]) -> None:
+        try:
+            fingerprints = await self._fingerprints(job_ids)
+        except Exception as exc:
+            logger.debug("reading arq's records failed (%s); looking again later", exc)
+            fingerprints = [None] * len(job_ids)
+        for job_id, fingerprint in zip(job_ids, fingerprints, strict=True):
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            job.fingerprint = None if fingerprint is None else int(fingerprint)
+            self._schedule(job_id, job, job.interval)
+            if job.ready is not None and not job.ready.done():
+                job.ready.set_result(None)
+
+    async def _fingerprints(self, job_ids: Sequence[str]) -> list[Any]:
         keys: list[str] = [self._queue]
         for job_id in job_ids:
             keys += [
@@ -167,8 +199,12 @@ class ArqPoller:
                 job_key_prefix + job_id,
                 retry_key_prefix + job_id,
             ]
+        result: list[Any] = await self._script(keys=keys, args=list(job_ids))
+        return result
+
+    async def _look(self, job_ids: Sequence[str]) -> None:
         try:
-            fingerprints: list[Any] = await self._script(keys=keys, args=list(job_ids))
+            fingerprints = await self._fingerprints(job_ids)
         except Exception as exc:
             # Redis is away: look again later; watchers resync when the hub reconnects.
             logger.debug("reading arq's records failed (%s); looking again later", exc)
@@ -200,5 +236,9 @@ class ArqPoller:
                 await task
             except asyncio.CancelledError:
                 pass
+        for job in self._jobs.values():
+            if job.ready is not None and not job.ready.done():
+                job.ready.set_result(None)
         self._jobs.clear()
         self._heap.clear()
+        self._unread.clear()

@@ -325,7 +325,7 @@ class ArqStrategy(Connected):
             # the watchers whose job changed (see _arq_poller).
             poller = self._poller()
             sink = _Nudge(buffer)
-            poller.register(job_id, sink)
+            await poller.register(job_id, sink)
             try:
                 yield None
             finally:
