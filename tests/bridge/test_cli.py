@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 
 import pytest
@@ -54,3 +55,15 @@ async def test_runs_until_sigterm_then_stops_cleanly(redis_server: RedisServer) 
     assert (status, json.loads(body)["redis"]) == (200, "up")
     assert await running.stop() == 0
     assert "bridge closed" in "".join(running.output)
+
+
+def test_the_bridge_process_tunes_its_garbage_collector() -> None:
+    """Serving, the CLI freezes its start-up objects and collects young objects less often."""
+    saved = gc.get_threshold()
+    try:
+        bridge_cli._tune_garbage_collector()
+        assert gc.get_threshold() == bridge_cli._GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
