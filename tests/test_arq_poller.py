@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from arq.constants import default_queue_name, result_key_prefix
 from redis.asyncio import Redis
 
+from immortus_async import ArqStrategy, TrackerClosed
+from immortus_async._buffer import StateBuffer
 from immortus_async.strategies._arq_poller import ArqPoller
 
 from .utils import SCALE
@@ -74,3 +77,31 @@ async def test_a_job_nobody_watches_any_more_is_not_looked_at(redis: Redis) -> N
         await poller.aclose()
     await poller.aclose()  # idempotent
     assert sink.nudges == 0
+
+
+async def test_a_closed_poller_refuses_new_jobs(redis: Redis) -> None:
+    """Registering with a closed poller raises TrackerClosed instead of waiting forever."""
+    poller = ArqPoller(redis, default_queue_name, interval=0.01, max_interval=0.02)
+    await poller.aclose()
+    with pytest.raises(TrackerClosed):
+        await poller.register("job", Sink())
+
+
+async def test_a_watcher_cancelled_while_registering_leaves_nothing_behind(redis: Redis) -> None:
+    """A watcher cancelled before its job's first look unregisters (the strategy's side)."""
+    strategy = ArqStrategy(redis, notifications=False)
+    buffer = StateBuffer()
+    try:
+
+        async def watch() -> None:
+            async with strategy.changes("job", buffer):
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0)  # registered, first look not read yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert strategy._poller().jobs == 0
+    finally:
+        await strategy.aclose()

@@ -33,6 +33,8 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
+from ..exceptions import TrackerClosed
+
 __all__ = ["ArqPoller"]
 
 logger = logging.getLogger("immortus_async.strategies.arq")
@@ -106,15 +108,21 @@ class ArqPoller:
         Returns once the job's first fingerprint is read: a snapshot the watcher
         reads after this sees everything before it, and the poller every change
         after it. If Redis cannot be read, returns all the same, and the job's
-        first look tells its watchers to re-read.
+        first look tells its watchers to re-read. The sink is registered even if
+        this is cancelled: the caller unregisters it in any case.
+
+        Raises:
+            TrackerClosed: the poller is closed.
         """
+        if self._closed:
+            raise TrackerClosed("the strategy's arq poller is closed")
         job = self._jobs.get(job_id)
         if job is None:
             job = self._jobs[job_id] = _Job(interval=self._interval)
             job.ready = asyncio.get_running_loop().create_future()
             self._unread.append(job_id)
         job.sinks.add(sink)
-        if self._task is None and not self._closed:
+        if self._task is None:
             self._task = asyncio.create_task(self._run(), name="immortus-arq-poller")
         self._wakeup.set()
         if job.ready is not None and not job.ready.done():

@@ -325,8 +325,8 @@ class ArqStrategy(Connected):
             # the watchers whose job changed (see _arq_poller).
             poller = self._poller()
             sink = _Nudge(buffer)
-            await poller.register(job_id, sink)
             try:
+                await poller.register(job_id, sink)
                 yield None
             finally:
                 poller.unregister(job_id, sink)
