@@ -56,6 +56,7 @@ class Outbox:
         self._replaced = 0
         self._errors_dropped = 0
         self._wakeup = asyncio.Event()
+        self._taken = asyncio.Event()
 
     def put_state(self, state: JobState) -> None:
         """Queue ``state``, replacing an older waiting state of the same job."""
@@ -105,7 +106,14 @@ class Outbox:
                 frames.append(pending.end.frame())
         self._errors.clear()
         self._jobs.clear()
+        self._taken.set()
         return frames
+
+    async def taken(self, job_id: str) -> None:
+        """Return once nothing of ``job_id`` waits any more (the sender took it)."""
+        while job_id in self._jobs:
+            self._taken.clear()
+            await self._taken.wait()
 
     def statistics(self) -> OutboxStatistics:
         """Current fill and what was dropped so far."""

@@ -191,6 +191,11 @@ class Session:
             # unless it is newer. Later states are newer than the snapshot anyway.
             if not (snapshot and since_seq is not None and state.seq <= since_seq):
                 self.outbox.put_state(state)
+                if state.completed:
+                    # The subscription ends with this state: let the sender take it
+                    # before tearing the subscription down, so that when a job many
+                    # clients follow ends, every frame goes out before any teardown.
+                    await self.outbox.taken(state.job_id)
             snapshot = False
 
     async def _send_loop(self) -> None:

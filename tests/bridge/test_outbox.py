@@ -82,3 +82,15 @@ def test_max_errors_must_be_positive() -> None:
     """A zero-sized error queue is a configuration mistake."""
     with pytest.raises(ValueError, match="max_errors"):
         Outbox(max_errors=0)
+
+
+async def test_taken_returns_once_the_sender_has_the_jobs_frame() -> None:
+    """taken(job) waits while the job's state waits, and returns once take() has it."""
+    outbox = Outbox()
+    await outbox.taken("7")  # nothing waiting: at once
+    outbox.put_state(_state("7", 3, S.FINISHED))
+    waiter = asyncio.create_task(outbox.taken("7"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert [frame["seq"] for frame in await _take(outbox)] == [3]
+    await asyncio.wait_for(waiter, 1)
