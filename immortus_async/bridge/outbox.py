@@ -56,7 +56,9 @@ class Outbox:
         self._replaced = 0
         self._errors_dropped = 0
         self._wakeup = asyncio.Event()
-        self._taken = asyncio.Event()
+        # Made on first use: most connections never wait for it, and an idle
+        # connection's memory is what a bridge with thousands of them pays.
+        self._taken: asyncio.Event | None = None
 
     def put_state(self, state: JobState) -> None:
         """Queue ``state``, replacing an older waiting state of the same job."""
@@ -106,12 +108,15 @@ class Outbox:
                 frames.append(pending.end.frame())
         self._errors.clear()
         self._jobs.clear()
-        self._taken.set()
+        if self._taken is not None:
+            self._taken.set()
         return frames
 
     async def taken(self, job_id: str) -> None:
         """Return once nothing of ``job_id`` waits any more (the sender took it)."""
         while job_id in self._jobs:
+            if self._taken is None:
+                self._taken = asyncio.Event()
             self._taken.clear()
             await self._taken.wait()
 
