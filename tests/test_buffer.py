@@ -41,3 +41,21 @@ async def test_state_pushed_during_a_reset_is_kept() -> None:
     buffer.seen(JobState(job_id="b"), reset=True)  # the snapshot read: unknown
     got = await buffer.get()
     assert isinstance(got, JobState) and got.status is JobStatus.FINISHED
+
+
+async def test_wakeup_is_an_event_for_one_waiter() -> None:
+    """Wakeup: wait() returns at once when set, else when set() is called."""
+    import asyncio
+
+    from immortus_async._buffer import Wakeup
+
+    wakeup = Wakeup()
+    wakeup.set()
+    await wakeup.wait()
+    wakeup.clear()
+    assert not wakeup.is_set()
+    waiter = asyncio.create_task(wakeup.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    wakeup.set()
+    await asyncio.wait_for(waiter, 1)

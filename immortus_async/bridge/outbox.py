@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass
 
+from .._buffer import Wakeup
 from ..state import JobState
 from .protocol import Rejection, state_frame
 
@@ -52,13 +51,16 @@ class Outbox:
         if max_errors < 1:
             raise ValueError(f"max_errors must be at least 1, got {max_errors}")
         self._jobs: dict[str, _Pending] = {}
-        self._errors: deque[Rejection] = deque(maxlen=max_errors)
+        # Lists, not deques, and a Wakeup, not an Event: an empty deque is 760
+        # bytes, and a bridge holds one outbox per connection.
+        self._errors: list[Rejection] = []
+        self._max_errors = max_errors
         self._replaced = 0
         self._errors_dropped = 0
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
         # Made on first use: most connections never wait for it, and an idle
         # connection's memory is what a bridge with thousands of them pays.
-        self._taken: asyncio.Event | None = None
+        self._taken: Wakeup | None = None
 
     def put_state(self, state: JobState) -> None:
         """Queue ``state``, replacing an older waiting state of the same job."""
@@ -78,7 +80,8 @@ class Outbox:
 
     def reject(self, rejection: Rejection) -> None:
         """Queue an error about the client's input; the oldest goes when full."""
-        if len(self._errors) == self._errors.maxlen:
+        if len(self._errors) >= self._max_errors:
+            del self._errors[0]
             self._errors_dropped += 1
         self._errors.append(rejection)
         self._wakeup.set()
@@ -116,7 +119,7 @@ class Outbox:
         """Return once nothing of ``job_id`` waits any more (the sender took it)."""
         while job_id in self._jobs:
             if self._taken is None:
-                self._taken = asyncio.Event()
+                self._taken = Wakeup()
             self._taken.clear()
             await self._taken.wait()
 
