@@ -13,10 +13,16 @@ from types import ModuleType
 
 from .bridge import cli as bridge_cli
 from .commands import status, watch
+from .demo import cli as demo_cli
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS: dict[str, ModuleType] = {"bridge": bridge_cli, "status": status, "watch": watch}
+COMMANDS: dict[str, ModuleType] = {
+    "demo": demo_cli,
+    "bridge": bridge_cli,
+    "status": status,
+    "watch": watch,
+}
 """Subcommand name -> the module that implements it."""
 
 
