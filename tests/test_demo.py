@@ -16,9 +16,8 @@ from playwright.async_api import Browser
 from immortus_async import JobStatus, RedisServer, Tracker
 from immortus_async.demo.launcher import QUEUE
 
-from .utils import Spawned
+from .utils import ARTIFACTS, Spawned
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ALL_FINISHED = """() => {
     const jobs = [...document.querySelectorAll(".job")];
     return jobs.length === 4 && jobs.every((job) => job.dataset.status === "finished");

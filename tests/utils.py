@@ -21,6 +21,9 @@ T = TypeVar("T")
 # One unit for every unavoidable delay, scaled on slow machines: IMMORTUS_TEST_SCALE=3.
 SCALE = float(os.environ.get("IMMORTUS_TEST_SCALE", "1"))
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+"""Where tests leave screenshots for people to look at (not in git)."""
+
 
 async def wait_until(
     condition: Callable[[], Awaitable[T] | T],
