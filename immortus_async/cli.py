@@ -53,5 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     status: int = args.run(args)
     return status
 
+
 if __name__ == "__main__":
     sys.exit(main())

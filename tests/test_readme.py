@@ -123,7 +123,12 @@ def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> N
     """In a copy with no .venv, ./scripts/demo --help installs the demo and answers, and
     the set-up part of ./scripts/test gives a .venv with the package and the tools."""
     copy = fresh_copy(tmp_path / "repo")
-    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    # Neither this .venv nor this run's coverage follows the copy.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "VIRTUAL_ENV" and not key.startswith("COVERAGE_")
+    }
 
     def run(*command: str) -> str:
         done = subprocess.run(
