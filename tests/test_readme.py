@@ -6,8 +6,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -118,10 +120,40 @@ def setup_part(script: Path) -> str:
     return "\n".join(lines[: end + 1])
 
 
+def run_demo_once(copy: Path, env: dict[str, str]) -> str:
+    """``./scripts/demo --port 0`` in ``copy``: once it prints the page's URL, load the
+    page, enqueue a job, then Ctrl-C; what it printed."""
+    with subprocess.Popen(
+        ["./scripts/demo", "--port", "0"],
+        cwd=copy,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        assert demo.stdout is not None
+        printed, found = [], None
+        for line in demo.stdout:  # the set-up's lines first, then the demo's
+            printed.append(line)
+            if found := re.match(r"  page\s+(http://\S+)", line):
+                break
+        assert found, "".join(printed)
+        with urllib.request.urlopen(found.group(1), timeout=10) as page:
+            assert "Enqueue flaky job" in page.read().decode()
+        enqueue = urllib.request.Request(found.group(1) + "jobs/csv", method="POST")
+        with urllib.request.urlopen(enqueue, timeout=10) as created:
+            assert created.status == 201
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, "".join(printed) + rest
+    return "".join(printed) + rest
+
+
 @pytest.mark.timeout(900)
 def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> None:
-    """In a copy with no .venv, ./scripts/demo --help installs the demo and answers, and
-    the set-up part of ./scripts/test gives a .venv with the package and the tools."""
+    """In a copy with no .venv, ./scripts/demo installs what the demo needs and runs it
+    (page served, job enqueued, Ctrl-C), and the set-up part of ./scripts/test gives a
+    .venv with the package and the tools the tests need."""
     copy = fresh_copy(tmp_path / "repo")
     # Neither this .venv nor this run's coverage follows the copy.
     env = {
@@ -137,7 +169,9 @@ def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> N
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    assert "usage: immortus-async demo" in run("./scripts/demo", "--help")
+    printed = run_demo_once(copy, env)
+    assert "== creating .venv" in printed and "installing immortus-async[demo]" in printed
+    assert "Stopped: the page, the bridge, the worker and Redis are down." in printed
     setup = copy / "scripts" / "test-setup"
     setup.write_text(setup_part(copy / "scripts" / "test"))
     assert "installing immortus-async[dev]" in run("bash", str(setup))

@@ -55,12 +55,13 @@ def main(*, port: int, redis_url: str | None = None, out: TextIO = sys.stdout) -
     try:
         listener = _listen(port)
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {port} on {HOST} is already in use by another program"
+        else:
+            reason = f"cannot listen on {HOST}:{port} ({exc.strerror or exc})"
         print(
-            f"immortus-async demo: port {port} on {HOST} is already in use by another "
-            f"program; choose another one with --port (e.g. --port {port + 1}), "
-            "or --port 0 for any free port",
+            f"immortus-async demo: {reason}; choose another port with --port "
+            f"(e.g. --port {port + 1}), or --port 0 for any free port",
             file=sys.stderr,
         )
         return 1
