@@ -326,7 +326,9 @@ class RedisPubSubStrategy(Connected):
     ) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             channel = self.keys.channel(job_id)
-            await stack.enter_async_context(self._pubsub().subscription(channel, buffer))
+            await stack.enter_async_context(
+                self._pubsub().subscription(channel, buffer, self._decode)
+            )
             # A fallback that can say when its records change (ArqStrategy.changes).
             changes = getattr(self._fallback, "changes", None)
             if changes is not None:
