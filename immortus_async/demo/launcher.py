@@ -22,6 +22,7 @@ from typing import TextIO
 import uvicorn
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from ..bridge import serve
 from ..embedded import RedisServer
@@ -50,7 +51,8 @@ def main(*, port: int, redis_url: str | None = None, out: TextIO = sys.stdout) -
 
     Returns:
         0 after a clean stop; 1 when it could not start (the port is taken, no
-        Redis server to run), with the reason on stderr.
+        Redis server to run or reach) or a part of it stopped on its own, with the
+        reason on stderr.
     """
     try:
         listener = _listen(port)
@@ -68,27 +70,31 @@ def main(*, port: int, redis_url: str | None = None, out: TextIO = sys.stdout) -
     redis: RedisServer | None = None
     try:
         if redis_url is None:
-            redis = RedisServer()
-            # Started before the event loop: a Ctrl-C meanwhile still reaches the
-            # finally below, which stops it.
-            redis.start()
+            try:
+                redis = RedisServer()
+                # Started before the event loop: a Ctrl-C meanwhile still reaches the
+                # finally below, which stops it.
+                redis.start()
+            except (FileNotFoundError, RuntimeError) as exc:
+                print(f"immortus-async demo: cannot start Redis: {exc}", file=sys.stderr)
+                return 1
             redis_url = redis.url
             where = "bundled Valkey" if shutil.which("redis-server") is None else "redis-server"
             redis_label = f"{redis_url}  (private: {where}, {redis.binary})"
         else:
             redis_label = f"{redis_url}  (yours: the demo's jobs use the queue {QUEUE})"
-        asyncio.run(_serve(listener, redis_url, redis_label, out))
-    except (FileNotFoundError, RuntimeError) as exc:
-        print(f"immortus-async demo: cannot start Redis: {exc}", file=sys.stderr)
-        return 1
+        status = asyncio.run(_serve(listener, redis_url, redis_label, out))
+    except (RedisError, OSError) as exc:
+        print(f"immortus-async demo: Redis at {redis_url}: {exc}", file=sys.stderr)
+        status = 1
     except KeyboardInterrupt:
-        pass  # Ctrl-C while starting: the finally stops what had started
+        status = 0  # Ctrl-C while starting: the finally stops what had started
     finally:
         listener.close()
         if redis is not None:
             redis.close()
     print("Stopped: the page, the bridge, the worker and Redis are down.", file=out, flush=True)
-    return 0
+    return status
 
 
 def _listen(port: int) -> socket.socket:
@@ -107,7 +113,8 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
-async def _serve(listener: socket.socket, redis_url: str, redis_label: str, out: TextIO) -> None:
+async def _serve(listener: socket.socket, redis_url: str, redis_label: str, out: TextIO) -> int:
+    """Run everything until a signal (0), or until the worker or the page stops (1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -170,6 +177,7 @@ async def _serve(listener: socket.socket, redis_url: str, redis_label: str, out:
             error = None if task.cancelled() else task.exception()
             logger.error("the %s stopped: %r; stopping the demo", task.get_name(), error)
         print("Stopping...", file=out, flush=True)
+    return 0 if stopping in done else 1
 
 
 async def _stop_worker(worker: Worker, working: asyncio.Task[None]) -> None:
