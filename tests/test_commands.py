@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
+from immortus_async.cli import COMMANDS
 from immortus_async.commands.watch import render_bar
 from immortus_async.state import JobState
 
@@ -122,15 +124,15 @@ async def test_help_lists_every_command() -> None:
     """--help lists each subcommand with a one-line description."""
     process = await cli("--help")
     out, _ = await process.communicate()
-    for command in ("bridge", "status", "watch"):
-        assert command in out.decode()
+    for command, module in COMMANDS.items():
+        summary = (module.__doc__ or "").split()[:3]
+        assert re.search(rf"^    {command} +{' '.join(summary)}", out.decode(), re.MULTILINE)
 
 
 async def test_status_of_real_arq_jobs(
     pool: ArqRedis, tracker: Tracker, redis_server: RedisServer
 ) -> None:
-    """status on arq jobs: queued exits 2, then finished 0, failed 1 with its error, and
-    a job enqueued without immortus reads finished from arq's own result."""
+    """status on real arq jobs: queued 2, finished 0, failed 1, untracked read from arq."""
     counted = await tracker.enqueue(pool, "count", 3)
     refused = await tracker.enqueue(pool, "refuse")
     plain = await pool.enqueue_job("untracked")

