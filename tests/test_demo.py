@@ -68,7 +68,8 @@ async def test_page_runs_every_job_to_the_end_then_ctrl_c_stops_everything(
     async with await start_demo() as demo:
         url = (await demo.expect(r"^  page\s+(http://\S+)")).group(1)
         redis = psutil.Process(demo.process.pid).children()
-        assert [process.name() for process in redis] == ["redis-server"]
+        server = "redis-server" if shutil.which("redis-server") else "valkey-server"
+        assert [process.name() for process in redis] == [server]
         assert len(listening_ports([demo.process.pid, redis[0].pid])) == 3, "page, bridge, Redis"
 
         context = await browser.new_context(viewport={"width": 1000, "height": 1200})
