@@ -66,8 +66,6 @@ class PubSubHub:
 
     Args:
         connect: opens a new connected Redis connection (:func:`connection_factory`).
-        decode: turns a message payload into the item sinks receive; an
-            :class:`ImmortusError` it raises goes to that channel's sinks only.
         ping_interval: seconds of silence after which the hub sends PING; no answer
             within as long again means the connection is dead.
         backoff_min, backoff_max: reconnect delays, doubling from the first to the second.
@@ -80,18 +78,17 @@ class PubSubHub:
     def __init__(
         self,
         connect: Callable[[], Awaitable[AbstractConnection]],
-        decode: Callable[[bytes], Any],
         *,
         ping_interval: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
     ) -> None:
         self._connect = connect
-        self._decode = decode
         self._ping_interval = ping_interval
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
         self._sinks: dict[str, set[Sink]] = {}
+        self._decoders: dict[str, Callable[[bytes], Any]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._inflight: dict[str, int] = {}
         self._resync_on_confirm: set[str] = set()
@@ -107,26 +104,35 @@ class PubSubHub:
     # Public API
 
     @contextlib.asynccontextmanager
-    async def subscription(self, channel: str, sink: Sink) -> AsyncIterator[None]:
+    async def subscription(
+        self, channel: str, sink: Sink, decode: Callable[[bytes], Any]
+    ) -> AsyncIterator[None]:
         """Subscribe ``sink`` to ``channel`` for the duration of the block.
 
         Entering returns once Redis has confirmed the channel's SUBSCRIBE, so a
         state read after that cannot miss a message published after it.
         """
-        await self.subscribe(channel, sink)
+        await self.subscribe(channel, sink, decode)
         try:
             yield
         finally:
             self.unsubscribe(channel, sink)
 
-    async def subscribe(self, channel: str, sink: Sink) -> None:
-        """Add ``sink`` to ``channel``; return when Redis has confirmed the channel."""
+    async def subscribe(self, channel: str, sink: Sink, decode: Callable[[bytes], Any]) -> None:
+        """Add ``sink`` to ``channel``; return when Redis has confirmed the channel.
+
+        ``decode`` turns the channel's payloads into what its sinks receive, once
+        per message whatever the number of sinks; an :class:`ImmortusError` it
+        raises goes to that channel's sinks only. The first subscriber's decoder
+        serves the channel (every subscriber of one channel passes the same).
+        """
         if self._closed:
             raise TrackerClosed("the tracker's pub/sub connection is closed")
         self._start()
         sinks = self._sinks.get(channel)
         if sinks is None:
             self._sinks[channel] = {sink}
+            self._decoders[channel] = decode
             ready = self._ready.get(channel)
             if ready is None or ready.done():
                 ready = self._ready[channel] = asyncio.get_running_loop().create_future()
@@ -146,8 +152,14 @@ class PubSubHub:
         sinks.discard(sink)
         if not sinks:
             del self._sinks[channel]
+            del self._decoders[channel]
             self._to_unsubscribe.add(channel)
             self._dirty.set()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
 
     @property
     def channels(self) -> int:
@@ -175,6 +187,7 @@ class PubSubHub:
             for sink in sinks:
                 sink.fail(closed)
         self._sinks.clear()
+        self._decoders.clear()
 
     # Tasks
 
@@ -260,7 +273,7 @@ class PubSubHub:
             if not sinks:
                 return
             try:
-                item = self._decode(message[2])
+                item = self._decoders[channel](message[2])
             except ImmortusError as exc:
                 logger.error("bad message on %s: %s", channel, exc)
                 for sink in sinks:

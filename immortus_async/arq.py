@@ -268,17 +268,23 @@ class JobContext:
         )
         beat = getattr(context._strategy, "heartbeat", None)
         if beat is not None:
+            # The first beat before the job's body runs: a worker that dies at once
+            # must read stalled too, and readers learn the threshold from the beat.
+            await context._beat_once(beat)
             context._heartbeat = _spawn(context._beat(beat))
         return context
 
+    async def _beat_once(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        try:
+            await beat(self.job_id, self.attempt, stalled_after=self._options.stalled_after)
+        except Exception as exc:
+            # A missed beat is what readers should see; the next one tries again.
+            logger.debug("heartbeat of job %s failed: %s", self.job_id, exc)
+
     async def _beat(self, beat: Callable[..., Awaitable[Any]]) -> None:
         while True:
-            try:
-                await beat(self.job_id, self.attempt, stalled_after=self._options.stalled_after)
-            except Exception as exc:
-                # A missed beat is what readers should see; the next one tries again.
-                logger.debug("heartbeat of job %s failed: %s", self.job_id, exc)
             await asyncio.sleep(self._options.heartbeat_interval)
+            await self._beat_once(beat)
 
     def _stop(self) -> None:
         """The attempt is over: no more beats, and hooks leave its end to whoever ended it."""

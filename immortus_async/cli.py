@@ -13,15 +13,21 @@ from types import ModuleType
 
 from .bridge import cli as bridge_cli
 from .commands import status, watch
+from .demo import cli as demo_cli
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: dict[str, ModuleType] = {"bridge": bridge_cli, "status": status, "watch": watch}
+COMMANDS: dict[str, ModuleType] = {
+    "demo": demo_cli,
+    "bridge": bridge_cli,
+    "status": status,
+    "watch": watch,
+}
 """Subcommand name -> the module that implements it."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), configure logging, run the subcommand."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line, one subparser per :data:`COMMANDS` entry."""
     parser = argparse.ArgumentParser(prog="immortus-async")
     parser.add_argument(
         "--log-level",
@@ -35,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=summary)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), configure logging, run the subcommand."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -14,9 +14,14 @@ ensure_venv() {
     echo "immortus-async needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
     exit 1
   fi
-  if [ ! -x .venv/bin/python ]; then
+  # A .venv without pip is what a failed creation leaves behind: start again.
+  if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     echo "== creating .venv with $python"
-    "$python" -m venv .venv
+    rm -rf .venv
+    if ! "$python" -m venv .venv; then
+      echo "could not create .venv; on Debian and Ubuntu, install python3-venv first" >&2
+      exit 1
+    fi
   fi
   echo "== installing immortus-async[$extra] into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extra]"

@@ -1,11 +1,14 @@
-"""Fixtures: a private Redis server per test, clients, an arq pool, a Tracker, clean config."""
+"""Fixtures: a private Redis server per test, clients, an arq pool, a Tracker, clean
+config, and headless Chromium."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio import Redis
 
 import immortus_async.config as config
@@ -50,3 +53,39 @@ def _clean_configuration() -> Iterator[None]:
     config._global_strategy, config._queue_adapter = saved[0], saved[1]
     config._inline.clear()
     config._inline.update(saved[2])
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require_chromium() -> None:
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: apt-get install -y chromium"
+        if os.environ.get("IMMORTUS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium through Playwright (never a downloaded browser).
+
+    Skipped when Chromium is missing, unless IMMORTUS_REQUIRE_BROWSER=1 (CI).
+    """
+    _require_chromium()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        await browser.close()

@@ -1,19 +1,47 @@
-"""The status and watch subcommands, run as a user runs them, against real Redis."""
+"""The status and watch subcommands, run as a user runs them, against real Redis and
+real arq jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from arq.connections import ArqRedis
 
-from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer
+from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
+from immortus_async.cli import COMMANDS
 from immortus_async.commands.watch import render_bar
 from immortus_async.state import JobState
 
+from .utils import SCALE, run_worker
+
 S = JobStatus
+
+# Job functions, at module level so that arq knows them by a plain name.
+
+
+@tracked
+async def count(ctx: dict[str, Any], n: int) -> int:
+    for done in range(1, n + 1):
+        await ctx["immortus"].update(progress=done / n, done=done)
+    return n
+
+
+@tracked
+async def refuse(ctx: dict[str, Any]) -> None:
+    raise ValueError("bad row 7")
+
+
+async def untracked(ctx: dict[str, Any]) -> str:
+    return "arq alone"
+
+
+JOBS = [count, refuse, untracked]
 
 
 @pytest.fixture
@@ -96,5 +124,57 @@ async def test_help_lists_every_command() -> None:
     """--help lists each subcommand with a one-line description."""
     process = await cli("--help")
     out, _ = await process.communicate()
-    for command in ("bridge", "status", "watch"):
-        assert command in out.decode()
+    for command, module in COMMANDS.items():
+        summary = (module.__doc__ or "").split()[:3]
+        assert re.search(rf"^    {command} +{' '.join(summary)}", out.decode(), re.MULTILINE)
+
+
+async def test_status_of_real_arq_jobs(
+    pool: ArqRedis, tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """status on real arq jobs: queued 2, finished 0, failed 1, untracked read from arq."""
+    counted = await tracker.enqueue(pool, "count", 3)
+    refused = await tracker.enqueue(pool, "refuse")
+    plain = await pool.enqueue_job("untracked")
+    assert counted and refused and plain
+
+    async def status(job_id: str) -> tuple[int | None, str]:
+        process = await cli("status", job_id, "--redis", redis_server.url)
+        out, err = await process.communicate()
+        assert not err, err.decode()
+        return process.returncode, out.decode().strip()
+
+    assert await status(counted.job_id) == (2, f"{counted.job_id}: queued")
+    await run_worker(pool, JOBS)
+    assert await status(counted.job_id) == (0, f"{counted.job_id}: finished  100%  done=3")
+    failed = f"{refused.job_id}: failed  error: ValueError: bad row 7"
+    assert await status(refused.job_id) == (1, failed)
+    assert await status(plain.job_id) == (0, f"{plain.job_id}: finished  100%")
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "code", "last"),
+    [("count", (4,), 0, "finished  100%  done=4"), ("refuse", (), 1, "failed  error: ValueError")],
+)
+async def test_watch_follows_a_real_arq_job_to_its_exit_code(
+    pool: ArqRedis,
+    tracker: Tracker,
+    redis_server: RedisServer,
+    function: str,
+    args: tuple[int, ...],
+    code: int,
+    last: str,
+) -> None:
+    """watch prints a queued job, waits while a worker runs it, ends with its outcome."""
+    job = await tracker.enqueue(pool, function, *args)
+    assert job is not None
+    process = await cli("watch", job.job_id, "--redis", redis_server.url, "--timeout", "30")
+    assert process.stdout is not None
+    first = await asyncio.wait_for(process.stdout.readline(), 30 * SCALE)
+    assert first.decode().strip() == f"{job.job_id}: queued"
+    await run_worker(pool, JOBS)
+    rest, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    lines = rest.decode().splitlines()
+    assert lines[0].startswith(f"{job.job_id}: started")
+    assert lines[-1].startswith(f"{job.job_id}: {last}"), lines
+    assert process.returncode == code, err.decode()

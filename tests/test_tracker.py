@@ -294,3 +294,33 @@ async def test_token_needs_a_long_secret(redis: Redis) -> None:
     async with Tracker(redis) as tracker:
         with pytest.raises(ValueError, match="IMMORTUS_SECRET"):
             tracker.token("j")
+
+
+async def test_arq_fallback_shares_the_one_pubsub_connection(
+    redis: Redis, redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """With keyspace events on, following an arq-only job and one of ours uses one connection."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    await redis.config_set("notify-keyspace-events", "KEA")
+    pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+    try:
+        plain = await pool.enqueue_job("never_decorated")
+        assert plain is not None
+        await queue(writer, "ours")
+        async with Tracker(redis) as tracker:
+            waiters = [
+                asyncio.create_task(tracker.completed(job_id, timeout=10))
+                for job_id in (plain.job_id, "ours")
+            ]
+            hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+            # Each job: its own channel, plus arq's four keys (arq may end any job).
+            await wait_until(lambda: hub.channels == 10 and not hub._ready)
+            assert len(await pubsub_clients(redis)) == 1
+            await finish(writer, "ours")
+            await finish(writer, plain.job_id, S.ABORTED)
+            states = await asyncio.gather(*waiters)
+            assert [s.status for s in states] == [S.ABORTED, S.FINISHED]
+    finally:
+        await pool.aclose()

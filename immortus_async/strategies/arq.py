@@ -337,7 +337,7 @@ class ArqStrategy(Connected):
         async with contextlib.AsyncExitStack() as stack:
             for prefix in _PREFIXES:
                 channel = f"__keyspace@{db}__:{prefix}{job_id}"
-                await stack.enter_async_context(hub.subscription(channel, nudge))
+                await stack.enter_async_context(hub.subscription(channel, nudge, self._decode))
             yield None
 
     def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:

@@ -326,7 +326,8 @@ class RedisPubSubStrategy(Connected):
     ) -> AsyncIterator[None]:
         # Nested blocks rather than an AsyncExitStack: one less object (and its
         # 760-byte deque) for every job a bridge's clients follow.
-        async with self._pubsub().subscription(self.keys.channel(job_id), buffer):
+        channel = self.keys.channel(job_id)
+        async with self._pubsub().subscription(channel, buffer, self._decode):
             # A fallback that can say when its records change (ArqStrategy.changes).
             changes = getattr(self._fallback, "changes", None)
             if changes is None:

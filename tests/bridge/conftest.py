@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
@@ -64,42 +64,6 @@ async def bridge_process(redis_server: RedisServer) -> AsyncIterator[BridgeProce
     running = await start_bridge_process(redis_server.url)
     yield running
     assert await running.stop() == 0, "".join(running.output)
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _require_chromium() -> None:
-    if not os.path.exists(CHROMIUM):
-        message = f"{CHROMIUM} is missing: apt-get install -y chromium"
-        if os.environ.get("IMMORTUS_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's headless Chromium through Playwright (never a downloaded browser).
-
-    Skipped when Chromium is missing, unless IMMORTUS_REQUIRE_BROWSER=1 (CI).
-    """
-    _require_chromium()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

