@@ -62,6 +62,7 @@ from .state import JobUpdate
 from .status import JobStatus
 from .strategies.arq import ArqStrategy
 from .strategies.base import StateWriter
+from .strategies.redis_pub_sub import RedisPubSubStrategy
 
 __all__ = ["MAX_META_BYTES", "JobContext", "track_worker", "tracked"]
 
@@ -268,9 +269,10 @@ class JobContext:
         )
         beat = getattr(context._strategy, "heartbeat", None)
         if beat is not None:
-            # The first beat before the job's body runs: a worker that dies at once
-            # must read stalled too, and readers learn the threshold from the beat.
-            await context._beat_once(beat)
+            if not isinstance(context._strategy, RedisPubSubStrategy):
+                # The first beat before the job's body runs: a worker that dies at
+                # once must read stalled too (ours rides on `started`, in _deliver).
+                await context._beat_once(beat)
             context._heartbeat = _spawn(context._beat(beat))
         return context
 
@@ -385,6 +387,12 @@ class JobContext:
     async def _deliver(self, update: JobUpdate) -> None:
         strategy = self._strategy
         try:
+            if isinstance(strategy, RedisPubSubStrategy):
+                # A started (or progress) write is a heartbeat too: one round trip.
+                stalled_after = self._options.stalled_after
+                beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
+                await strategy.apply(update, stalled_after=stalled_after if beats else None)
+                return
             if isinstance(strategy, StateWriter):
                 await strategy.apply(update)
                 return

@@ -169,3 +169,14 @@ async def test_one_round_trip_per_update(redis: Redis) -> None:
     outside.pop("config|resetstat", None)
     assert outside == {"evalsha": 3}
     assert calls["publish"] == 3
+
+
+async def test_started_update_carries_the_first_heartbeat(redis: Redis) -> None:
+    """apply(started, stalled_after=...) records the beat in the same round trip."""
+    strategy = RedisPubSubStrategy(redis)
+    record = strategy.keys.record("hb")
+    await strategy.apply(update("hb", S.QUEUED, attempt=0), stalled_after=1.0)
+    assert await redis.hget(record, "hb") is None  # only a started job beats
+    await strategy.apply(update("hb", S.STARTED), stalled_after=1.0)
+    assert (await redis.hget(record, "hb") or b"").startswith(b"1:1000:")
+    assert (await strategy.status("hb")).stalled is False

@@ -4,7 +4,8 @@
 --
 -- KEYS[1] the job's hash, KEYS[2] its tombstone
 -- ARGV[1] channel, ARGV[2] job id, ARGV[3] the update (JSON; meta values pre-encoded),
--- ARGV[4] TTL ms while active, ARGV[5] TTL ms once terminal, ARGV[6] tombstone's extra ms
+-- ARGV[4] TTL ms while active, ARGV[5] TTL ms once terminal, ARGV[6] tombstone's extra ms,
+-- ARGV[7] a heartbeat to record with a `started` update ('' for none)
 -- Returns the new state's JSON, or false when the update was dropped.
 
 local RANK = {unknown = -1, queued = 0, started = 1, retrying = 2,
@@ -66,6 +67,7 @@ end
 local state_json = cjson.encode(cur)
 local meta_json = cjson.encode(meta)
 redis.call('HSET', KEYS[1], 'state', state_json, 'meta', meta_json)
+if u.status == 'started' and ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'hb', ARGV[7]) end
 if TERMINAL[u.status] then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('SET', KEYS[2], cur.seq, 'PX', tonumber(ARGV[5]) + tonumber(ARGV[6]))

@@ -198,8 +198,15 @@ class RedisPubSubStrategy(Connected):
 
     # Writing
 
-    async def apply(self, update: JobUpdate) -> JobState | None:
-        """Apply ``update`` atomically; return the new state, or None if dropped."""
+    async def apply(
+        self, update: JobUpdate, *, stalled_after: float | None = None
+    ) -> JobState | None:
+        """Apply ``update`` atomically; return the new state, or None if dropped.
+
+        With ``stalled_after``, a ``started`` update is also a heartbeat (see
+        :meth:`heartbeat`), in the same round trip: the job side's first beat rides
+        on its ``started``.
+        """
         body = update.to_dict()
         if update.meta:
             body["meta"] = {key: json.dumps(value) for key, value in update.meta.items()}
@@ -213,9 +220,13 @@ class RedisPubSubStrategy(Connected):
                 self._active_ttl_ms,
                 self._ttl_ms,
                 self._tombstone_ms,
+                "" if stalled_after is None else self._beat_field(update.attempt, stalled_after),
             ],
         )
         return JobState.from_json(wire) if wire else None
+
+    def _beat_field(self, attempt: int, stalled_after: float) -> str:
+        return f"{attempt}:{max(1, int(stalled_after * 1000))}:{self._active_ttl_ms}"
 
     async def job_enqueued(self, job_id: str) -> None:
         """Immortus callback: the job is queued."""
@@ -240,9 +251,10 @@ class RedisPubSubStrategy(Connected):
         ``stalled_after`` seconds have passed. Returns False, writing nothing, when
         the job is not ``started`` at that attempt (it ended, or was never started).
         """
-        ttl_ms = int(self._active_ttl_ms)
-        beat = f"{attempt}:{max(1, int(stalled_after * 1000))}:{ttl_ms}"
-        written = await self._beat(keys=[self.keys.record(job_id)], args=[attempt, beat, ttl_ms])
+        beat = self._beat_field(attempt, stalled_after)
+        written = await self._beat(
+            keys=[self.keys.record(job_id)], args=[attempt, beat, self._active_ttl_ms]
+        )
         return bool(written)
 
     # Reading
