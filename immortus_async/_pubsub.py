@@ -142,7 +142,13 @@ class PubSubHub:
             sinks.add(sink)
             ready = self._ready.get(channel)
         if ready is not None and not ready.done():
-            await asyncio.shield(ready)
+            try:
+                await asyncio.shield(ready)
+            except BaseException:
+                # Cancelled (a timeout) or closed before the confirmation: the caller
+                # never got the subscription, so it cannot leave it; leave it here.
+                self.unsubscribe(channel, sink)
+                raise
 
     def unsubscribe(self, channel: str, sink: Sink) -> None:
         """Remove ``sink``; the last one out unsubscribes the channel. Never blocks."""
@@ -153,6 +159,12 @@ class PubSubHub:
         if not sinks:
             del self._sinks[channel]
             del self._decoders[channel]
+            # Nobody awaits it now (every awaiter is a sink); a later subscriber makes
+            # its own, resolved after the last SUBSCRIBE sent. Kept, it would outlive
+            # a connection lost before the confirmation, for ever.
+            ready = self._ready.pop(channel, None)
+            if ready is not None:
+                ready.cancel()
             self._to_unsubscribe.add(channel)
             self._dirty.set()
 

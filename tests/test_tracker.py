@@ -324,3 +324,20 @@ async def test_arq_fallback_shares_the_one_pubsub_connection(
             assert [s.status for s in states] == [S.ABORTED, S.FINISHED]
     finally:
         await pool.aclose()
+
+
+async def test_waiter_leaving_while_disconnected_leaves_nothing_behind(
+    tracker: Tracker, redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """A waiter that gives up while Redis is away leaves no pending subscription state."""
+    await queue(writer, "left")
+    hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
+    redis_server.stop()
+    waiter = asyncio.create_task(tracker.completed("left"))
+    await wait_until(lambda: hub.channels == 1, message="the waiter's subscription")
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert hub.channels == 0 and not hub._ready and not hub._decoders
+    redis_server.start()
+    await queue(writer, "back")
+    assert (await tracker.status("back")).status is S.QUEUED
