@@ -5,6 +5,9 @@ The tree::
     ImmortusError
     ├── StrategyNotFound       no tracking strategy matches a name, class or path
     ├── JobNotFound            no record of the job anywhere (ours nor the queue's)
+    │   └── JobLost            it had a record, and Redis lost it (a restart without data)
+    ├── RedisUnavailable       Redis could not be reached for longer than allowed
+    ├── SubscriptionRefused    Redis refused to subscribe to a job's channel (ACL)
     ├── TrackerClosed          the Tracker was closed while, or before, it was used
     ├── InvalidStateError      a stored or published job state is not valid
     └── TokenError             a subscription token was refused
@@ -20,8 +23,11 @@ from __future__ import annotations
 __all__ = [
     "ImmortusError",
     "InvalidStateError",
+    "JobLost",
     "JobNotFound",
+    "RedisUnavailable",
     "StrategyNotFound",
+    "SubscriptionRefused",
     "TokenError",
     "TokenExpired",
     "TokenInvalid",
@@ -40,9 +46,33 @@ class StrategyNotFound(ImmortusError, LookupError):
 class JobNotFound(ImmortusError, LookupError):
     """The job id has no record anywhere: neither a tracking record nor a queue record."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id!r}: it has no tracking record and no queue record")
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(
+            message or f"no job {job_id!r}: it has no tracking record and no queue record"
+        )
         self.job_id = job_id
+
+
+class JobLost(JobNotFound):
+    """The job was being followed, and Redis lost its record (restarted without data,
+    flushed, or failed over to an empty replica): its end will never be known here."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            job_id,
+            f"job {job_id!r} was lost: Redis no longer has its record "
+            "(restarted without data, flushed, or failed over to an empty replica)",
+        )
+
+
+class RedisUnavailable(ImmortusError, ConnectionError):
+    """Redis could not be reached for longer than the caller allows; the message says
+    which Redis and for how long."""
+
+
+class SubscriptionRefused(ImmortusError, PermissionError):
+    """Redis refused to subscribe to a job's channel (an ACL user without channel
+    permissions: grant them, e.g. ``ACL SETUSER <user> &immortus:*``)."""
 
 
 class TrackerClosed(ImmortusError, RuntimeError):
