@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import pickle
 import subprocess
 import sys
 import time
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, job_key_prefix
+from arq.cron import cron
 from arq.jobs import Job
 from arq.worker import JobExecutionFailed, Retry, func, get_kwargs
+from redis.asyncio import Redis
 
 from immortus_async import (
     JobContext,
@@ -135,6 +138,26 @@ async def plain_progress(ctx: dict[str, Any]) -> str:
 
 async def plain_fail(ctx: dict[str, Any]) -> None:
     raise KeyError("missing column")
+
+
+async def plain_hang(ctx: dict[str, Any]) -> None:
+    await asyncio.Event().wait()
+
+
+async def nightly(ctx: dict[str, Any]) -> str:
+    return "done"
+
+
+def custom_dumps(data: dict[str, Any]) -> bytes:
+    """A worker's own serializer, which arq's default (pickle) cannot read."""
+    return b"custom:" + pickle.dumps(data)
+
+
+def custom_loads(raw: bytes) -> dict[str, Any]:
+    if not raw.startswith(b"custom:"):
+        raise ValueError("not written by custom_dumps")
+    data: dict[str, Any] = pickle.loads(raw.removeprefix(b"custom:"))
+    return data
 
 
 # Helpers
@@ -548,6 +571,47 @@ async def test_worker_hooks_on_a_settings_class_leave_tracked_jobs_to_themselves
     state = await tracker.completed(job.job_id, timeout=5)
     # queued, started, failed: the hooks and the wrapper did not both write.
     assert (state.status, state.error, state.seq) == (S.FAILED, "ValueError: bad row 3", 3)
+
+
+async def test_cron_job_under_track_worker_ends_finished(pool: ArqRedis, tracker: Tracker) -> None:
+    """A cron job (arq keeps no result, and its in-progress key 60 s) reads finished."""
+    settings = track_worker(
+        {"cron_jobs": [cron(nightly, hour=3, minute=0, run_at_startup=True, job_id="nightly-1")]}
+    )
+    await run_worker(pool, [], **settings)
+    state = await tracker.completed("nightly-1", timeout=5 * SCALE)
+    assert (state.status, state.function, state.attempt) == (S.FINISHED, "cron:nightly", 1)
+
+
+async def test_worker_serializer_reads_arqs_records(
+    redis_server: RedisServer, redis: Redis, pool: ArqRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A serializer given to the Worker and not to its pool reads arq's records right."""
+    caplog.set_level(logging.WARNING)
+    settings = RedisSettings.from_dsn(redis_server.url)
+    # The enqueuing pool has the serializer, the worker's pool has not, as in arq's
+    # own test_custom_serializers. The waiter reads our records only: what it gets
+    # is what the job side wrote.
+    custom = await create_pool(settings, job_serializer=custom_dumps, job_deserializer=custom_loads)
+    ours = RedisPubSubStrategy(redis)
+    async with custom, Tracker(redis, tracking_strategy=ours) as tracker:
+        ok = await enqueue(tracker, custom, "plain_progress")
+        late = await enqueue(tracker, custom, "plain_hang")
+        functions = [plain_progress, func(plain_hang, timeout=0.2 * SCALE)]
+        worker = track_worker(
+            {
+                "functions": functions,
+                "job_serializer": custom_dumps,
+                "job_deserializer": custom_loads,
+            }
+        )
+        await run_worker(pool, **worker)
+        done = await tracker.completed(ok.job_id, timeout=5 * SCALE)
+        # After a cancellation the outcome comes from arq's result record.
+        timed_out = await tracker.completed(late.job_id, timeout=5 * SCALE)
+    assert (done.status, done.meta) == (S.FINISHED, {"rows": 3})
+    assert (timed_out.status, timed_out.error) == (S.FAILED, "TimeoutError: job timed out")
+    assert [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()] == []
 
 
 # The wrapper itself, strategies, and Tracker.enqueue
