@@ -573,6 +573,23 @@ async def test_worker_hooks_on_a_settings_class_leave_tracked_jobs_to_themselves
     assert (state.status, state.error, state.seq) == (S.FAILED, "ValueError: bad row 3", 3)
 
 
+async def test_worker_hooks_track_a_function_given_another_way_from_arqs_record(
+    redis: Redis, pool: ArqRedis
+) -> None:
+    """A function track_worker did not wrap still ends, from arq's result record."""
+    settings = track_worker({"functions": [plain_progress]})
+    # Our records only: the end is what the worker's hooks wrote.
+    async with Tracker(redis, tracking_strategy=RedisPubSubStrategy(redis)) as tracker:
+        job = await enqueue(tracker, pool, "plain_fail")
+        await run_worker(pool, **{**settings, "functions": [plain_fail]})
+        state = await tracker.completed(job.job_id, timeout=5 * SCALE)
+    assert (state.status, state.error, state.function) == (
+        S.FAILED,
+        "KeyError: 'missing column'",
+        "plain_fail",
+    )
+
+
 async def test_cron_job_under_track_worker_ends_finished(pool: ArqRedis, tracker: Tracker) -> None:
     """A cron job (arq keeps no result, and its in-progress key 60 s) reads finished."""
     settings = track_worker(
