@@ -1,7 +1,8 @@
 """The job side of arq: track jobs from inside the worker.
 
 ``@tracked`` wraps one job function; :func:`track_worker` tracks every job of a
-worker through its hooks. Either way the job finds a :class:`JobContext` at
+worker, wrapping the functions and cron jobs it is given the same way and setting
+the worker's hooks. Either way the job finds a :class:`JobContext` at
 ``ctx["immortus"]`` to report progress::
 
     @tracked
@@ -35,9 +36,11 @@ to 1 s, each try with the same deadline) for up to ``retry_for`` seconds (defaul
 30); the job goes on at once, and updates made meanwhile are merged into it
 (latest progress and status, meta key by key), so the final state lands once Redis
 is back. Any other tracking error is logged and dropped. A command cut short by
-the deadline costs its connection: redis-py (5 and later) closes a connection
+the deadline costs its connection: redis-py (5.0.1 and later) closes a connection
 whose command was cancelled, and the next command opens a new one, so no reply
-is ever read by the wrong command.
+is ever read by the wrong command. A write cut short may still be applied once a
+frozen Redis wakes up; its redelivered copy then changes nothing (a job only moves
+forward and a terminal state is never applied twice) or repeats a progress.
 
 **Shutdown.** The work a job leaves behind (a pending redelivery, reading arq's
 outcome after a cancellation) belongs to its worker. Under :func:`track_worker`,
