@@ -11,10 +11,10 @@ import pytest
 from playwright.async_api import Page, WebSocketRoute
 from redis.asyncio import Redis
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async import JobState, JobStatus, RedisPubSubStrategy, RedisServer, RedisUnavailable
 from immortus_async.bridge import Bridge, serve
 
-from ..utils import ARTIFACTS
+from ..utils import ARTIFACTS, wait_until
 from .helpers import SECRET, PageServer, advance, follow_page, token
 
 S = JobStatus
@@ -292,3 +292,48 @@ async def test_a_refused_origin_rejects_verify_with_origin_not_allowed(
         [token("foreign")],
     )
     assert code == "origin_not_allowed"
+
+
+class UnreachableFirst(RedisPubSubStrategy):
+    """Redis pub/sub tracking whose first watch of a job yields the snapshot, then
+    raises RedisUnavailable, as the hub does once Redis has been out of reach too long."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.watched: list[str] = []
+
+    def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:
+        self.watched.append(job_id)
+        if self.watched.count(job_id) > 1:
+            return super().watch(job_id, **options)
+        return self._unreachable(job_id)
+
+    async def _unreachable(self, job_id: str) -> AsyncIterator[JobState]:
+        yield await self.status(job_id)
+        raise RedisUnavailable("Redis could not be reached for 30s")
+
+
+@pytest.mark.timeout(60)
+async def test_redis_unavailable_is_retried_until_the_end(
+    page: Page, page_server: PageServer, redis_server: RedisServer, redis: Redis
+) -> None:
+    """A subscription ended by redis_unavailable is subscribed again after a backoff,
+    and verify resolves with the terminal state."""
+    strategy = UnreachableFirst(redis)
+    await advance(strategy, "retried", S.STARTED, progress=0.3)
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        allowed_origins=[page_server.origin],
+        tracking_strategy=strategy,
+    ) as bridge:
+        await _open(page, page_server, bridge, module=False)
+        await page.evaluate(
+            "([id, t]) => follow(id, t, { backoffMin: 10 })", ["retried", token("retried")]
+        )
+        await _wait_progress(page, 0.3)
+        await wait_until(lambda: strategy.watched.count("retried") == 2, message="the retry")
+        await advance(strategy, "retried", S.FINISHED)
+        assert (await _result(page))["status"] == "finished"
