@@ -11,29 +11,32 @@ __all__ = ["RESYNC", "BufferStatistics", "StateBuffer", "Wakeup"]
 
 
 class Wakeup:
-    """``asyncio.Event`` for one waiting task, without the Event's waiter deque.
+    """``asyncio.Event`` without the Event's waiter deque, for any number of tasks.
 
     A bridge holds one per connection and one per subscription; an Event with its
     deque is ~1.1 KB where this is ~100 bytes, and ten thousand idle connections
-    pay that difference in RSS. Only one task may wait at a time.
+    pay that difference in RSS. The futures of waiting tasks live only while they
+    wait. :meth:`set` wakes every task waiting then; a waiter that is cancelled
+    leaves the others waiting.
     """
 
-    __slots__ = ("_flag", "_waiter")
+    __slots__ = ("_flag", "_waiters")
 
     def __init__(self) -> None:
         self._flag = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         """Whether :meth:`set` was called since the last :meth:`clear`."""
         return self._flag
 
     def set(self) -> None:
-        """Set the flag and wake the waiting task, if any."""
+        """Set the flag and wake every waiting task."""
         self._flag = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     def clear(self) -> None:
         """Reset the flag."""
@@ -43,12 +46,20 @@ class Wakeup:
         """Return once the flag is set (at once if it is)."""
         if self._flag:
             return
-        assert self._waiter is None, "Wakeup is for one waiting task"
-        self._waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
         try:
-            await self._waiter
+            await waiter
         finally:
-            self._waiter = None
+            # Cancelled before set(): leave the list of those still waiting.
+            waiters = self._waiters
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    self._waiters = None
 
 
 class _Resync:

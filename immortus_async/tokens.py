@@ -57,6 +57,10 @@ def verify_token(token: str, secret: str | bytes, job_id: str) -> float:
         TokenExpired: the token's ``exp`` has passed.
         TokenInvalid: malformed, badly signed, missing a claim, or for another job.
     """
+    if not token.isascii():
+        # A JWT is base64url and dots; PyJWT would raise UnicodeEncodeError on a
+        # lone surrogate (which a JSON frame can carry) instead of refusing it.
+        raise TokenInvalid("the token is not valid: a token is ASCII")
     try:
         claims = jwt.decode(
             token,

@@ -59,3 +59,20 @@ async def test_wakeup_is_an_event_for_one_waiter() -> None:
     assert not waiter.done()
     wakeup.set()
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_wakeup_wakes_every_waiting_task() -> None:
+    """Several tasks wait on one Wakeup: set() wakes them all; a cancelled one leaves
+    the others waiting."""
+    import asyncio
+
+    from immortus_async._buffer import Wakeup
+
+    wakeup = Wakeup()
+    waiters = [asyncio.create_task(wakeup.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    assert waiters[0].cancelled() and not any(w.done() for w in waiters[1:])
+    wakeup.set()
+    await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)

@@ -36,8 +36,8 @@ class Outbox:
     """The frames a connection has not sent yet: only the latest state per job.
 
     A newer state of a job replaces the one waiting (a client that reads slowly
-    skips intermediate progress); since a job's terminal state is the last it
-    ever has, it is never replaced and so never lost. A subscription that ends
+    skips intermediate progress); a job's terminal state is the last of its
+    subscription, so it is never replaced and so never lost. A subscription that ends
     with an error (``token_expired``) leaves that error after the job's state.
     Errors about the input itself (bad JSON, a refused subscribe) wait in a
     queue of ``max_errors``; when it is full the oldest is dropped. So the
@@ -63,19 +63,31 @@ class Outbox:
         self._taken: Wakeup | None = None
 
     def put_state(self, state: JobState) -> None:
-        """Queue ``state``, replacing an older waiting state of the same job."""
+        """Queue ``state``, replacing the job's waiting state unless that one is terminal.
+
+        States come from one follower per job, in the order the job had them, so
+        the last one given is the newest, whatever its ``seq``: after Redis lost a
+        job's history, ``seq`` counts again from 1. A terminal state is the last
+        of a subscription: it is never replaced and nothing is queued after it.
+        """
         pending = self._jobs.setdefault(state.job_id, _Pending())
         if pending.state is not None:
-            if pending.state.seq > state.seq:
+            if pending.state.completed:
                 return
             self._replaced += 1
         pending.state = state
         self._wakeup.set()
 
     def end(self, rejection: Rejection) -> None:
-        """Queue the error that ended the subscription to ``rejection.job_id``."""
+        """Queue the error that ended the subscription to ``rejection.job_id``.
+
+        Ignored while the job's terminal state waits: that state already ended it.
+        """
         assert rejection.job_id is not None, "a subscription's end names its job"
-        self._jobs.setdefault(rejection.job_id, _Pending()).end = rejection
+        pending = self._jobs.setdefault(rejection.job_id, _Pending())
+        if pending.state is not None and pending.state.completed:
+            return
+        pending.end = rejection
         self._wakeup.set()
 
     def reject(self, rejection: Rejection) -> None:
@@ -116,7 +128,10 @@ class Outbox:
         return frames
 
     async def taken(self, job_id: str) -> None:
-        """Return once nothing of ``job_id`` waits any more (the sender took it)."""
+        """Return once nothing of ``job_id`` waits any more (the sender took it).
+
+        Any number of subscriptions may wait at once; one :meth:`take` wakes them all.
+        """
         while job_id in self._jobs:
             if self._taken is None:
                 self._taken = Wakeup()

@@ -17,6 +17,7 @@ Server frames::
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -51,7 +52,7 @@ class ErrorCode(StrEnum):
     """The ``code`` of an ``error`` frame, and of an HTTP error's JSON body. Stable."""
 
     INVALID_JSON = "invalid_json"
-    """The frame is not UTF-8 JSON."""
+    """The frame is not JSON, or is nested too deeply to read."""
     INVALID_MESSAGE = "invalid_message"
     """The JSON is not an object, or a field is missing or of the wrong type."""
     UNKNOWN_TYPE = "unknown_type"
@@ -59,7 +60,8 @@ class ErrorCode(StrEnum):
     BINARY_FRAME = "binary_frame"
     """A binary frame: the protocol is JSON text only."""
     INVALID_JOB_ID = "invalid_job_id"
-    """Empty, longer than :data:`MAX_JOB_ID_LENGTH`, or with control characters."""
+    """Empty, longer than :data:`MAX_JOB_ID_LENGTH`, with control characters, or
+    not encodable as UTF-8 (a lone surrogate)."""
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     """The connection already holds the maximum number of subscriptions."""
     TOKEN_REQUIRED = "token_required"
@@ -73,9 +75,14 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     """HTTP only: no such path (status 404)."""
     REDIS_UNAVAILABLE = "redis_unavailable"
-    """HTTP only: Redis did not answer in time (status 503)."""
+    """Redis did not answer in time: HTTP status 503, or, on a websocket, the end of
+    a subscription that could not reach Redis for longer than allowed (retry later)."""
     INTERNAL_ERROR = "internal_error"
-    """The bridge could not follow the job (a corrupt record); the subscription ended."""
+    """The bridge could not follow the job (a corrupt record; the subscription ended),
+    or could not handle a frame (a bug: it is logged); retry later."""
+    JOB_LOST = "job_lost"
+    """Redis lost the job's record (restarted without data, flushed, failed over to an
+    empty replica): its end will never be known; the subscription ended."""
 
 
 class CloseCode(IntEnum):
@@ -85,6 +92,10 @@ class CloseCode(IntEnum):
     """The client or the bridge is done."""
     GOING_AWAY = 1001
     """The bridge is shutting down: reconnect (to another instance) with backoff."""
+    PROTOCOL_ERROR = 1002
+    """The client broke the websocket protocol (an unmasked or malformed frame)."""
+    INVALID_DATA = 1007
+    """A text frame that is not valid UTF-8."""
     MESSAGE_TOO_BIG = 1009
     """An inbound frame exceeded the size limit (4 KiB by default)."""
     INTERNAL_ERROR = 1011
@@ -135,6 +146,12 @@ def check_job_id(value: Any) -> str | Rejection:
     if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in value):
         # Control characters would forge log lines and Redis key names.
         return Rejection(ErrorCode.INVALID_JOB_ID, "job_id contains control characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # JSON's "\ud800" decodes to a lone surrogate: no Redis key or channel
+        # name can hold it.
+        return Rejection(ErrorCode.INVALID_JOB_ID, "job_id is not valid Unicode (a lone surrogate)")
     return value
 
 
@@ -163,6 +180,9 @@ def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Rejection:
         message = json.loads(data)
     except ValueError:
         return Rejection(ErrorCode.INVALID_JSON, "the frame is not valid JSON")
+    except RecursionError:
+        # A few kilobytes of "[" exhaust the decoder's recursion limit.
+        return Rejection(ErrorCode.INVALID_JSON, "the frame's JSON is nested too deeply")
     if not isinstance(message, dict):
         return Rejection(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     kind = message.get("type")
@@ -195,8 +215,18 @@ def parse_connect_path(path: str) -> Subscribe | Rejection | None:
     token = query.get("token", [None])[0]
     since: Any = query.get("since_seq", [None])[0]
     if since is not None:
-        since = int(since) if since.isdigit() else -1
+        since = _query_int(since)
     return _subscribe(job_id, token, since)
+
+
+def _query_int(text: str) -> int | str:
+    """A query parameter of ASCII digits as an int; else ``text`` itself, which
+    :func:`_since_seq` then refuses like any other non-integer."""
+    # str.isdigit() is also true for "²" and other digits int() refuses.
+    if text.isascii() and text.isdigit():
+        with contextlib.suppress(ValueError):  # more digits than int() reads (4300)
+            return int(text)
+    return text
 
 
 _last_frame: tuple[JobState, str] | None = None

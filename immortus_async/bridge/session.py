@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from ..exceptions import JobLost, RedisUnavailable
 from ..state import JobState
+from ..status import JobStatus
 from ..tracker import Tracker
 from .auth import Gatekeeper
 from .logs import RedactingLogger
@@ -83,11 +86,10 @@ class Session:
         sender = asyncio.create_task(self._send_loop(), name="immortus-bridge-sender")
         try:
             request = self._ws.request
-            first = parse_connect_path(request.path) if request is not None else None
-            if first is not None:
-                self._handle(first)
+            if request is not None:
+                self._receive(partial(parse_connect_path, request.path))
             async for message in self._ws:
-                self._handle(parse_message(message))
+                self._receive(partial(parse_message, message))
         except ConnectionClosed:
             pass  # the client left, or a limit closed the connection: nothing to tell
         finally:
@@ -107,6 +109,20 @@ class Session:
             self._ws.transport.abort()
 
     # Messages
+
+    def _receive(self, parse: Callable[[], Subscribe | Unsubscribe | Rejection | None]) -> None:
+        """Handle one input (the connect path or a frame); whatever it raises fails it alone."""
+        try:
+            message = parse()
+            if message is not None:
+                self._handle(message)
+        except Exception:
+            # A bug, not the client's mistake: answer it as such, and let the
+            # connection and every subscription go on.
+            logger.exception("handling a client's input failed")
+            self.outbox.reject(
+                Rejection(ErrorCode.INTERNAL_ERROR, "the bridge could not handle this input")
+            )
 
     def _handle(self, message: Subscribe | Unsubscribe | Rejection) -> None:
         if isinstance(message, Rejection):
@@ -153,50 +169,62 @@ class Session:
     # Tasks
 
     async def _follow(self, job_id: str, since_seq: int | None, expires_at: float | None) -> None:
+        """Forward the job's states to the outbox until its terminal state or an end.
+
+        A subscription ends once, with its terminal state or with one ``error``
+        frame, and nothing of it is queued after either.
+        """
         deadline = None
         if expires_at is not None:
             deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
         scope = asyncio.timeout_at(deadline)
         states: AsyncIterator[JobState] | None = None
         try:
-            async with scope:
-                states = self._tracker.watch(job_id)
-                await self._forward(states, since_seq)
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and scope.expired():
-                end = Rejection(
-                    ErrorCode.TOKEN_EXPIRED,
-                    "the token has expired: subscribe again with a new token and since_seq",
-                    job_id,
-                )
-            else:
-                # Not a lost connection (the tracker rides those out) but a corrupt
-                # record or a closed tracker: this subscription cannot go on.
-                logger.exception("following job %r failed", job_id)
-                end = Rejection(
-                    ErrorCode.INTERNAL_ERROR, "the bridge could not follow this job", job_id
-                )
-            self.outbox.end(end)
+            try:
+                async with scope:
+                    states = self._tracker.watch(job_id)
+                    await self._forward(states, since_seq)
+            except Exception as exc:
+                self.outbox.end(_ending(job_id, exc, expired=scope.expired()))
+                return
+            # The terminal state is queued: let the sender take it before tearing
+            # the subscription down, so that when a job many clients follow ends,
+            # every frame goes out before any teardown. The token may expire
+            # meanwhile: the subscription is over already, nothing more is said.
+            await self.outbox.taken(job_id)
         finally:
             if self._subscriptions.get(job_id) is asyncio.current_task():
                 del self._subscriptions[job_id]
             close = getattr(states, "aclose", None)
             if close is not None:
-                await close()
+                try:
+                    await close()
+                except Exception:
+                    logger.exception("closing the subscription to job %r failed", job_id)
 
     async def _forward(self, states: AsyncIterator[JobState], since_seq: int | None) -> None:
+        """Queue every state to send, up to the terminal one, then return.
+
+        Raises:
+            JobLost: the client has seen states of the job (``since_seq`` > 0) and
+                Redis has no record of it any more.
+        """
         snapshot = True
         async for state in states:
-            # The client already has everything up to since_seq: skip the snapshot
-            # unless it is newer. Later states are newer than the snapshot anyway.
-            if not (snapshot and since_seq is not None and state.seq <= since_seq):
-                self.outbox.put_state(state)
-                if state.completed:
-                    # The subscription ends with this state: let the sender take it
-                    # before tearing the subscription down, so that when a job many
-                    # clients follow ends, every frame goes out before any teardown.
-                    await self.outbox.taken(state.job_id)
+            if snapshot and since_seq is not None:
+                if state.status is JobStatus.UNKNOWN and since_seq > 0:
+                    raise JobLost(state.job_id)
+                # The client already has the state of seq since_seq: skip it. Any
+                # other seq is news: a higher one is newer, a lower one starts a
+                # new history (Redis lost the old one). A terminal state always
+                # goes: it ends the subscription, and the client must hear that.
+                if state.seq == since_seq and not state.completed:
+                    snapshot = False
+                    continue
             snapshot = False
+            self.outbox.put_state(state)
+            if state.completed:
+                return
 
     async def _send_loop(self) -> None:
         try:
@@ -225,3 +253,27 @@ class Session:
             # Without its sender the client would wait forever: end the connection.
             logger.exception("sending to a client failed")
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:
+    """The ``error`` frame that ends a subscription the watch ended with ``exc``."""
+    if isinstance(exc, TimeoutError) and expired:
+        return Rejection(
+            ErrorCode.TOKEN_EXPIRED,
+            "the token has expired: subscribe again with a new token and since_seq",
+            job_id,
+        )
+    if isinstance(exc, JobLost):
+        logger.info("job %r was lost by Redis; ending its subscription", job_id)
+        return Rejection(ErrorCode.JOB_LOST, str(exc), job_id)
+    if isinstance(exc, RedisUnavailable):
+        logger.warning("ending the subscription to job %r: %s", job_id, exc)
+        return Rejection(
+            ErrorCode.REDIS_UNAVAILABLE,
+            "Redis cannot be reached: subscribe again later with since_seq",
+            job_id,
+        )
+    # Not a lost connection (the tracker rides those out) but a corrupt record
+    # or a closed tracker: this subscription cannot go on.
+    logger.error("following job %r failed", job_id, exc_info=exc)
+    return Rejection(ErrorCode.INTERNAL_ERROR, "the bridge could not follow this job", job_id)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, WebSocketRoute
+from redis.asyncio import Redis
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async import JobState, JobStatus, RedisPubSubStrategy, RedisServer, RedisUnavailable
 from immortus_async.bridge import Bridge, serve
 
-from ..utils import ARTIFACTS
+from ..utils import ARTIFACTS, wait_until
 from .helpers import SECRET, PageServer, advance, follow_page, token
 
 S = JobStatus
@@ -168,3 +170,170 @@ async def test_page_falls_back_to_polling_when_websockets_keep_failing(
     await advance(strategy, job_id, S.FINISHED)
     assert (await _result(page))["status"] == "finished"
     assert len(closed) == 4, "socketFailures (4) attempts, then polling"
+
+
+@contextlib.asynccontextmanager
+async def _history_lost(
+    page: Page,
+    page_server: PageServer,
+    redis_server: RedisServer,
+    redis: Redis,
+    strategy: RedisPubSubStrategy,
+    job_id: str,
+    *,
+    before: list[JobStatus],
+    after: list[tuple[JobStatus, dict[str, Any]]],
+) -> AsyncIterator[None]:
+    """The page follows ``job_id`` through ``before``; with the bridge down, Redis
+    loses the job (FLUSHALL) and its new history is written from ``after``; then a
+    bridge on the same port takes the page's resubscription (with since_seq).
+
+    The page's promise, settled or rejected, lands in ``window.settled``.
+    """
+    for status in before:
+        await advance(strategy, job_id, status)
+    allowed = [page_server.origin]
+    async with serve(
+        redis_server.url, "127.0.0.1", 0, secret=SECRET, allowed_origins=allowed
+    ) as first:
+        port = first.port
+        await _open(page, page_server, first, module=False)
+        # Websocket only: the resubscription with since_seq is what is tested.
+        options = {"url": first.url, "backoffMin": 10, "socketFailures": 1000}
+        await page.evaluate(
+            """([id, t, options]) => {
+                follow(id, t, options);
+                window.settled = window.done.then(
+                    (state) => ({ state }), (error) => ({ code: error.code }));
+            }""",
+            [job_id, token(job_id), options],
+        )
+        await page.wait_for_function(  # the snapshot: the last state of before
+            f"window.events.some(e => e[0] === 'status' && e[1] === '{before[-1].value}')",
+            timeout=10_000,
+        )
+    await redis.flushall()
+    for status, fields in after:
+        await advance(strategy, job_id, status, **fields)
+    async with serve(redis_server.url, "127.0.0.1", port, secret=SECRET, allowed_origins=allowed):
+        yield
+
+
+BEFORE = [S.QUEUED, S.STARTED, S.STARTED]  # the page has seq 3
+
+
+@pytest.mark.timeout(60)
+async def test_a_lower_seq_terminal_state_after_history_loss_settles_verify(
+    page: Page,
+    page_server: PageServer,
+    redis_server: RedisServer,
+    redis: Redis,
+    strategy: RedisPubSubStrategy,
+) -> None:
+    """The page saw seq 3; Redis lost the job, whose new history ended at seq 2: the
+    page's resubscription (since_seq 3) gets that terminal state and verify resolves."""
+    after = [(S.STARTED, {}), (S.FINISHED, {})]
+    async with _history_lost(
+        page, page_server, redis_server, redis, strategy, "reborn", before=BEFORE, after=after
+    ):
+        settled = await page.evaluate("window.settled")
+    assert (settled["state"]["status"], settled["state"]["seq"]) == ("finished", 2)
+
+
+@pytest.mark.timeout(60)
+async def test_lower_seq_states_after_history_loss_reach_the_page(
+    page: Page,
+    page_server: PageServer,
+    redis_server: RedisServer,
+    redis: Redis,
+    strategy: RedisPubSubStrategy,
+) -> None:
+    """The page saw seq 3; the job's new history is at seq 1 with progress 0.8: the page
+    shows that progress, then the end at seq 2 resolves verify."""
+    after = [(S.STARTED, {"progress": 0.8})]
+    async with _history_lost(
+        page, page_server, redis_server, redis, strategy, "renewed", before=BEFORE, after=after
+    ):
+        await _wait_progress(page, 0.8)
+        await advance(strategy, "renewed", S.FINISHED)
+        settled = await page.evaluate("window.settled")
+    assert (settled["state"]["status"], settled["state"]["seq"]) == ("finished", 2)
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_redis_lost_rejects_verify_with_job_lost(
+    page: Page,
+    page_server: PageServer,
+    redis_server: RedisServer,
+    redis: Redis,
+    strategy: RedisPubSubStrategy,
+) -> None:
+    """The page followed a job that Redis then lost (nothing written since): its
+    resubscription is answered job_lost, and verify rejects with that code."""
+    async with _history_lost(
+        page, page_server, redis_server, redis, strategy, "lost", before=BEFORE, after=[]
+    ):
+        settled = await page.evaluate("window.settled")
+    assert settled == {"code": "job_lost"}
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_origin_rejects_verify_with_origin_not_allowed(
+    page: Page, page_server: PageServer, bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """A bridge that does not allow the page's origin: the websocket handshakes fail
+    (the browser hides why), /verify's readable 403 says origin_not_allowed, and
+    verify rejects with it instead of retrying for ever."""
+    await advance(strategy, "foreign", S.STARTED)
+    await _open(page, page_server, bridge, module=False)
+    code = await page.evaluate(
+        """([t]) => Immortus.verify({ job_id: "foreign", token: t, backoffMin: 10 })
+            .then(() => "resolved", (error) => error.code)""",
+        [token("foreign")],
+    )
+    assert code == "origin_not_allowed"
+
+
+class UnreachableFirst(RedisPubSubStrategy):
+    """Redis pub/sub tracking whose first watch of a job yields the snapshot, then
+    raises RedisUnavailable, as the hub does once Redis has been out of reach too long."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.watched: list[str] = []
+
+    def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:
+        self.watched.append(job_id)
+        if self.watched.count(job_id) > 1:
+            return super().watch(job_id, **options)
+        return self._unreachable(job_id)
+
+    async def _unreachable(self, job_id: str) -> AsyncIterator[JobState]:
+        yield await self.status(job_id)
+        raise RedisUnavailable("Redis could not be reached for 30s")
+
+
+@pytest.mark.timeout(60)
+async def test_redis_unavailable_is_retried_until_the_end(
+    page: Page, page_server: PageServer, redis_server: RedisServer, redis: Redis
+) -> None:
+    """A subscription ended by redis_unavailable is subscribed again after a backoff,
+    and verify resolves with the terminal state."""
+    strategy = UnreachableFirst(redis)
+    await advance(strategy, "retried", S.STARTED, progress=0.3)
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        allowed_origins=[page_server.origin],
+        tracking_strategy=strategy,
+    ) as bridge:
+        await _open(page, page_server, bridge, module=False)
+        await page.evaluate(
+            "([id, t]) => follow(id, t, { backoffMin: 10 })", ["retried", token("retried")]
+        )
+        await _wait_progress(page, 0.3)
+        await wait_until(lambda: strategy.watched.count("retried") == 2, message="the retry")
+        await advance(strategy, "retried", S.FINISHED)
+        assert (await _result(page))["status"] == "finished"

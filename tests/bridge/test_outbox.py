@@ -28,7 +28,6 @@ async def test_only_the_latest_state_of_a_job_waits() -> None:
     outbox.put_state(_state("b", 1))
     for seq in range(2, 11):
         outbox.put_state(_state("a", seq))
-    outbox.put_state(_state("a", 4))  # older than what waits: ignored
     frames = await _take(outbox)
     assert [(f["job_id"], f["seq"]) for f in frames] == [("a", 10), ("b", 1)]
     stats = outbox.statistics()
@@ -43,6 +42,28 @@ async def test_the_terminal_state_is_never_replaced_or_lost() -> None:
     outbox.put_state(_state("a", 1000, S.FINISHED))
     [frame] = await _take(outbox)
     assert (frame["status"], frame["seq"]) == ("finished", 1000)
+
+
+async def test_a_terminal_state_with_a_lower_seq_is_kept() -> None:
+    """After Redis lost a job's history its seq counts from 1 again: the new history's
+    states, the terminal one above all, replace a waiting state with a higher seq."""
+    outbox = Outbox()
+    outbox.put_state(_state("a", 7))
+    outbox.put_state(_state("a", 1))
+    outbox.put_state(_state("a", 2, S.FINISHED))
+    [frame] = await _take(outbox)
+    assert (frame["status"], frame["seq"]) == ("finished", 2)
+
+
+async def test_nothing_is_queued_after_a_terminal_state() -> None:
+    """While a job's terminal state waits, a later state or a subscription's end is
+    ignored: the terminal state is the last frame of its subscription."""
+    outbox = Outbox()
+    outbox.put_state(_state("a", 3, S.FINISHED))
+    outbox.put_state(_state("a", 4))
+    outbox.end(Rejection(ErrorCode.TOKEN_EXPIRED, "m", "a"))
+    frames = await _take(outbox)
+    assert [(f["type"], f.get("status")) for f in frames] == [("state", "finished")]
 
 
 async def test_a_subscriptions_end_follows_its_last_state() -> None:
@@ -94,3 +115,17 @@ async def test_taken_returns_once_the_sender_has_the_jobs_frame() -> None:
     assert not waiter.done()
     assert [frame["seq"] for frame in await _take(outbox)] == [3]
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_several_jobs_wait_for_taken_at_once() -> None:
+    """Subscriptions whose jobs end together all wait in taken(); one take() releases
+    every one of them."""
+    outbox = Outbox()
+    jobs = [str(n) for n in range(5)]
+    for job_id in jobs:
+        outbox.put_state(_state(job_id, 3, S.FINISHED))
+    waiters = [asyncio.create_task(outbox.taken(job_id)) for job_id in jobs]
+    await asyncio.sleep(0)
+    assert not any(waiter.done() for waiter in waiters)
+    assert len(await _take(outbox)) == len(jobs)
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)

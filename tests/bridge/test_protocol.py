@@ -48,6 +48,10 @@ def test_subscribe_and_unsubscribe_parse() -> None:
         ('{"type": "subscribe", "job_id": "7", "since_seq": true}', ErrorCode.INVALID_MESSAGE),
         ('{"type": "subscribe", "job_id": "7", "since_seq": 1.5}', ErrorCode.INVALID_MESSAGE),
         (b"{}", ErrorCode.BINARY_FRAME),
+        ("[" * 4000, ErrorCode.INVALID_JSON),
+        ('{"a":' * 2000 + "1" + "}" * 2000, ErrorCode.INVALID_JSON),
+        ('{"type": "subscribe", "job_id": "\\ud800x"}', ErrorCode.INVALID_JOB_ID),
+        ('{"type": "unsubscribe", "job_id": "x\\udfff"}', ErrorCode.INVALID_JOB_ID),
     ],
 )
 def test_bad_messages_are_rejected_with_their_code(raw: str | bytes, code: ErrorCode) -> None:
@@ -64,14 +68,24 @@ def test_job_id_length_limit() -> None:
     assert check_job_id("ünïcode id ✓") == "ünïcode id ✓"
 
 
+def test_job_id_must_be_encodable_as_utf8() -> None:
+    """A lone surrogate passes every str check but no Redis key can hold it: refused."""
+    for job_id in ("\ud800x", "x\udc80", "\udfff"):
+        refused = check_job_id(job_id)
+        assert isinstance(refused, Rejection) and refused.code is ErrorCode.INVALID_JOB_ID
+    assert check_job_id("\U0001f600") == "\U0001f600"  # a surrogate pair in JSON, one char
+
+
 def test_connect_path() -> None:
     """/jobs/<id>?token=&since_seq= subscribes; / does not; a bad since_seq is refused."""
     assert parse_connect_path("/") is None
     assert parse_connect_path("/?token=t") is None
     assert parse_connect_path("/jobs/a%2Fb?token=t&since_seq=4") == Subscribe("a/b", "t", 4)
     assert parse_connect_path("/jobs/7") == Subscribe("7")
-    bad_seq = parse_connect_path("/jobs/7?since_seq=x")
-    assert isinstance(bad_seq, Rejection) and bad_seq.code is ErrorCode.INVALID_MESSAGE
+    for since in ("x", "%C2%B2", "-1", "1.5", "9" * 5000):
+        # "²" passes str.isdigit(), and int() refuses it and 4300+ digits alike.
+        bad_seq = parse_connect_path(f"/jobs/7?since_seq={since}")
+        assert isinstance(bad_seq, Rejection) and bad_seq.code is ErrorCode.INVALID_MESSAGE
     empty = parse_connect_path("/jobs/")
     assert isinstance(empty, Rejection) and empty.code is ErrorCode.INVALID_JOB_ID
 

@@ -16,7 +16,8 @@
  * backoff and resubscribes with since_seq, and falls back to polling GET /verify
  * when WebSocket is missing or keeps failing. Its promise resolves with the
  * terminal state (failed jobs included: look at state.status) and rejects with an
- * ImmortusError only when following cannot succeed (a refused token, a bad job id).
+ * ImmortusError when following cannot succeed: a refused token, a bad job id, an
+ * origin the bridge does not allow, a job that Redis lost.
  * The protocol is described in docs/protocol.md.
  */
 (function (global) {
@@ -31,16 +32,10 @@
   var script = global.document && global.document.currentScript;
   var scriptBase = script && script.src ? new URL(".", script.src).href : null;
 
-  // Errors that retrying cannot fix.
-  var PERMANENT = [
-    "token_required",
-    "token_invalid",
-    "token_expired",
-    "invalid_job_id",
-    "invalid_message",
-    "unknown_type",
-    "too_many_subscriptions",
-  ];
+  // The refusals that a later attempt may overcome; every other code (a refused
+  // token or origin, a bad job id, a lost job, and codes this client does not
+  // know) rejects, so that a page never waits for what cannot come.
+  var RETRYABLE = ["redis_unavailable", "internal_error"];
 
   class ImmortusError extends Error {
     constructor(code, message) {
@@ -83,7 +78,8 @@
       this.base = httpBase(job.url);
       this.resolve = resolve;
       this.reject = reject;
-      this.seq = typeof job.since_seq === "number" ? job.since_seq : -1;
+      this.seq = typeof job.since_seq === "number" ? job.since_seq : -1; // of the last state
+      this.stalled = null;
       this.status = null;
       this.progress = null;
       this.done = false;
@@ -107,9 +103,14 @@
     }
 
     deliver(state) {
-      // A repeated or older state is skipped; a terminal one always counts.
-      if (this.done || (state.seq <= this.seq && !state.completed)) return;
-      this.seq = Math.max(this.seq, state.seq);
+      // Both transports hand states over in the job's order; what is skipped here
+      // is a repeat (a poll that read the same state again). A lower seq is news:
+      // Redis lost the job's history and counts again from 1. A terminal state
+      // always counts.
+      if (this.done) return;
+      if (!state.completed && state.seq === this.seq && state.stalled === this.stalled) return;
+      this.seq = state.seq; // what a resubscription's since_seq says the client has
+      this.stalled = state.stalled;
       this.failures = 0;
       this.attempt = 0;
       callSafely(this.handlers.onState, state);
@@ -193,17 +194,15 @@
       }
     }
 
-    // A refusal from either transport: renew an expired token when we can,
-    // give up on what cannot succeed, retry the rest.
+    // A refusal from either transport (on a websocket, the end of the
+    // subscription): renew an expired token when we can, subscribe again later
+    // after what may pass, give up on the rest.
     refused(code, text, renew) {
-      if (code === "token_expired" && typeof this.job.token === "function") {
-        this.later(renew); // backoff: a token function that keeps failing must not spin
-      } else if (PERMANENT.indexOf(code) >= 0) {
-        this.finish(new ImmortusError(code, text || code));
-      } else if (this.socket) {
-        this.socket.close(1000); // its onclose retries
+      var renewable = code === "token_expired" && typeof this.job.token === "function";
+      if (renewable || RETRYABLE.indexOf(code) >= 0) {
+        this.later(renew); // backoff: a token function or a Redis that keeps failing must not spin
       } else {
-        this.later(() => this.poll());
+        this.finish(new ImmortusError(code || "refused", text || code || "refused"));
       }
     }
 
