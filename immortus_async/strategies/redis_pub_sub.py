@@ -119,7 +119,7 @@ def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
         data = json.loads(stored_state)
         encoded_meta = json.loads(stored_meta) if stored_meta else {}
         data["meta"] = {key: json.loads(value) for key, value in encoded_meta.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidStateError(f"a stored job state is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidStateError("a stored job state is not a JSON object")
@@ -166,6 +166,9 @@ class RedisPubSubStrategy(Connected):
             arq strategy, for jobs enqueued by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
             oldest go first; the latest and the terminal one are always kept).
+        unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
+            (at its first read or mid-wait) before it raises
+            :class:`~immortus_async.RedisUnavailable`; None: for ever.
     """
 
     def __init__(
@@ -180,13 +183,14 @@ class RedisPubSubStrategy(Connected):
         # Reading
         fallback: StateReader | None = None,
         buffer_size: int = 64,
+        unreachable_timeout: float | None = 30.0,
     ) -> None:
         for name, value in (("ttl", ttl), ("active_ttl", active_ttl)):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        super().__init__(redis, decode=JobState.from_json)
+        super().__init__(redis, decode=JobState.from_json, unreachable_timeout=unreachable_timeout)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
@@ -320,6 +324,12 @@ class RedisPubSubStrategy(Connected):
         """Yield the job's state now, then each change, until a terminal state.
 
         Keyword options: ``buffer_size`` overrides the strategy's per-waiter buffer.
+
+        Raises:
+            JobLost: Redis lost the job's record while it was followed.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            SubscriptionRefused: Redis refused to subscribe to the job's channel.
+            InvalidStateError: a message on the job's channel is not a job state.
         """
         buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
         recheck = _Recheck()
@@ -330,7 +340,15 @@ class RedisPubSubStrategy(Connected):
             return state
 
         subscription = self._subscription(job_id, buffer, recheck)
-        return follow(job_id, subscription, buffer, read, recheck=recheck.next)
+        return follow(
+            job_id,
+            subscription,
+            buffer,
+            read,
+            recheck=recheck.next,
+            unreachable_timeout=self.unreachable_timeout,
+            where=self.where,
+        )
 
     @contextlib.asynccontextmanager
     async def _subscription(
