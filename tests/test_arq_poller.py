@@ -9,7 +9,13 @@ import pytest
 from arq.constants import default_queue_name, result_key_prefix
 from redis.asyncio import Redis
 
-from immortus_async import ArqStrategy, ImmortusError, TrackerClosed
+from immortus_async import (
+    ArqStrategy,
+    ImmortusError,
+    RedisServer,
+    RedisUnavailable,
+    TrackerClosed,
+)
 from immortus_async._buffer import StateBuffer
 from immortus_async.strategies._arq_poller import ArqPoller
 
@@ -143,5 +149,25 @@ async def test_a_dying_poller_is_logged_fails_its_watchers_and_restarts(
         async with asyncio.timeout(10 * SCALE):
             await later.changed.wait()
         assert poller.healthy and later.failed is None
+    finally:
+        await poller.aclose()
+
+
+async def test_watchers_fail_with_redis_unavailable_when_looks_fail_too_long(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """While Redis stays away longer than unreachable_timeout, the watchers of the jobs
+    the poller cannot look at fail with RedisUnavailable rather than wait for ever."""
+    poller = ArqPoller(
+        redis, default_queue_name, interval=0.01, max_interval=0.02, unreachable_timeout=0.3
+    )
+    sink = Sink()
+    try:
+        await poller.register("job", sink)
+        redis_server.stop()
+        async with asyncio.timeout(10 * SCALE):
+            await sink.failure.wait()
+        assert isinstance(sink.failed, RedisUnavailable)
+        assert poller.jobs == 0
     finally:
         await poller.aclose()

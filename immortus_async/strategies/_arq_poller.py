@@ -37,7 +37,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
-from ..exceptions import ImmortusError, TrackerClosed
+from ..exceptions import ImmortusError, RedisUnavailable, TrackerClosed
 
 __all__ = ["ArqPoller"]
 
@@ -73,6 +73,7 @@ class _Job:
     interval: float = 0.0
     due: float = 0.0
     fingerprint: int | None = None  # None: unknown, the next look nudges
+    since: float = 0.0  # loop time it was registered
     version: int = 0  # bumped when rescheduled: older heap entries are stale
     ready: asyncio.Future[None] | None = None  # done once the first fingerprint is read
 
@@ -85,10 +86,21 @@ class ArqPoller:
         queue_name: arq's queue.
         interval: seconds before a job's first look, and after a change.
         max_interval: the longest wait between two looks at a quiet job.
+        unreachable_timeout: seconds the looks may fail (Redis unreachable) before
+            the watchers of the jobs they concern fail with
+            :class:`~immortus_async.RedisUnavailable`; None: never.
+        where: names the server in that error (no password).
     """
 
     def __init__(
-        self, redis: Redis, queue_name: str, *, interval: float, max_interval: float
+        self,
+        redis: Redis,
+        queue_name: str,
+        *,
+        interval: float,
+        max_interval: float,
+        unreachable_timeout: float | None = None,
+        where: str = "Redis",
     ) -> None:
         self._redis = redis
         self._queue = queue_name
@@ -101,6 +113,9 @@ class ArqPoller:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._restarting = False
+        self._unreachable_timeout = unreachable_timeout
+        self._where = where
+        self._failing_since: float | None = None  # loop time the looks began to fail
         self._closed = False
 
     @property
@@ -130,7 +145,9 @@ class ArqPoller:
             raise TrackerClosed("the strategy's arq poller is closed")
         job = self._jobs.get(job_id)
         if job is None:
-            job = self._jobs[job_id] = _Job(interval=self._interval)
+            job = self._jobs[job_id] = _Job(
+                interval=self._interval, since=asyncio.get_running_loop().time()
+            )
             job.ready = asyncio.get_running_loop().create_future()
             self._unread.append(job_id)
         job.sinks.add(sink)
@@ -254,13 +271,28 @@ class ArqPoller:
         try:
             fingerprints = await self._fingerprints(job_ids)
         except Exception as exc:
-            # Redis is away: look again later; watchers resync when the hub reconnects.
+            # Redis is away: look again later, until the watchers waited long enough.
             logger.debug("reading arq's records failed (%s); looking again later", exc)
+            now = asyncio.get_running_loop().time()
+            if self._failing_since is None:
+                self._failing_since = now
             for job_id in job_ids:
                 job = self._jobs.get(job_id)
-                if job is not None:
+                if job is None:
+                    continue
+                waited = now - max(self._failing_since, job.since)
+                if self._unreachable_timeout is None or waited < self._unreachable_timeout:
                     self._schedule(job_id, job, job.interval)
+                    continue
+                del self._jobs[job_id]
+                error = RedisUnavailable(
+                    f"cannot reach {self._where} for {self._unreachable_timeout:g}s "
+                    f"to look at arq's records of job {job_id!r}: {exc}"
+                )
+                for sink in job.sinks:
+                    sink.fail(error)
             return
+        self._failing_since = None
         for job_id, fingerprint in zip(job_ids, fingerprints, strict=True):
             job = self._jobs.get(job_id)
             if job is None:

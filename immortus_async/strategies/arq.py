@@ -273,7 +273,12 @@ class ArqStrategy(Connected):
     def _poller(self) -> ArqPoller:
         if self._arq_poller is None:
             self._arq_poller = ArqPoller(
-                self.redis, self.queue_name, interval=self.poll_interval, max_interval=_POLL_MAX
+                self.redis,
+                self.queue_name,
+                interval=self.poll_interval,
+                max_interval=_POLL_MAX,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
             )
         return self._arq_poller
 
