@@ -137,6 +137,7 @@ class PubSubHub:
         self._resync_on_confirm: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
+        self._solo: set[str] = set()  # subscribed one per command: a batch was refused
         self._dirty = asyncio.Event()
         self._conn: AbstractConnection | None = None
         self._lost_at: float | None = None
@@ -256,6 +257,7 @@ class PubSubHub:
         self._decoders.pop(channel, None)
         self._added_at.pop(channel, None)
         self._resync_on_confirm.discard(channel)
+        self._solo.discard(channel)
         # Nobody awaits it now (every awaiter is a sink); a later subscriber makes
         # its own, resolved after the last SUBSCRIBE sent. Kept, it would outlive
         # a connection lost before the confirmation, for ever.
@@ -459,20 +461,26 @@ class PubSubHub:
         if command.kind != b"subscribe":
             logger.error("Redis refused a pub/sub command: %s", exc)
             return
-        logger.warning(
-            "Redis refused to subscribe to %d channel(s): %s", len(command.channels), exc
-        )
+        # One refused channel refuses its whole command: a batch is tried again one
+        # channel a command, so that only the channels refused on their own fail.
+        batch = len(command.channels) > 1
+        if not batch:
+            logger.warning("Redis refused to subscribe to %s: %s", command.channels[0], exc)
         for channel in command.channels:
             left = self._inflight.get(channel, 1) - 1
             if left > 0:
                 self._inflight[channel] = left  # a later SUBSCRIBE of it may pass
                 continue
             self._inflight.pop(channel, None)
-            if channel in self._sinks:
-                self._fail(
-                    channel,
-                    SubscriptionRefused(f"Redis refused to subscribe to {channel!r}: {exc}"),
-                )
+            if channel not in self._sinks:
+                continue
+            if batch:
+                self._solo.add(channel)
+                self._to_subscribe.add(channel)
+                self._dirty.set()
+            else:
+                refused = SubscriptionRefused(f"Redis refused to subscribe to {channel!r}: {exc}")
+                self._fail(channel, refused)
 
     def _dispatch(self, message: Any) -> None:
         if message == b"PONG":  # PING on a connection with no channel left
@@ -541,11 +549,13 @@ class PubSubHub:
             self._to_unsubscribe.clear()
             commands: list[tuple[str, ...]] = []
             sent: list[_Sent] = []
-            if subscribe:
-                for channel in subscribe:
-                    self._inflight[channel] = self._inflight.get(channel, 0) + 1
-                commands.append(("SUBSCRIBE", *subscribe))
-                sent.append(_Sent(b"subscribe", tuple(subscribe), len(subscribe)))
+            for channel in subscribe:
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            batches = [[c] for c in subscribe if c in self._solo]
+            batches.append([c for c in subscribe if c not in self._solo])
+            for batch in filter(None, batches):
+                commands.append(("SUBSCRIBE", *batch))
+                sent.append(_Sent(b"subscribe", tuple(batch), len(batch)))
             if unsubscribe:
                 commands.append(("UNSUBSCRIBE", *unsubscribe))
                 sent.append(_Sent(b"unsubscribe", tuple(unsubscribe), len(unsubscribe)))
