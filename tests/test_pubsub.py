@@ -24,6 +24,7 @@ from immortus_async import (
     Tracker,
 )
 from immortus_async._buffer import StateBuffer
+from immortus_async._pubsub import PubSubHub, connection_factory
 
 from .utils import SCALE, free_port, run_worker, wait_until
 
@@ -254,3 +255,38 @@ async def test_queue_redis_reads_arq_records_on_their_own_redis(
                 assert state.status is S.FINISHED
         finally:
             await arq_pool.aclose()
+
+
+async def _pings(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_ping", {}).get("calls", 0))
+
+
+async def test_pings_with_and_without_channels_keep_one_connection(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PING answered as ["pong", ""] (channels subscribed) and as PONG (none left) are
+    matched to their command: the connection stays, and messages still arrive."""
+    hub = PubSubHub(connection_factory(redis), ping_interval=0.02)
+    buffer = StateBuffer()
+    try:
+        await hub.subscribe("c", buffer, JobState.from_json)
+        conn = hub._conn
+        start = await _pings(redis)
+        await wait_until(lambda: _more_pings(redis, start), message="pings while subscribed")
+        hub.unsubscribe("c", buffer)
+        await wait_until(lambda: hub.channels == 0)
+        start = await _pings(redis)
+        await wait_until(lambda: _more_pings(redis, start), message="pings with no channel")
+        await hub.subscribe("c", buffer, JobState.from_json)
+        await redis.publish("c", JobState(job_id="j", seq=1).to_json())
+        async with asyncio.timeout(10 * SCALE):
+            assert (await buffer.get()) == JobState(job_id="j", seq=1)
+        assert hub._conn is conn
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        await hub.aclose()
+
+
+async def _more_pings(redis: Redis, start: int) -> bool:
+    return await _pings(redis) >= start + 3
