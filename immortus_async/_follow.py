@@ -29,21 +29,25 @@ async def retrying(
     """Read a snapshot, waiting out a Redis outage (the caller's timeout still applies).
 
     Raises:
-        RedisUnavailable: Redis could not be reached for ``unreachable_timeout``
-            seconds (None: never raised, the outage is waited out).
+        RedisUnavailable: Redis could not be reached, or did not answer, for
+            ``unreachable_timeout`` seconds (None: never raised, the outage is
+            waited out).
     """
     loop = asyncio.get_running_loop()
     give_up_at = None if unreachable_timeout is None else loop.time() + unreachable_timeout
     delay = 0.05
     while True:
         try:
-            return await read()
+            # A server that stops answering (SIGSTOP) raises nothing: the deadline
+            # bounds a read that hangs as well as one that fails.
+            async with asyncio.timeout_at(give_up_at):
+                return await read()
         except UNREACHABLE as exc:
             left = None if give_up_at is None else give_up_at - loop.time()
             if left is not None and left <= 0:
                 raise RedisUnavailable(
                     f"cannot reach {where} for {unreachable_timeout:g}s to read job "
-                    f"{job_id!r}: {exc}"
+                    f"{job_id!r}: {str(exc) or type(exc).__name__}"
                 ) from exc
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
             await asyncio.sleep(delay if left is None else min(delay, left))

@@ -67,7 +67,11 @@ def connection_factory(redis: Redis) -> Callable[[], Awaitable[AbstractConnectio
 
     async def connect() -> AbstractConnection:
         conn: AbstractConnection = pool.connection_class(**kwargs)
-        await conn.connect()  # type: ignore[no-untyped-call]
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await conn.disconnect(nowait=True)  # cut off mid-handshake: no socket left
+            raise
         return conn
 
     return connect
@@ -357,32 +361,47 @@ class PubSubHub:
         if self._lost_at is None:
             self._lost_at = asyncio.get_running_loop().time()
 
+    def _waited(self, channel: str, now: float) -> float:
+        assert self._lost_at is not None
+        return now - max(self._lost_at, self._added_at.get(channel, now))
+
+    def _due(self) -> float:
+        """Seconds until a channel has waited ``unreachable_timeout`` (inf: none will)."""
+        if self._unreachable_timeout is None or self._lost_at is None or not self._sinks:
+            return float("inf")
+        now = asyncio.get_running_loop().time()
+        waited = max(self._waited(channel, now) for channel in self._sinks)
+        return self._unreachable_timeout - waited
+
     def _give_up(self) -> float:
-        """Fail the channels that waited ``unreachable_timeout`` for a connection; return
-        the seconds until the next one is due (inf: none is)."""
+        """After a failed attempt: fail the channels that waited ``unreachable_timeout``
+        for a connection; return the seconds until the next one is due."""
         if self._unreachable_timeout is None or self._lost_at is None:
             return float("inf")
         now = asyncio.get_running_loop().time()
-        due = float("inf")
         for channel in list(self._sinks):
-            waited = now - max(self._lost_at, self._added_at.get(channel, now))
-            if waited < self._unreachable_timeout:
-                due = min(due, self._unreachable_timeout - waited)
+            if self._waited(channel, now) < self._unreachable_timeout:
                 continue
             error = RedisUnavailable(
                 f"cannot reach {self._where} for {self._unreachable_timeout:g}s"
                 + (f" ({_short(self._last_error)})" if self._last_error is not None else "")
             )
             self._fail(channel, error)
-        return due
+        return self._due()
 
     async def _read_loop(self) -> None:
         delay = self._backoff_min
         ever_connected = False
         lost_logged = False
         while True:
+            if self._lost_at is None:
+                # Until Redis answers, the waiters' unreachable clock runs.
+                self._lost_at = asyncio.get_running_loop().time()
             try:
-                async with asyncio.timeout(2 * self._ping_interval):
+                # A frozen server accepts the connection and never answers the
+                # handshake: give up on it in time for the waiters' deadlines.
+                limit = min(2 * self._ping_interval, max(self._due(), 1.0))
+                async with asyncio.timeout(limit):
                     conn = await self._connect()
             except _LOST as exc:
                 if not lost_logged:
@@ -397,7 +416,6 @@ class PubSubHub:
                 if lost_logged:
                     logger.warning("pub/sub connection to Redis is back")
                 ever_connected, lost_logged, delay = True, False, self._backoff_min
-                self._lost_at = self._last_error = None
                 await self._read(conn)
             except _LOST as exc:
                 if not lost_logged:
@@ -440,6 +458,9 @@ class PubSubHub:
                 awaiting_pong = True
                 continue
             awaiting_pong = False
+            # Only an answer proves Redis back: a frozen server (SIGSTOP) still
+            # accepts connections, and each would restart the unreachable clock.
+            self._lost_at = self._last_error = None
             self._dispatch(message)
 
     def _answered(self, kind: bytes) -> _Sent:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -147,6 +149,24 @@ async def test_an_unreachable_redis_raises_redis_unavailable() -> None:
         assert "hunter2" not in str(raised.value)
         with pytest.raises(RedisUnavailable):
             await tracker.status("j")
+
+
+async def test_a_frozen_redis_raises_redis_unavailable(
+    redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """A Redis that accepts connections but answers nothing (SIGSTOP) makes status() and
+    completed() raise RedisUnavailable after unreachable_timeout, not hang."""
+    await queue(writer, "frozen")
+    assert redis_server.pid is not None
+    async with Tracker(redis_server.url, unreachable_timeout=0.3) as tracker:
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisUnavailable):
+                await tracker.status("frozen")
+            with pytest.raises(RedisUnavailable):
+                await tracker.completed("frozen")
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
 
 
 async def test_a_redis_gone_mid_wait_raises_redis_unavailable(
