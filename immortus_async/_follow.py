@@ -120,6 +120,12 @@ async def follow(
                     # is written anew: from now on seq counts from 1 again.
                     buffer.seen(fresh, reset=True)
                 elif fresh.seq > state.seq or fresh.stalled != state.stalled:
+                    # Changes pushed while the snapshot was read and older than it
+                    # come first: a recheck must not skip a change it raced with.
+                    for older in buffer.pop_older(fresh.seq):
+                        if older.seq > state.seq:
+                            state = older
+                            yield state
                     buffer.seen(fresh)
                 else:
                     continue

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from immortus_async import JobState, JobStatus
 from immortus_async._buffer import RESYNC, StateBuffer
+from immortus_async._follow import follow
 
 
 def state(seq: int, status: JobStatus = JobStatus.STARTED) -> JobState:
@@ -59,3 +62,20 @@ async def test_wakeup_is_an_event_for_one_waiter() -> None:
     assert not waiter.done()
     wakeup.set()
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_a_recheck_racing_a_push_skips_no_change() -> None:
+    """A state pushed while a recheck reads a newer snapshot is still yielded, in order."""
+    buffer = StateBuffer()
+    snapshots = iter([state(1), state(3)])
+
+    async def read() -> JobState:
+        snapshot = next(snapshots)
+        if snapshot.seq == 3:
+            buffer.push(state(2))  # published while the snapshot was being read
+        return snapshot
+
+    states = follow("j", contextlib.nullcontext(), buffer, read, recheck=lambda s: 0.0)
+    seen = [(await anext(states)).seq for _ in range(3)]
+    await states.aclose()
+    assert seen == [1, 2, 3]
