@@ -273,6 +273,9 @@ class RedisPubSubStrategy(Connected):
         Raises:
             InvalidStateError: the stored record is not a valid job state.
         """
+        return await self._status(job_id, catch_up=True)
+
+    async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         record = self.keys.record(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record, ["state", "meta", "hb"])
@@ -286,7 +289,7 @@ class RedisPubSubStrategy(Connected):
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1)
         else:
             state = JobState(job_id=job_id)
-        if self._fallback is not None and not state.completed:
+        if catch_up and self._fallback is not None and not state.completed:
             state = await self._catch_up(state, self._fallback)
         return state
 
@@ -310,7 +313,12 @@ class RedisPubSubStrategy(Connected):
             or not is_forward(state.status, state.attempt, theirs.status, theirs.attempt)
         ):
             return state
-        return await self.apply(JobUpdate.from_state(theirs)) or state
+        applied = await self.apply(JobUpdate.from_state(theirs))
+        if applied is not None:
+            return applied
+        # Dropped: a write of the job's own raced this one and is ahead (the job
+        # side ended it meanwhile); what was read before it is stale now.
+        return await self._status(state.job_id, catch_up=False)
 
     async def completed(self, job_id: str) -> bool:
         """True when the job is in a terminal state."""
