@@ -143,6 +143,13 @@ class StateBuffer:
         while self._items and self._items[0].seq <= state.seq:
             del self._items[0]
 
+    def pop_older(self, seq: int) -> list[JobState]:
+        """Remove and return the buffered states older than ``seq``, oldest first."""
+        older = [state for state in self._items if state.seq < seq]
+        if older:
+            self._items = [state for state in self._items if state.seq >= seq]
+        return older
+
     def fail(self, error: BaseException) -> None:
         """Make the next :meth:`get` raise ``error``."""
         self._error = error

@@ -10,23 +10,47 @@ from dataclasses import replace
 
 from ._buffer import RESYNC, StateBuffer, _Resync
 from ._redis import UNREACHABLE
+from .exceptions import JobLost, RedisUnavailable
 from .state import JobState
 from .status import JobStatus
 
-__all__ = ["follow", "poll"]
+__all__ = ["follow", "poll", "retrying"]
 
 logger = logging.getLogger("immortus_async.tracker")
 
 
-async def _retrying(read: Callable[[], Awaitable[JobState]], job_id: str) -> JobState:
-    """Read a snapshot, waiting out a Redis outage (the caller's timeout still applies)."""
+async def retrying(
+    read: Callable[[], Awaitable[JobState]],
+    job_id: str,
+    *,
+    unreachable_timeout: float | None,
+    where: str = "Redis",
+) -> JobState:
+    """Read a snapshot, waiting out a Redis outage (the caller's timeout still applies).
+
+    Raises:
+        RedisUnavailable: Redis could not be reached, or did not answer, for
+            ``unreachable_timeout`` seconds (None: never raised, the outage is
+            waited out).
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = None if unreachable_timeout is None else loop.time() + unreachable_timeout
     delay = 0.05
     while True:
         try:
-            return await read()
+            # A server that stops answering (SIGSTOP) raises nothing: the deadline
+            # bounds a read that hangs as well as one that fails.
+            async with asyncio.timeout_at(give_up_at):
+                return await read()
         except UNREACHABLE as exc:
+            left = None if give_up_at is None else give_up_at - loop.time()
+            if left is not None and left <= 0:
+                raise RedisUnavailable(
+                    f"cannot reach {where} for {unreachable_timeout:g}s to read job "
+                    f"{job_id!r}: {str(exc) or type(exc).__name__}"
+                ) from exc
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, 2.0)
 
 
@@ -51,6 +75,8 @@ async def follow(
     read: Callable[[], Awaitable[JobState]],
     *,
     recheck: Callable[[JobState], float | None] | None = None,
+    unreachable_timeout: float | None = None,
+    where: str = "Redis",
 ) -> AsyncIterator[JobState]:
     """Yield the job's current state, then every newer one, until a terminal one.
 
@@ -63,22 +89,43 @@ async def follow(
     after which the job is read again though nothing was pushed (None: wait for a
     push): for what no message announces, such as a heartbeat going stale or a
     queue that cannot push.
+
+    A read that cannot reach Redis is retried for ``unreachable_timeout`` seconds
+    (None: for ever), then raises :class:`RedisUnavailable` naming ``where``.
+
+    Raises:
+        JobLost: a re-read found no record of a job whose states were seen (Redis
+            lost its data): its end will never come.
+        RedisUnavailable: see above.
     """
+
+    async def read_now() -> JobState:
+        return await retrying(read, job_id, unreachable_timeout=unreachable_timeout, where=where)
+
     async with subscription:
-        state = await _retrying(read, job_id)
+        state = await read_now()
         buffer.seen(state)
         yield state
         while not state.completed:
             item = await _next(buffer, recheck(state) if recheck is not None else None)
             if item is RESYNC:
-                fresh = await _retrying(read, job_id)
+                fresh = await read_now()
                 if _history_lost(state, fresh):
-                    # Redis lost the record (a restart without persistence): what
-                    # is written from now on counts from seq 1 again.
-                    buffer.seen(fresh, reset=True)
                     if fresh.status is JobStatus.UNKNOWN:
-                        continue
+                        # Redis lost the record and nothing has written it since:
+                        # the end may never come (its worker's writes may have gone
+                        # with the data), so the loss is the answer, not a wait.
+                        raise JobLost(job_id)
+                    # Redis lost the record (a restart without persistence), and it
+                    # is written anew: from now on seq counts from 1 again.
+                    buffer.seen(fresh, reset=True)
                 elif fresh.seq > state.seq or fresh.stalled != state.stalled:
+                    # Changes pushed while the snapshot was read and older than it
+                    # come first: a recheck must not skip a change it raced with.
+                    for older in buffer.pop_older(fresh.seq):
+                        if older.seq > state.seq:
+                            state = older
+                            yield state
                     buffer.seen(fresh)
                 else:
                     continue
@@ -98,19 +145,25 @@ async def poll(
     *,
     min_interval: float = 0.01,
     max_interval: float = 1.0,
+    unreachable_timeout: float | None = None,
 ) -> AsyncIterator[JobState]:
     """Follow a job by reading it again and again, for strategies that cannot push.
 
     The interval starts at ``min_interval`` and grows by half each quiet read up to
     ``max_interval``; a change resets it. Each change is yielded with ``seq`` bumped
-    by one when the strategy does not count ``seq`` itself.
+    by one when the strategy does not count ``seq`` itself. Redis outages: as in
+    :func:`follow`.
     """
-    state = await _retrying(read, job_id)
+
+    async def read_now() -> JobState:
+        return await retrying(read, job_id, unreachable_timeout=unreachable_timeout)
+
+    state = await read_now()
     yield state
     interval = min_interval
     while not state.completed:
         await asyncio.sleep(interval)
-        fresh = await _retrying(read, job_id)
+        fresh = await read_now()
         if fresh.to_dict() | {"seq": 0} == state.to_dict() | {"seq": 0}:
             interval = min(interval * 1.5, max_interval)
             continue

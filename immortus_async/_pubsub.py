@@ -6,6 +6,14 @@ dead peer goes unnoticed; and it has no notion of "this channel's SUBSCRIBE has
 been confirmed", which a waiter needs before it may read its snapshot. Here a
 single reader task owns the connection (and reconnects it), a single writer task
 batches SUBSCRIBE/UNSUBSCRIBE commands, and channels are reference-counted.
+
+What one channel brings stays with that channel: a message its decoder cannot
+read (whatever it raises), a SUBSCRIBE that Redis refuses (an ACL without the
+channel), a name that cannot be encoded fail that channel's sinks alone. Each
+reply is matched to the command it answers (Redis answers in order), so an error
+reply is known to be the refusal of one SUBSCRIBE. A task that dies anyway is
+logged with its traceback, every sink is failed with :class:`ImmortusError`, and
+the task is restarted.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -21,7 +31,13 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .exceptions import ImmortusError, TrackerClosed
+from .exceptions import (
+    ImmortusError,
+    InvalidStateError,
+    RedisUnavailable,
+    SubscriptionRefused,
+    TrackerClosed,
+)
 
 __all__ = ["PubSubHub", "Sink", "connection_factory"]
 
@@ -51,14 +67,33 @@ def connection_factory(redis: Redis) -> Callable[[], Awaitable[AbstractConnectio
 
     async def connect() -> AbstractConnection:
         conn: AbstractConnection = pool.connection_class(**kwargs)
-        await conn.connect()  # type: ignore[no-untyped-call]
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await conn.disconnect(nowait=True)  # cut off mid-handshake: no socket left
+            raise
         return conn
 
     return connect
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _short(error: BaseException) -> str:
+    """An error's text for a message: a hostile payload may make it huge."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@dataclass
+class _Sent:
+    """A command sent on the connection whose replies have not all arrived."""
+
+    kind: bytes  # the reply's first element: b"subscribe", b"unsubscribe", b"pong"
+    channels: tuple[str, ...]
+    left: int  # replies still expected: one per channel, one for a PING
 
 
 class PubSubHub:
@@ -67,8 +102,14 @@ class PubSubHub:
     Args:
         connect: opens a new connected Redis connection (:func:`connection_factory`).
         ping_interval: seconds of silence after which the hub sends PING; no answer
-            within as long again means the connection is dead.
-        backoff_min, backoff_max: reconnect delays, doubling from the first to the second.
+            within as long again means the connection is dead (a connection
+            attempt gets as long).
+        backoff_min, backoff_max: reconnect (and restart) delays, doubling from the
+            first to the second.
+        unreachable_timeout: seconds a channel waits for a connection that cannot be
+            made (counted from the loss, or from its subscription if later) before
+            its sinks fail with :class:`RedisUnavailable`; None waits for ever.
+        where: names the server in that error (no password).
 
     After a lost connection the hub reconnects, resubscribes every channel in one
     command and, once each is confirmed, asks its sinks to resync: messages
@@ -82,20 +123,30 @@ class PubSubHub:
         ping_interval: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
+        unreachable_timeout: float | None = None,
+        where: str = "Redis",
     ) -> None:
         self._connect = connect
         self._ping_interval = ping_interval
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
+        self._unreachable_timeout = unreachable_timeout
+        self._where = where
         self._sinks: dict[str, set[Sink]] = {}
         self._decoders: dict[str, Callable[[bytes], Any]] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
+        self._added_at: dict[str, float] = {}
         self._inflight: dict[str, int] = {}
+        self._sent: deque[_Sent] = deque()
         self._resync_on_confirm: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
+        self._solo: set[str] = set()  # subscribed one per command: a batch was refused
         self._dirty = asyncio.Event()
         self._conn: AbstractConnection | None = None
+        self._lost_at: float | None = None
+        self._last_error: BaseException | None = None
+        self._restarting = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.connected = asyncio.Event()
@@ -122,9 +173,17 @@ class PubSubHub:
         """Add ``sink`` to ``channel``; return when Redis has confirmed the channel.
 
         ``decode`` turns the channel's payloads into what its sinks receive, once
-        per message whatever the number of sinks; an :class:`ImmortusError` it
-        raises goes to that channel's sinks only. The first subscriber's decoder
-        serves the channel (every subscriber of one channel passes the same).
+        per message whatever the number of sinks; whatever it raises fails that
+        channel's sinks only (with :class:`InvalidStateError` unless it raised an
+        :class:`ImmortusError`). The first subscriber's decoder serves the channel
+        (every subscriber of one channel passes the same).
+
+        Raises:
+            SubscriptionRefused: Redis refused the SUBSCRIBE (an ACL user without
+                the channel), or the name cannot be encoded for Redis.
+            RedisUnavailable: no connection could be made for ``unreachable_timeout``.
+            TrackerClosed: the hub is closed.
+            ImmortusError: a hub task failed meanwhile (it is restarted).
         """
         if self._closed:
             raise TrackerClosed("the tracker's pub/sub connection is closed")
@@ -133,6 +192,7 @@ class PubSubHub:
         if sinks is None:
             self._sinks[channel] = {sink}
             self._decoders[channel] = decode
+            self._added_at[channel] = asyncio.get_running_loop().time()
             ready = self._ready.get(channel)
             if ready is None or ready.done():
                 ready = self._ready[channel] = asyncio.get_running_loop().create_future()
@@ -145,8 +205,8 @@ class PubSubHub:
             try:
                 await asyncio.shield(ready)
             except BaseException:
-                # Cancelled (a timeout) or closed before the confirmation: the caller
-                # never got the subscription, so it cannot leave it; leave it here.
+                # Cancelled (a timeout), refused or closed before the confirmation:
+                # the caller never got the subscription, so it cannot leave it.
                 self.unsubscribe(channel, sink)
                 raise
 
@@ -157,14 +217,7 @@ class PubSubHub:
             return
         sinks.discard(sink)
         if not sinks:
-            del self._sinks[channel]
-            del self._decoders[channel]
-            # Nobody awaits it now (every awaiter is a sink); a later subscriber makes
-            # its own, resolved after the last SUBSCRIBE sent. Kept, it would outlive
-            # a connection lost before the confirmation, for ever.
-            ready = self._ready.pop(channel, None)
-            if ready is not None:
-                ready.cancel()
+            self._forget(channel)
             self._to_unsubscribe.add(channel)
             self._dirty.set()
 
@@ -178,6 +231,12 @@ class PubSubHub:
         """How many channels are subscribed (or being subscribed)."""
         return len(self._sinks)
 
+    @property
+    def healthy(self) -> bool:
+        """False while there are channels to serve and no live connection, or while
+        a failed task is being restarted."""
+        return not self._restarting and (self.connected.is_set() or not self._sinks)
+
     async def aclose(self) -> None:
         """Stop both tasks, close the connection, fail waiting sinks. Idempotent."""
         if self._closed:
@@ -185,49 +244,171 @@ class PubSubHub:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The tasks restart themselves on any error, so all they end with is the
+        # cancellation; anything else was already logged where it happened.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._drop_connection()
         closed = TrackerClosed("the tracker was closed")
-        for ready in self._ready.values():
-            if not ready.done():
-                ready.set_exception(closed)
-                ready.exception()  # retrieved: nobody may be awaiting it any more
-        for sinks in self._sinks.values():
-            for sink in sinks:
-                sink.fail(closed)
-        self._sinks.clear()
-        self._decoders.clear()
+        for channel in list(self._sinks):
+            self._fail(channel, closed)
+
+    # Channels
+
+    def _forget(self, channel: str) -> set[Sink]:
+        """Remove every trace of ``channel`` but what the server was sent; its sinks."""
+        sinks = self._sinks.pop(channel, set())
+        self._decoders.pop(channel, None)
+        self._added_at.pop(channel, None)
+        self._resync_on_confirm.discard(channel)
+        self._solo.discard(channel)
+        # Nobody awaits it now (every awaiter is a sink); a later subscriber makes
+        # its own, resolved after the last SUBSCRIBE sent. Kept, it would outlive
+        # a connection lost before the confirmation, for ever.
+        ready = self._ready.pop(channel, None)
+        if ready is not None:
+            ready.cancel()
+        return sinks
+
+    def _fail(self, channel: str, error: BaseException) -> None:
+        """End ``channel`` here: its sinks, and a subscriber still waiting, get ``error``.
+
+        Only for a channel the server does not hold subscribed for us any more
+        (refused, never sent, or its connection gone): no UNSUBSCRIBE is sent.
+        """
+        ready = self._ready.pop(channel, None)
+        if ready is not None and not ready.done():
+            ready.set_exception(error)
+            ready.exception()  # retrieved: its awaiters may all be gone
+        for sink in self._forget(channel):
+            sink.fail(error)
+
+    def _encodable(self, conn: AbstractConnection, channels: Iterable[str]) -> list[str]:
+        """``channels`` that ``conn`` can encode; the others fail (a lone surrogate in
+        a job id passes every ``str`` check and breaks the whole command)."""
+        fit = []
+        for channel in channels:
+            try:
+                conn.encoder.encode(channel)  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                self._fail(
+                    channel,
+                    SubscriptionRefused(f"cannot subscribe to {channel!r}: {_short(exc)}"),
+                )
+            else:
+                fit.append(channel)
+        return fit
 
     # Tasks
 
     def _start(self) -> None:
         if not self._tasks:
             self._tasks = [
-                asyncio.create_task(self._read_loop(), name="immortus-pubsub-reader"),
-                asyncio.create_task(self._write_loop(), name="immortus-pubsub-writer"),
+                asyncio.create_task(
+                    self._supervise("reader", self._read_loop), name="immortus-pubsub-reader"
+                ),
+                asyncio.create_task(
+                    self._supervise("writer", self._write_loop), name="immortus-pubsub-writer"
+                ),
             ]
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run`` for ever: if it dies, log it, fail every sink, and start it again."""
+        loop = asyncio.get_running_loop()
+        delay = self._backoff_min
+        while True:
+            started = loop.time()
+            try:
+                await run()
+            except Exception as exc:
+                logger.exception("the pub/sub %s task failed; restarting it", name)
+                self._restarting += 1
+                try:
+                    # What the connection holds is unknown now: start it afresh, and
+                    # tell every waiter rather than let it wait on a broken hub.
+                    error = ImmortusError(
+                        f"the pub/sub {name} failed ({_short(exc)}) and is restarted: wait again"
+                    )
+                    for channel in list(self._sinks):
+                        self._fail(channel, error)
+                    await self._drop_connection()
+                    if loop.time() - started > self._backoff_max:
+                        delay = self._backoff_min
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._backoff_max)
+                finally:
+                    self._restarting -= 1
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self.connected.clear()
+        self._sent.clear()
         if conn is not None:
             await conn.disconnect(nowait=True)
+
+    async def _send(
+        self, conn: AbstractConnection, commands: list[tuple[str, ...]], sent: list[_Sent]
+    ) -> None:
+        # Recorded before the write, with no await in between: replies come back in
+        # the order the commands went out, and so does this queue.
+        packed = conn.pack_commands(commands)
+        self._sent.extend(sent)
+        await conn.send_packed_command(packed, check_health=False)
+
+    def _lost(self, exc: BaseException) -> None:
+        """Note when the connection was first found missing, for the unreachable timeout."""
+        self._last_error = exc
+        if self._lost_at is None:
+            self._lost_at = asyncio.get_running_loop().time()
+
+    def _waited(self, channel: str, now: float) -> float:
+        assert self._lost_at is not None
+        return now - max(self._lost_at, self._added_at.get(channel, now))
+
+    def _due(self) -> float:
+        """Seconds until a channel has waited ``unreachable_timeout`` (inf: none will)."""
+        if self._unreachable_timeout is None or self._lost_at is None or not self._sinks:
+            return float("inf")
+        now = asyncio.get_running_loop().time()
+        waited = max(self._waited(channel, now) for channel in self._sinks)
+        return self._unreachable_timeout - waited
+
+    def _give_up(self) -> float:
+        """After a failed attempt: fail the channels that waited ``unreachable_timeout``
+        for a connection; return the seconds until the next one is due."""
+        if self._unreachable_timeout is None or self._lost_at is None:
+            return float("inf")
+        now = asyncio.get_running_loop().time()
+        for channel in list(self._sinks):
+            if self._waited(channel, now) < self._unreachable_timeout:
+                continue
+            error = RedisUnavailable(
+                f"cannot reach {self._where} for {self._unreachable_timeout:g}s"
+                + (f" ({_short(self._last_error)})" if self._last_error is not None else "")
+            )
+            self._fail(channel, error)
+        return self._due()
 
     async def _read_loop(self) -> None:
         delay = self._backoff_min
         ever_connected = False
         lost_logged = False
         while True:
+            if self._lost_at is None:
+                # Until Redis answers, the waiters' unreachable clock runs.
+                self._lost_at = asyncio.get_running_loop().time()
             try:
-                conn = await self._connect()
+                # A frozen server accepts the connection and never answers the
+                # handshake: give up on it in time for the waiters' deadlines.
+                limit = min(2 * self._ping_interval, max(self._due(), 1.0))
+                async with asyncio.timeout(limit):
+                    conn = await self._connect()
             except _LOST as exc:
                 if not lost_logged:
                     logger.warning("pub/sub connection to Redis failed (%s); retrying", exc)
                     lost_logged = True
-                await asyncio.sleep(delay)
+                self._lost(exc)
+                await asyncio.sleep(min(delay, self._give_up()))
                 delay = min(delay * 2, self._backoff_max)
                 continue
             try:
@@ -240,22 +421,25 @@ class PubSubHub:
                 if not lost_logged:
                     logger.warning("pub/sub connection to Redis lost (%s); reconnecting", exc)
                     lost_logged = True
+                self._lost(exc)
                 if self._conn is conn:
                     await self._drop_connection()
                 else:
                     await conn.disconnect(nowait=True)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, self._give_up()))
                 delay = min(delay * 2, self._backoff_max)
 
     async def _resubscribe(self, conn: AbstractConnection, *, resync: bool) -> None:
-        channels = list(self._sinks)
+        channels = self._encodable(conn, list(self._sinks))
         self._to_subscribe.clear()
         self._to_unsubscribe.clear()
+        self._sent.clear()
         self._inflight = dict.fromkeys(channels, 1)
         self._resync_on_confirm = set(channels) if resync else set()
         self._conn = conn
         if channels:
-            await conn.send_command("SUBSCRIBE", *channels)
+            sent = [_Sent(b"subscribe", tuple(channels), len(channels))]
+            await self._send(conn, [("SUBSCRIBE", *channels)], sent)
         self.connected.set()
 
     async def _read(self, conn: AbstractConnection) -> None:
@@ -264,48 +448,114 @@ class PubSubHub:
             try:
                 message = await conn.read_response(timeout=self._ping_interval)
             except ResponseError as exc:
-                logger.error("Redis refused a pub/sub command: %s", exc)
+                self._refused(exc)
+                awaiting_pong = False
                 continue
             if message is None:
                 if awaiting_pong:
                     raise RedisTimeoutError("no answer to PING on the pub/sub connection")
-                await conn.send_command("PING")
+                await self._send(conn, [("PING",)], [_Sent(b"pong", (), 1)])
                 awaiting_pong = True
                 continue
             awaiting_pong = False
+            # Only an answer proves Redis back: a frozen server (SIGSTOP) still
+            # accepts connections, and each would restart the unreachable clock.
+            self._lost_at = self._last_error = None
             self._dispatch(message)
 
-    def _dispatch(self, message: Any) -> None:
-        if not isinstance(message, list) or len(message) < 3:
+    def _answered(self, kind: bytes) -> _Sent:
+        """The command a reply of ``kind`` answers, counted off."""
+        if not self._sent or self._sent[0].kind != kind:
+            # Replies no longer match commands: nothing it says can be trusted.
+            raise RedisError(f"unexpected {kind!r} reply on the pub/sub connection")
+        command = self._sent[0]
+        command.left -= 1
+        if command.left == 0:
+            self._sent.popleft()
+        return command
+
+    def _refused(self, exc: ResponseError) -> None:
+        """An error reply: it answers the oldest command still waiting, whole."""
+        if not self._sent:
+            raise RedisError(f"an error reply to no command on the pub/sub connection: {exc}")
+        command = self._sent.popleft()
+        if command.kind != b"subscribe":
+            logger.error("Redis refused a pub/sub command: %s", exc)
             return
-        kind = message[0]
-        channel = _text(message[1])
-        if kind == b"message":
-            sinks = self._sinks.get(channel)
-            if not sinks:
-                return
-            try:
-                item = self._decoders[channel](message[2])
-            except ImmortusError as exc:
-                logger.error("bad message on %s: %s", channel, exc)
-                for sink in sinks:
-                    sink.fail(exc)
-                return
-            for sink in sinks:
-                sink.push(item)
-        elif kind == b"subscribe":
+        # One refused channel refuses its whole command: a batch is tried again one
+        # channel a command, so that only the channels refused on their own fail.
+        batch = len(command.channels) > 1
+        if not batch:
+            logger.warning("Redis refused to subscribe to %s: %s", command.channels[0], exc)
+        for channel in command.channels:
             left = self._inflight.get(channel, 1) - 1
             if left > 0:
-                self._inflight[channel] = left
-                return
+                self._inflight[channel] = left  # a later SUBSCRIBE of it may pass
+                continue
             self._inflight.pop(channel, None)
-            ready = self._ready.pop(channel, None)
-            if ready is not None and not ready.done():
-                ready.set_result(None)
-            if channel in self._resync_on_confirm:
-                self._resync_on_confirm.discard(channel)
-                for sink in self._sinks.get(channel, ()):
-                    sink.request_resync()
+            if channel not in self._sinks:
+                continue
+            if batch:
+                self._solo.add(channel)
+                self._to_subscribe.add(channel)
+                self._dirty.set()
+            else:
+                refused = SubscriptionRefused(f"Redis refused to subscribe to {channel!r}: {exc}")
+                self._fail(channel, refused)
+
+    def _dispatch(self, message: Any) -> None:
+        if message == b"PONG":  # PING on a connection with no channel left
+            self._answered(b"pong")
+            return
+        if not isinstance(message, list) or not message:
+            return
+        kind = message[0]
+        if kind == b"pong":
+            self._answered(b"pong")
+        elif len(message) < 3:
+            return
+        elif kind == b"message":
+            self._deliver(_text(message[1]), message[2])
+        elif kind == b"unsubscribe":
+            self._answered(kind)
+        elif kind == b"subscribe":
+            self._answered(kind)
+            self._confirmed(_text(message[1]))
+
+    def _deliver(self, channel: str, payload: bytes) -> None:
+        sinks = self._sinks.get(channel)
+        if not sinks:
+            return
+        try:
+            item = self._decoders[channel](payload)
+        except Exception as exc:
+            # Anyone who may PUBLISH can send anything: whatever decoding raises
+            # (OverflowError, RecursionError, ...) ends this channel's waiters only.
+            logger.warning("bad message on %s: %s", channel, _short(exc))
+            error = (
+                exc
+                if isinstance(exc, ImmortusError)
+                else InvalidStateError(f"a message on {channel!r} cannot be read: {_short(exc)}")
+            )
+            for sink in sinks:
+                sink.fail(error)
+            return
+        for sink in sinks:
+            sink.push(item)
+
+    def _confirmed(self, channel: str) -> None:
+        left = self._inflight.get(channel, 1) - 1
+        if left > 0:
+            self._inflight[channel] = left
+            return
+        self._inflight.pop(channel, None)
+        ready = self._ready.pop(channel, None)
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+        if channel in self._resync_on_confirm:
+            self._resync_on_confirm.discard(channel)
+            for sink in self._sinks.get(channel, ()):
+                sink.request_resync()
 
     async def _write_loop(self) -> None:
         while True:
@@ -314,21 +564,26 @@ class PubSubHub:
             conn = self._conn
             if conn is None or not conn.is_connected:
                 continue  # the reader resubscribes everything once it reconnects
-            subscribe = [c for c in self._to_subscribe if c in self._sinks]
+            subscribe = self._encodable(conn, [c for c in self._to_subscribe if c in self._sinks])
             unsubscribe = [c for c in self._to_unsubscribe if c not in self._sinks]
             self._to_subscribe.clear()
             self._to_unsubscribe.clear()
             commands: list[tuple[str, ...]] = []
-            if subscribe:
-                for channel in subscribe:
-                    self._inflight[channel] = self._inflight.get(channel, 0) + 1
-                commands.append(("SUBSCRIBE", *subscribe))
+            sent: list[_Sent] = []
+            for channel in subscribe:
+                self._inflight[channel] = self._inflight.get(channel, 0) + 1
+            batches = [[c] for c in subscribe if c in self._solo]
+            batches.append([c for c in subscribe if c not in self._solo])
+            for batch in filter(None, batches):
+                commands.append(("SUBSCRIBE", *batch))
+                sent.append(_Sent(b"subscribe", tuple(batch), len(batch)))
             if unsubscribe:
                 commands.append(("UNSUBSCRIBE", *unsubscribe))
+                sent.append(_Sent(b"unsubscribe", tuple(unsubscribe), len(unsubscribe)))
             if not commands:
                 continue
             try:
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                await self._send(conn, commands, sent)
             except _LOST:
                 # The reader sees the same dead socket, reconnects and resubscribes.
                 continue

@@ -39,11 +39,13 @@ def _parse_time(name: str, value: Any) -> datetime | None:
         raise InvalidStateError(f"{name} must be an ISO 8601 string or null, got {value!r}")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidStateError(f"{name} is not an ISO 8601 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # A time near datetime's ends overflows once moved to UTC
+        # ('0001-01-01T00:00:00+01:00' is in year 0).
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidStateError(f"{name} is not an ISO 8601 time in range: {value!r}") from None
 
 
 def _check_progress(progress: Any) -> float | None:
@@ -51,7 +53,10 @@ def _check_progress(progress: Any) -> float | None:
         return None
     if isinstance(progress, bool) or not isinstance(progress, int | float):
         raise ValueError(f"progress must be a number in [0, 1] or None, got {progress!r}")
-    value = float(progress)
+    try:
+        value = float(progress)
+    except OverflowError:  # an int too large for a float: far outside [0, 1] anyway
+        raise ValueError(f"progress must be a number in [0, 1] or None, got {progress!r}") from None
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"progress must be a number in [0, 1] or None, got {progress!r}")
     return value
@@ -164,12 +169,16 @@ class JobState:
     def from_json(cls, raw: str | bytes) -> JobState:
         """Parse the wire form.
 
+        Any payload whatever either parses or raises :class:`InvalidStateError`:
+        what arrives on a job's channel may come from anyone who can publish.
+
         Raises:
-            InvalidStateError: ``raw`` is not JSON, or not a valid job state.
+            InvalidStateError: ``raw`` is not JSON (nested too deep for the parser
+                included), or not a valid job state.
         """
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise InvalidStateError(f"a job state is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 

@@ -12,7 +12,7 @@ import anyio
 from redis.asyncio import Redis
 
 from . import config
-from ._follow import poll
+from ._follow import poll, retrying
 from ._redis import UNREACHABLE, client_from
 from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
@@ -45,9 +45,19 @@ class Tracker:
         prefix: the prefix of the strategy's Redis keys and channels.
         poll_interval: ``(min, max)`` seconds between reads for a strategy that
             cannot push; the interval grows from min to max while nothing changes.
+        queue_redis: the queue's (arq's) Redis when tracking lives on another one:
+            a ``redis.asyncio.Redis``, an arq pool (whose queue name and job
+            deserializer are then used) or a URL (then owned and closed here).
+            The strategy that reads the queue's own records (``"arq"``, and the
+            fallback of ``"redis_pub_sub"``) is built on it. Default: ``redis``.
+        unreachable_timeout: seconds a waiter (:meth:`status`, :meth:`completed`,
+            :meth:`watch`) rides out a Redis it cannot reach, at its first read or
+            mid-wait, before it raises :class:`~immortus_async.RedisUnavailable`;
+            None: only the caller's timeout ends the wait.
 
-    A Tracker holds at most one Redis pub/sub connection for all of its waiters.
-    Use it as ``async with Tracker(...) as tracker:`` or call :meth:`aclose`.
+    A Tracker holds at most one Redis pub/sub connection (per Redis) for all of
+    its waiters. Use it as ``async with Tracker(...) as tracker:`` or call
+    :meth:`aclose`.
     """
 
     def __init__(
@@ -58,11 +68,23 @@ class Tracker:
         secret: str | bytes | None = None,
         prefix: str = DEFAULT_PREFIX,
         poll_interval: tuple[float, float] = (0.01, 1.0),
+        queue_redis: Redis | str | None = None,
+        unreachable_timeout: float | None = 30.0,
     ) -> None:
+        if unreachable_timeout is not None and not unreachable_timeout > 0:
+            raise ValueError(
+                "unreachable_timeout must be a positive number of seconds or None, "
+                f"got {unreachable_timeout!r}"
+            )
+        self._unreachable_timeout = unreachable_timeout
         self._redis: Redis | None = None
         self._owns_redis = False
         if redis is not None:
             self._redis, self._owns_redis = client_from(redis)
+        self._queue_redis: Redis | None = None
+        self._owns_queue_redis = False
+        if queue_redis is not None:
+            self._queue_redis, self._owns_queue_redis = client_from(queue_redis)
         if tracking_strategy is not None:
             resolve_strategy(tracking_strategy)
         self._override = tracking_strategy
@@ -80,6 +102,12 @@ class Tracker:
     def redis(self) -> Redis | None:
         """The Redis client this Tracker uses (None for a Redis-less Tracker)."""
         return self._redis
+
+    @property
+    def healthy(self) -> bool:
+        """False while any pub/sub connection of this Tracker has waiters and is
+        down, or one of its long-lived tasks is restarting after it failed."""
+        return all(getattr(instance, "healthy", True) for instance in self._built.values())
 
     def strategy(self, function: Function = None) -> object:
         """The strategy instance that tracks jobs of ``function`` (see :func:`strategy_for`).
@@ -105,13 +133,19 @@ class Tracker:
         params = inspect.signature(cls).parameters
         kwargs: dict[str, Any] = {}
         if "redis" in params:
-            if self._redis is None:
+            # What reads the queue's own records reads them where the queue is.
+            redis = self._redis
+            if issubclass(cls, ArqStrategy) and self._queue_redis is not None:
+                redis = self._queue_redis
+            if redis is None:
                 raise ValueError(
                     f"{cls.__name__} needs Redis: create the Tracker with a Redis client or URL"
                 )
-            kwargs["redis"] = self._redis
+            kwargs["redis"] = redis
         if "prefix" in params:
             kwargs["prefix"] = self._prefix
+        if "unreachable_timeout" in params:
+            kwargs["unreachable_timeout"] = self._unreachable_timeout
         if "fallback" in params and config._queue_adapter == "arq":
             # A job with no record of ours (enqueued and run by code that never heard
             # of us), or one arq ended without calling it, still reports honestly.
@@ -119,8 +153,20 @@ class Tracker:
         return cls(**kwargs)
 
     async def status(self, job_id: str, *, function: Function = None) -> JobState:
-        """The job's state now. Never waits; an id never seen reads ``unknown``."""
-        return await _read(self.strategy(function), job_id)
+        """The job's state now; an id never seen reads ``unknown``.
+
+        Waits only for a Redis it cannot reach, at most ``unreachable_timeout``.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        strategy = self.strategy(function)
+        return await retrying(
+            lambda: _read(strategy, job_id),
+            job_id,
+            unreachable_timeout=self._unreachable_timeout,
+            where=getattr(strategy, "where", "Redis"),
+        )
 
     def watch(self, job_id: str, *, function: Function = None) -> AsyncIterator[JobState]:
         """Iterate over the job's states: the current one, then every change, ending
@@ -129,12 +175,26 @@ class Tracker:
         With a strategy that pushes, changes arrive as they happen; a waiter that
         falls behind skips intermediate progress (the latest state and the terminal
         one always arrive). Otherwise the strategy is polled with backoff.
+
+        Raises:
+            JobLost: Redis lost the job's record while it was followed (restarted
+                without data): its end will never be known.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            SubscriptionRefused: Redis refused to subscribe to the job's channel
+                (an ACL user without channel permissions).
+            InvalidStateError: a message on the job's channel is not a job state.
         """
         strategy = self.strategy(function)
         if isinstance(strategy, PushSource):
             return strategy.watch(job_id)
         low, high = self._poll_interval
-        return poll(job_id, lambda: _read(strategy, job_id), min_interval=low, max_interval=high)
+        return poll(
+            job_id,
+            lambda: _read(strategy, job_id),
+            min_interval=low,
+            max_interval=high,
+            unreachable_timeout=self._unreachable_timeout,
+        )
 
     async def completed(
         self, job_id: str, *, function: Function = None, timeout: float | None = None
@@ -145,7 +205,10 @@ class Tracker:
 
         Raises:
             JobNotFound: at once, if the job has no record anywhere.
+            JobLost: Redis lost the job's record while it was waited for.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
             TimeoutError: ``timeout`` seconds passed first.
+            ImmortusError: any other documented failure of :meth:`watch`.
         """
         with anyio.fail_after(timeout):
             states = self.watch(job_id, function=function)
@@ -207,17 +270,24 @@ class Tracker:
         return mint_token(job_id, self._secret, ttl=ttl)
 
     async def aclose(self) -> None:
-        """Close every connection this Tracker opened. Idempotent."""
+        """Close every connection this Tracker opened. Idempotent; never raises what a
+        strategy's close raises (it is logged: the rest still gets closed)."""
         if self._closed:
             return
         self._closed = True
-        for instance in self._built.values():
-            close = getattr(instance, "aclose", None)
-            if close is not None:
-                await close()
+        closers = [getattr(instance, "aclose", None) for instance in self._built.values()]
         self._built.clear()
         if self._owns_redis and self._redis is not None:
-            await self._redis.aclose()
+            closers.append(self._redis.aclose)
+        if self._owns_queue_redis and self._queue_redis is not None:
+            closers.append(self._queue_redis.aclose)
+        for close in closers:
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                logger.exception("closing the Tracker: %r failed", close)
 
     async def __aenter__(self) -> Tracker:
         return self

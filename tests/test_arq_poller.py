@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from arq.constants import default_queue_name, result_key_prefix
 from redis.asyncio import Redis
 
-from immortus_async import ArqStrategy, TrackerClosed
+from immortus_async import (
+    ArqStrategy,
+    ImmortusError,
+    RedisServer,
+    RedisUnavailable,
+    TrackerClosed,
+)
 from immortus_async._buffer import StateBuffer
 from immortus_async.strategies._arq_poller import ArqPoller
 
@@ -16,15 +23,28 @@ from .utils import SCALE
 
 
 class Sink:
-    """Counts the nudges; an event per nudge count reached."""
+    """Counts the nudges; an event per nudge count reached; keeps the failure."""
 
     def __init__(self) -> None:
         self.nudges = 0
         self.changed = asyncio.Event()
+        self.failed: BaseException | None = None
+        self.failure = asyncio.Event()
 
     def request_resync(self) -> None:
         self.nudges += 1
         self.changed.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.failed = error
+        self.failure.set()
+
+
+class Breaking(Sink):
+    """A sink whose nudge raises: what a bug would do to the poller's task."""
+
+    def request_resync(self) -> None:
+        raise RuntimeError("a sink that breaks")
 
 
 async def test_many_jobs_registering_at_once_share_a_few_script_calls(redis: Redis) -> None:
@@ -105,3 +125,49 @@ async def test_a_watcher_cancelled_while_registering_leaves_nothing_behind(redis
         assert strategy._poller().jobs == 0
     finally:
         await strategy.aclose()
+
+
+async def test_a_dying_poller_is_logged_fails_its_watchers_and_restarts(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the poller's task dies anyway, it is logged at ERROR with the traceback, every
+    watcher fails with ImmortusError, and the restarted poller serves new watchers."""
+    poller = ArqPoller(redis, default_queue_name, interval=0.01, max_interval=0.02)
+    breaking, bystander, later = Breaking(), Sink(), Sink()
+    try:
+        await poller.register("breaks", breaking)
+        await poller.register("bystander", bystander)
+        await redis.set(result_key_prefix + "breaks", b"result")
+        async with asyncio.timeout(10 * SCALE):
+            await bystander.failure.wait()
+        assert isinstance(bystander.failed, ImmortusError)
+        died = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert died and died[0].exc_info is not None
+        async with asyncio.timeout(10 * SCALE):
+            await poller.register("later", later)
+        await redis.set(result_key_prefix + "later", b"result")
+        async with asyncio.timeout(10 * SCALE):
+            await later.changed.wait()
+        assert poller.healthy and later.failed is None
+    finally:
+        await poller.aclose()
+
+
+async def test_watchers_fail_with_redis_unavailable_when_looks_fail_too_long(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """While Redis stays away longer than unreachable_timeout, the watchers of the jobs
+    the poller cannot look at fail with RedisUnavailable rather than wait for ever."""
+    poller = ArqPoller(
+        redis, default_queue_name, interval=0.01, max_interval=0.02, unreachable_timeout=0.3
+    )
+    sink = Sink()
+    try:
+        await poller.register("job", sink)
+        redis_server.stop()
+        async with asyncio.timeout(10 * SCALE):
+            await sink.failure.wait()
+        assert isinstance(sink.failed, RedisUnavailable)
+        assert poller.jobs == 0
+    finally:
+        await poller.aclose()

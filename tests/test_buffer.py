@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from immortus_async import JobState, JobStatus
-from immortus_async._buffer import RESYNC, StateBuffer
+from immortus_async._buffer import RESYNC, StateBuffer, Wakeup
+from immortus_async._follow import follow
 
 
 def state(seq: int, status: JobStatus = JobStatus.STARTED) -> JobState:
@@ -64,10 +68,6 @@ async def test_wakeup_is_an_event_for_one_waiter() -> None:
 async def test_wakeup_wakes_every_waiting_task() -> None:
     """Several tasks wait on one Wakeup: set() wakes them all; a cancelled one leaves
     the others waiting."""
-    import asyncio
-
-    from immortus_async._buffer import Wakeup
-
     wakeup = Wakeup()
     waiters = [asyncio.create_task(wakeup.wait()) for _ in range(3)]
     await asyncio.sleep(0)
@@ -76,3 +76,20 @@ async def test_wakeup_wakes_every_waiting_task() -> None:
     assert waiters[0].cancelled() and not any(w.done() for w in waiters[1:])
     wakeup.set()
     await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)
+
+
+async def test_a_recheck_racing_a_push_skips_no_change() -> None:
+    """A state pushed while a recheck reads a newer snapshot is still yielded, in order."""
+    buffer = StateBuffer()
+    snapshots = iter([state(1), state(3)])
+
+    async def read() -> JobState:
+        snapshot = next(snapshots)
+        if snapshot.seq == 3:
+            buffer.push(state(2))  # published while the snapshot was being read
+        return snapshot
+
+    states = follow("j", contextlib.nullcontext(), buffer, read, recheck=lambda s: 0.0)
+    seen = [(await anext(states)).seq for _ in range(3)]
+    await states.aclose()
+    assert seen == [1, 2, 3]

@@ -180,3 +180,23 @@ async def test_started_update_carries_the_first_heartbeat(redis: Redis) -> None:
     await strategy.apply(update("hb", S.STARTED), stalled_after=1.0)
     assert (await redis.hget(record, "hb") or b"").startswith(b"1:1000:")
     assert (await strategy.status("hb")).stalled is False
+
+
+class _RacedFallback:
+    """A fallback whose read races a write of the job's own (its end, written meanwhile)."""
+
+    def __init__(self, writer: RedisPubSubStrategy) -> None:
+        self._writer = writer
+
+    async def status(self, job_id: str) -> JobState:
+        await self._writer.apply(update(job_id, S.ABORTED))
+        return JobState(job_id=job_id, status=S.QUEUED, seq=1)
+
+
+async def test_a_fallback_read_raced_by_the_job_side_reads_the_newer_record(redis: Redis) -> None:
+    """When the job side writes while the fallback is read, status() returns that write,
+    not the stale "unknown" from before it (which made completed() raise JobNotFound)."""
+    writer = RedisPubSubStrategy(redis)
+    strategy = RedisPubSubStrategy(redis, fallback=_RacedFallback(writer))
+    state = await strategy.status("raced")
+    assert (state.status, state.seq) == (S.ABORTED, 1)

@@ -14,6 +14,10 @@ reads its snapshot (registrations made together share one script call), so any l
 change shows as a different fingerprint. The job is then looked at after ``interval``
 seconds, then less and less often while nothing changes (half as long again each time,
 up to ``max_interval``), and again ``interval`` after a change.
+
+A failed read is tried again later. If the task dies anyway (a bug, not Redis), it
+is logged with its traceback, every watcher fails with :class:`ImmortusError`
+rather than wait for looks that never come, and the task starts again.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
-from ..exceptions import TrackerClosed
+from ..exceptions import ImmortusError, RedisUnavailable, TrackerClosed
 
 __all__ = ["ArqPoller"]
 
@@ -57,9 +61,10 @@ _COALESCE = 0.05  # jobs due this soon are looked at with the ones due now
 
 
 class Sink(Protocol):
-    """A watcher's buffer: told to re-read the job."""
+    """A watcher's buffer: told to re-read the job, or that watching it failed."""
 
     def request_resync(self) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
 
 
 @dataclass
@@ -68,6 +73,7 @@ class _Job:
     interval: float = 0.0
     due: float = 0.0
     fingerprint: int | None = None  # None: unknown, the next look nudges
+    since: float = 0.0  # loop time it was registered
     version: int = 0  # bumped when rescheduled: older heap entries are stale
     ready: asyncio.Future[None] | None = None  # done once the first fingerprint is read
 
@@ -80,10 +86,21 @@ class ArqPoller:
         queue_name: arq's queue.
         interval: seconds before a job's first look, and after a change.
         max_interval: the longest wait between two looks at a quiet job.
+        unreachable_timeout: seconds the looks may fail (Redis unreachable) before
+            the watchers of the jobs they concern fail with
+            :class:`~immortus_async.RedisUnavailable`; None: never.
+        where: names the server in that error (no password).
     """
 
     def __init__(
-        self, redis: Redis, queue_name: str, *, interval: float, max_interval: float
+        self,
+        redis: Redis,
+        queue_name: str,
+        *,
+        interval: float,
+        max_interval: float,
+        unreachable_timeout: float | None = None,
+        where: str = "Redis",
     ) -> None:
         self._redis = redis
         self._queue = queue_name
@@ -95,12 +112,21 @@ class ArqPoller:
         self._unread: list[str] = []  # registered, first fingerprint not read yet
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._restarting = False
+        self._unreachable_timeout = unreachable_timeout
+        self._where = where
+        self._failing_since: float | None = None  # loop time the looks began to fail
         self._closed = False
 
     @property
     def jobs(self) -> int:
         """How many jobs are watched."""
         return len(self._jobs)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the task is being restarted after it failed."""
+        return not self._restarting
 
     async def register(self, job_id: str, sink: Sink) -> None:
         """Tell ``sink`` to re-read whenever arq's records of ``job_id`` change.
@@ -113,17 +139,20 @@ class ArqPoller:
 
         Raises:
             TrackerClosed: the poller is closed.
+            ImmortusError: the poller's task failed meanwhile (it is restarted).
         """
         if self._closed:
             raise TrackerClosed("the strategy's arq poller is closed")
         job = self._jobs.get(job_id)
         if job is None:
-            job = self._jobs[job_id] = _Job(interval=self._interval)
+            job = self._jobs[job_id] = _Job(
+                interval=self._interval, since=asyncio.get_running_loop().time()
+            )
             job.ready = asyncio.get_running_loop().create_future()
             self._unread.append(job_id)
         job.sinks.add(sink)
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="immortus-arq-poller")
+            self._task = asyncio.create_task(self._supervise(), name="immortus-arq-poller")
         self._wakeup.set()
         if job.ready is not None and not job.ready.done():
             await asyncio.shield(job.ready)
@@ -142,6 +171,37 @@ class ArqPoller:
         job.due = asyncio.get_running_loop().time() + delay
         heapq.heappush(self._heap, (job.due, job.version, job_id))
         self._wakeup.set()
+
+    async def _supervise(self) -> None:
+        """Run the loop for ever: if it dies, log it, fail every watcher, start again."""
+        loop = asyncio.get_running_loop()
+        delay = self._interval
+        while True:
+            started = loop.time()
+            try:
+                await self._run()
+            except Exception as exc:
+                logger.exception("the arq poller failed; restarting it")
+                self._restarting = True
+                error = ImmortusError(
+                    f"the arq poller failed ({exc!r}) and is restarted: wait again"
+                )
+                jobs, self._jobs = self._jobs, {}
+                self._heap.clear()
+                self._unread.clear()
+                for job in jobs.values():
+                    if job.ready is not None and not job.ready.done():
+                        job.ready.set_exception(error)
+                        job.ready.exception()  # retrieved: its awaiters may be gone
+                    for sink in job.sinks:
+                        sink.fail(error)
+                if loop.time() - started > self._max_interval:
+                    delay = self._interval
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._restarting = False
+                delay = min(delay * 2, self._max_interval)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,10 +238,7 @@ class ArqPoller:
                 if job is not None and job.version == version:
                     due_ids.append(job_id)
             for start in range(0, len(due_ids), _BATCH):
-                try:
-                    await self._look(due_ids[start : start + _BATCH])
-                except Exception:
-                    logger.exception("looking at arq's records failed")
+                await self._look(due_ids[start : start + _BATCH])
 
     async def _first_look(self, job_ids: list[str]) -> None:
         try:
@@ -214,13 +271,28 @@ class ArqPoller:
         try:
             fingerprints = await self._fingerprints(job_ids)
         except Exception as exc:
-            # Redis is away: look again later; watchers resync when the hub reconnects.
+            # Redis is away: look again later, until the watchers waited long enough.
             logger.debug("reading arq's records failed (%s); looking again later", exc)
+            now = asyncio.get_running_loop().time()
+            if self._failing_since is None:
+                self._failing_since = now
             for job_id in job_ids:
                 job = self._jobs.get(job_id)
-                if job is not None:
+                if job is None:
+                    continue
+                waited = now - max(self._failing_since, job.since)
+                if self._unreachable_timeout is None or waited < self._unreachable_timeout:
                     self._schedule(job_id, job, job.interval)
+                    continue
+                del self._jobs[job_id]
+                error = RedisUnavailable(
+                    f"cannot reach {self._where} for {self._unreachable_timeout:g}s "
+                    f"to look at arq's records of job {job_id!r}: {exc}"
+                )
+                for sink in job.sinks:
+                    sink.fail(error)
             return
+        self._failing_since = None
         for job_id, fingerprint in zip(job_ids, fingerprints, strict=True):
             job = self._jobs.get(job_id)
             if job is None:

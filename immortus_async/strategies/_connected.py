@@ -11,41 +11,87 @@ from redis.asyncio import Redis
 from .._pubsub import PubSubHub, connection_factory
 from .._redis import client_from
 
-__all__ = ["Connected"]
+__all__ = ["Connected", "address"]
+
+
+def address(redis: Redis) -> str:
+    """Where ``redis`` connects, for messages: ``redis://host:port/db``, never a password."""
+    kwargs = redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
 class _SharedHub:
     """A hub and how many strategies use it."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.hub = PubSubHub(connection_factory(redis))
+    def __init__(self, redis: Redis, unreachable_timeout: float | None) -> None:
+        self.hub = PubSubHub(
+            connection_factory(redis),
+            unreachable_timeout=unreachable_timeout,
+            where=f"Redis at {address(redis)}",
+        )
         self.users = 0
 
 
 # Strategies on one client (a Tracker's redis_pub_sub and its arq fallback) share
-# one pub/sub connection; the last one closed closes it.
-_hubs: weakref.WeakKeyDictionary[Redis, _SharedHub] = weakref.WeakKeyDictionary()
+# one pub/sub connection, per unreachable timeout (it is the hub's); the last one
+# closed closes it.
+_hubs: weakref.WeakKeyDictionary[Redis, dict[float | None, _SharedHub]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class Connected:
     """Holds a strategy's Redis client and the pub/sub hub all its waiters share.
 
-    Every strategy on the same client shares one hub, opened on first use and
-    closed by the last :meth:`aclose`; messages on this strategy's channels are
-    decoded with ``decode``. :meth:`aclose` also closes the client if it was made
-    here from a URL.
+    Every strategy on the same client (and with the same ``unreachable_timeout``)
+    shares one hub, opened on first use and closed by the last :meth:`aclose`;
+    messages on this strategy's channels are decoded with ``decode``. :meth:`aclose`
+    also closes the client if it was made here from a URL.
+
+    ``unreachable_timeout``: seconds a waiter rides out a Redis it cannot reach,
+    at its first read or mid-wait, before it raises
+    :class:`~immortus_async.RedisUnavailable`; None: for ever.
     """
 
-    def __init__(self, redis: Redis | str, decode: Callable[[bytes], Any]) -> None:
+    def __init__(
+        self,
+        redis: Redis | str,
+        decode: Callable[[bytes], Any],
+        *,
+        unreachable_timeout: float | None = 30.0,
+    ) -> None:
+        if unreachable_timeout is not None and unreachable_timeout <= 0:
+            raise ValueError(
+                f"unreachable_timeout must be a positive number of seconds or None, "
+                f"got {unreachable_timeout!r}"
+            )
         self.redis, self._owns_redis = client_from(redis)
         self._decode = decode
+        self.unreachable_timeout = unreachable_timeout
         self._shared: _SharedHub | None = None
+
+    @property
+    def where(self) -> str:
+        """The Redis this strategy reads, for messages (no password)."""
+        return f"Redis at {address(self.redis)}"
+
+    @property
+    def healthy(self) -> bool:
+        """False while this strategy's pub/sub hub has waiters and no connection, or
+        is restarting a failed task."""
+        return self._shared is None or self._shared.hub.healthy
 
     def _pubsub(self) -> PubSubHub:
         if self._shared is None:
-            shared = _hubs.get(self.redis)
+            hubs = _hubs.setdefault(self.redis, {})
+            shared = hubs.get(self.unreachable_timeout)
             if shared is None or shared.hub.closed:
-                shared = _hubs[self.redis] = _SharedHub(self.redis)
+                shared = hubs[self.unreachable_timeout] = _SharedHub(
+                    self.redis, self.unreachable_timeout
+                )
             shared.users += 1
             self._shared = shared
         return self._shared.hub

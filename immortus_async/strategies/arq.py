@@ -164,6 +164,9 @@ class ArqStrategy(Connected):
             asks the server once (``CONFIG GET notify-keyspace-events``).
         poll_interval: seconds between reads while polling.
         buffer_size: states kept per waiter that has not read them yet.
+        unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
+            (at its first read or mid-wait) before it raises
+            :class:`~immortus_async.RedisUnavailable`; None: for ever.
     """
 
     def __init__(
@@ -176,11 +179,12 @@ class ArqStrategy(Connected):
         notifications: bool | None = None,
         poll_interval: float = 0.1,
         buffer_size: int = 64,
+        unreachable_timeout: float | None = 30.0,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
         # A keyspace event carries only the command's name: any one means "re-read".
-        super().__init__(redis, decode=bytes)
+        super().__init__(redis, decode=bytes, unreachable_timeout=unreachable_timeout)
         if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("ArqStrategy needs a Redis client with decode_responses=False, as arq")
         pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
@@ -260,10 +264,21 @@ class ArqStrategy(Connected):
 
     # Pushing
 
+    @property
+    def healthy(self) -> bool:
+        """False while the pub/sub hub has waiters and no connection, or while a
+        failed task (the hub's or the poller's) is being restarted."""
+        return super().healthy and (self._arq_poller is None or self._arq_poller.healthy)
+
     def _poller(self) -> ArqPoller:
         if self._arq_poller is None:
             self._arq_poller = ArqPoller(
-                self.redis, self.queue_name, interval=self.poll_interval, max_interval=_POLL_MAX
+                self.redis,
+                self.queue_name,
+                interval=self.poll_interval,
+                max_interval=_POLL_MAX,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
             )
         return self._arq_poller
 
@@ -376,7 +391,15 @@ class ArqStrategy(Connected):
                 polling.interval = interval
                 yield
 
-        return follow(job_id, subscription(), buffer, read, recheck=lambda _: polling.interval)
+        return follow(
+            job_id,
+            subscription(),
+            buffer,
+            read,
+            recheck=lambda _: polling.interval,
+            unreachable_timeout=self.unreachable_timeout,
+            where=self.where,
+        )
 
 
 def _text(value: Any) -> str | None:

@@ -119,7 +119,7 @@ def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
         data = json.loads(stored_state)
         encoded_meta = json.loads(stored_meta) if stored_meta else {}
         data["meta"] = {key: json.loads(value) for key, value in encoded_meta.items()}
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidStateError(f"a stored job state is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidStateError("a stored job state is not a JSON object")
@@ -166,6 +166,9 @@ class RedisPubSubStrategy(Connected):
             arq strategy, for jobs enqueued by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
             oldest go first; the latest and the terminal one are always kept).
+        unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
+            (at its first read or mid-wait) before it raises
+            :class:`~immortus_async.RedisUnavailable`; None: for ever.
     """
 
     def __init__(
@@ -180,13 +183,14 @@ class RedisPubSubStrategy(Connected):
         # Reading
         fallback: StateReader | None = None,
         buffer_size: int = 64,
+        unreachable_timeout: float | None = 30.0,
     ) -> None:
         for name, value in (("ttl", ttl), ("active_ttl", active_ttl)):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        super().__init__(redis, decode=JobState.from_json)
+        super().__init__(redis, decode=JobState.from_json, unreachable_timeout=unreachable_timeout)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
@@ -269,6 +273,9 @@ class RedisPubSubStrategy(Connected):
         Raises:
             InvalidStateError: the stored record is not a valid job state.
         """
+        return await self._status(job_id, catch_up=True)
+
+    async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         record = self.keys.record(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record, ["state", "meta", "hb"])
@@ -282,7 +289,7 @@ class RedisPubSubStrategy(Connected):
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1)
         else:
             state = JobState(job_id=job_id)
-        if self._fallback is not None and not state.completed:
+        if catch_up and self._fallback is not None and not state.completed:
             state = await self._catch_up(state, self._fallback)
         return state
 
@@ -306,7 +313,12 @@ class RedisPubSubStrategy(Connected):
             or not is_forward(state.status, state.attempt, theirs.status, theirs.attempt)
         ):
             return state
-        return await self.apply(JobUpdate.from_state(theirs)) or state
+        applied = await self.apply(JobUpdate.from_state(theirs))
+        if applied is not None:
+            return applied
+        # Dropped: a write of the job's own raced this one and is ahead (the job
+        # side ended it meanwhile); what was read before it is stale now.
+        return await self._status(state.job_id, catch_up=False)
 
     async def completed(self, job_id: str) -> bool:
         """True when the job is in a terminal state."""
@@ -320,6 +332,12 @@ class RedisPubSubStrategy(Connected):
         """Yield the job's state now, then each change, until a terminal state.
 
         Keyword options: ``buffer_size`` overrides the strategy's per-waiter buffer.
+
+        Raises:
+            JobLost: Redis lost the job's record while it was followed.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            SubscriptionRefused: Redis refused to subscribe to the job's channel.
+            InvalidStateError: a message on the job's channel is not a job state.
         """
         buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
         recheck = _Recheck()
@@ -330,7 +348,15 @@ class RedisPubSubStrategy(Connected):
             return state
 
         subscription = self._subscription(job_id, buffer, recheck)
-        return follow(job_id, subscription, buffer, read, recheck=recheck.next)
+        return follow(
+            job_id,
+            subscription,
+            buffer,
+            read,
+            recheck=recheck.next,
+            unreachable_timeout=self.unreachable_timeout,
+            where=self.where,
+        )
 
     @contextlib.asynccontextmanager
     async def _subscription(
