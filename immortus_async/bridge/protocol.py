@@ -74,6 +74,10 @@ class ErrorCode(StrEnum):
     """HTTP only: no such path (status 404)."""
     REDIS_UNAVAILABLE = "redis_unavailable"
     """HTTP only: Redis did not answer in time (status 503)."""
+    BAD_REQUEST = "bad_request"
+    """HTTP only: a header that may appear once (``Host``, ``Origin``) appears twice (400)."""
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    """HTTP only: a method other than GET and HEAD (status 405, ``Allow: GET, HEAD``)."""
     INTERNAL_ERROR = "internal_error"
     """The bridge could not follow the job (a corrupt record); the subscription ended."""
 

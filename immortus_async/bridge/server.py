@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import socket
+import struct
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
+from websockets.protocol import CONNECTING, OPEN
 
 from ..keys import DEFAULT_PREFIX
 from ..registry import StrategySpec
@@ -41,6 +47,131 @@ class BridgeStatistics:
     subscriptions: int
     pending: int
     replaced: int
+
+
+# SO_LINGER on, with a zero timeout: close() drops what the kernel still holds
+# for the peer and sends a reset, instead of a FIN queued behind that data.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+class _Connection(ServerConnection):
+    """websockets' server connection, bounded against clients that do not read.
+
+    websockets answers pings (and close frames) as it reads them, whatever its
+    write buffer holds; a client that sends pings and never reads would grow it
+    without bound. Here reading stops while the write buffer is above
+    ``write_limit`` and resumes below it, so such a client only fills its own
+    socket buffers. A buffer that stays above the limit for ``send_timeout``
+    seconds closes the connection with code 4008 and aborts it ``close_timeout``
+    later.
+
+    Every abort is a TCP reset, so that a socket whose peer does not read is gone
+    at once instead of lingering in FIN-WAIT-1 with its unsent data.
+
+    The handshake request is read alone: bytes that follow it in the same read
+    (a second, pipelined HTTP request) wait until it is answered, so that they
+    cannot be parsed as websocket frames before the answer is written. After a
+    plain HTTP answer (``Connection: close``) they are discarded.
+    """
+
+    def __init__(self, *args: Any, send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_timeout = send_timeout
+        self._stalled: asyncio.TimerHandle | None = None
+        # The last bytes of the request head seen, to find its end across reads.
+        self._head_tail = b""
+        # What came after the request head, until the request is answered.
+        self._held: bytearray | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Make the transport's abort a reset (see the class docstring)."""
+        super().connection_made(transport)
+        abort = self.transport.abort
+        sock = self.transport.get_extra_info("socket")
+
+        def reset() -> None:
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            abort()
+
+        # websockets calls transport.abort() itself (close timeouts, handshake
+        # failures), so the transport's own method is what must reset.
+        self.transport.abort = reset  # type: ignore[method-assign]
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' opening handshake; then what the client sent after it is read."""
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            self._release()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed websockets, holding back what follows the handshake request."""
+        if self._held is not None:
+            self._held += data
+            return
+        if self.protocol.state is CONNECTING and self.request is None:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end == -1:
+                self._head_tail = seen[-3:]
+            else:
+                cut = end + 4 - len(self._head_tail)
+                data, self._held = data[:cut], bytearray(data[cut:])
+                self.transport.pause_reading()
+        super().data_received(data)
+        if self.request is None:
+            # Not a request websockets could parse: it has already answered or
+            # given up; let it read on to the end of the connection.
+            self._release()
+        elif self.paused:
+            # websockets may have written pongs past the limit: read no more pings.
+            self.transport.pause_reading()
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if not self.paused:
+            self.transport.resume_reading()
+        if held and self.protocol.state is OPEN:
+            super().data_received(bytes(held))
+
+    def pause_writing(self) -> None:
+        """The write buffer is over ``write_limit``: stop reading, start the clock."""
+        super().pause_writing()
+        self.transport.pause_reading()
+        self._stalled = self.loop.call_later(self._send_timeout, self._close_stalled)
+
+    def resume_writing(self) -> None:
+        """The client read: read from it again, unless websockets' own queue is full."""
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        if self._held is None and not self.recv_messages.paused:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """websockets' teardown, and no timer left behind."""
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().connection_lost(exc)
+
+    def _close_stalled(self) -> None:
+        logger.warning(
+            "closing a client that read nothing for %.1fs (%s)",
+            self._send_timeout,
+            self.remote_address,
+        )
+        if self.protocol.state is OPEN:
+            # The close frame goes in the buffer behind everything else: a client
+            # that starts reading now still learns why.
+            self.protocol.fail(CloseCode.SLOW_CLIENT, "the client does not read")
+            self.send_data()
+        self._stalled = self.loop.call_later(self.close_timeout or 0, self.transport.abort)
 
 
 class Bridge:
@@ -221,6 +352,12 @@ class Bridge:
                 max_queue=4,
                 write_limit=self._write_limit,
                 logger=RedactingLogger(logging.getLogger("websockets.server")),
+                # websockets documents create_connection as taking "a wrapper or a
+                # subclass"; its annotation only names classes.
+                create_connection=cast(
+                    type[ServerConnection],
+                    functools.partial(_Connection, send_timeout=self._send_timeout),
+                ),
             )
         except BaseException:
             await self._close_redis()
