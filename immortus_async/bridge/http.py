@@ -143,23 +143,25 @@ class HttpRoutes:
         return response
 
     async def _route(self, request: Request) -> Response | None:
-        if request.method not in ("GET", "HEAD"):
-            return _not_allowed(request.method, "GET, HEAD")
+        parts = urlsplit(request.path)
+        path = parts.path
+        handshake = path == "/" or path.startswith(JOBS_PATH)
+        # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept a HEAD.
+        methods = ("GET",) if handshake else ("GET", "HEAD")
+        if request.method not in methods:
+            return _not_allowed(request.method, ", ".join(methods))
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 return _error(
                     HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"more than one {name} header"
                 )
-        parts = urlsplit(request.path)
-        path = parts.path
         origin = request.headers.get("Origin")
         allowed = self._gate.origin_allowed(origin, request.headers.get("Host"))
-        if path == "/" or path.startswith(JOBS_PATH):
-            if not allowed:
-                assert origin is not None  # no Origin is always allowed
-                return self._foreign_origin(origin)
-            # A websocket handshake is a GET (RFC 6455 4.1): websockets would accept a HEAD.
-            return None if request.method == "GET" else _not_allowed(request.method, "GET")
+        if handshake:
+            if allowed:
+                return None
+            assert origin is not None  # no Origin is always allowed
+            return self._foreign_origin(origin)
         if path.startswith(VERIFY_PATH):
             if not allowed:
                 assert origin is not None
