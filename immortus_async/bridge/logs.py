@@ -53,6 +53,9 @@ def redact(text: str) -> str:
 class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger adapter that formats each message and redacts tokens from it.
 
+    A websocket frame among the arguments is logged as its opcode and length,
+    never its payload.
+
     Pass it wherever a logger is taken (websockets' ``serve(logger=...)``); the
     records keep the wrapped logger's name, so logging configuration for
     ``websockets.server`` or ``immortus_async.bridge`` applies as usual.
