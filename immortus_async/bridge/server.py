@@ -12,12 +12,15 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.protocol import CONNECTING, OPEN
 
+from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..registry import StrategySpec
 from ..tracker import Tracker
@@ -318,7 +321,12 @@ class Bridge:
         )
 
     async def start(self) -> Bridge:
-        """Connect to Redis lazily and start listening. Returns the bridge."""
+        """Check that Redis answers, then start listening. Returns the bridge.
+
+        Raises:
+            RedisUnavailable: Redis did not answer PING within ``redis_timeout``
+                (the message names it, without its password); nothing listens.
+        """
         if self._server is not None:
             return self
         if isinstance(self._redis_spec, str):
@@ -332,6 +340,16 @@ class Bridge:
             self._redis = Redis(connection_pool=self._pool)
         else:
             self._redis = self._redis_spec
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._close_redis()
+            # Not "listening": a bridge on a Redis that is not there serves nobody.
+            raise RedisUnavailable(
+                f"cannot reach Redis at {_describe(self._redis_spec)} "
+                f"within {self._redis_timeout:g}s: {exc or type(exc).__name__}"
+            ) from exc
         self._tracker = Tracker(
             self._redis, tracking_strategy=self._tracking_strategy, prefix=self._prefix
         )
@@ -428,6 +446,20 @@ class Bridge:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _describe(redis: Redis | str) -> str:
+    """Where ``redis`` points, for a message: its URL or address without a password."""
+    if isinstance(redis, str):
+        parts = urlsplit(redis)
+        if parts.password is None:
+            return redis
+        netloc = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+    options = redis.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix://{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
 
 
 serve = Bridge
