@@ -107,7 +107,16 @@ class _Connection(ServerConnection):
         try:
             await super().handshake(*args, **kwargs)
         finally:
-            self._release()
+            self._release()  # the handshake failed or timed out before any answer
+
+    def send_data(self) -> None:
+        """Write what websockets has to send; once the answer is out, read on."""
+        super().send_data()
+        if self._held is not None and self.response is not None:
+            if self.protocol.state is OPEN or self.protocol.eof_sent:
+                # Now, not when handshake() returns: after a plain HTTP answer it
+                # waits for the client to close, which it must be able to read.
+                self._release()
 
     def data_received(self, data: bytes) -> None:
         """Feed websockets, holding back what follows the handshake request."""

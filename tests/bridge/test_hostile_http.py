@@ -16,7 +16,7 @@ from immortus_async import RedisPubSubStrategy
 from immortus_async.bridge import Bridge
 
 from ..utils import SCALE
-from .helpers import still_served, token
+from .helpers import still_served, subscribe, token
 
 PATHS = ["/healthz", f"/verify/7?token={token('7')}", "/", "/jobs/7"]
 
@@ -141,4 +141,28 @@ async def test_a_request_with_a_body_is_closed_without_an_answer(
     """A body (websockets reads none): the connection is closed, with no answer and no error."""
     raw = request("POST", "/healthz", "Content-Length: 5", port=bridge.port) + b"hello"
     assert await exchange(bridge, raw) == b""
+    await still_served(bystander, strategy)
+
+
+async def test_frames_sent_with_the_handshake_request_are_read_after_it(
+    bridge: Bridge, strategy: RedisPubSubStrategy, bystander: ClientConnection
+) -> None:
+    """An eager client's subscribe frame in the handshake's write: answered 101, then served."""
+    upgrade = [
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    message = subscribe("good").encode()
+    frame = bytes([0x81, 0x80 | 126]) + len(message).to_bytes(2, "big") + b"\0\0\0\0" + message
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(request("GET", "/", *upgrade, port=bridge.port) + frame)
+    async with asyncio.timeout(10 * SCALE):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        head = await reader.readexactly(2)
+        assert head[0] == 0x81  # a text frame: the state of "good"
+        length = head[1] if head[1] < 126 else int.from_bytes(await reader.readexactly(2), "big")
+        assert json.loads(await reader.readexactly(length))["job_id"] == "good"
+    writer.transport.abort()
     await still_served(bystander, strategy)
