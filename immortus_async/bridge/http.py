@@ -237,6 +237,9 @@ class HttpRoutes:
                     up = bool(await redis.ping())
             except _REDIS_DOWN:
                 up = False
-        body = {"status": "ok" if up else "unavailable", "redis": "up" if up else "down"}
-        status = HTTPStatus.OK if up else HTTPStatus.SERVICE_UNAVAILABLE
+        # A pub/sub connection down (or its task restarting) pushes nothing to
+        # anyone, even while PING answers: take this bridge out of rotation.
+        healthy = up and self._tracker.healthy
+        body = {"status": "ok" if healthy else "unavailable", "redis": "up" if up else "down"}
+        status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
         return _response(status, json.dumps(body))

@@ -202,6 +202,10 @@ class Bridge:
     Args:
         redis: a Redis URL (the bridge opens a bounded pool and closes it) or a
             ``redis.asyncio.Redis`` it uses as is.
+        queue_redis: the queue's (arq's) Redis when tracking lives on another
+            one: a URL, a ``redis.asyncio.Redis`` or an arq pool, passed to the
+            bridge's :class:`~immortus_async.Tracker` (its ``queue_redis``).
+            Default: ``redis``.
         host: the interface to listen on; loopback by default.
         port: the port; 0 picks a free one (see :attr:`Bridge.port`).
         prefix: the prefix of the jobs' Redis keys and channels.
@@ -238,6 +242,7 @@ class Bridge:
         host: str = "127.0.0.1",
         port: int = 8765,
         *,
+        queue_redis: Redis | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         tracking_strategy: StrategySpec | None = None,
         # Security
@@ -279,6 +284,7 @@ class Bridge:
             secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
         )
         self._redis_spec = redis
+        self._queue_redis = queue_redis
         self._host, self._port = host, port
         self._prefix = prefix
         self._tracking_strategy = tracking_strategy
@@ -360,7 +366,10 @@ class Bridge:
                 f"within {self._redis_timeout:g}s: {exc or type(exc).__name__}"
             ) from exc
         self._tracker = Tracker(
-            self._redis, tracking_strategy=self._tracking_strategy, prefix=self._prefix
+            self._redis,
+            tracking_strategy=self._tracking_strategy,
+            prefix=self._prefix,
+            queue_redis=self._queue_redis,
         )
         routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
         try:
