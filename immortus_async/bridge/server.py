@@ -219,13 +219,16 @@ class Bridge:
         max_frame_size: the largest inbound frame, in bytes; a larger one
             closes the connection with code 1009.
         max_subscriptions: jobs one connection may follow at once.
-        write_limit: bytes buffered per connection before a send waits.
+        write_limit: bytes buffered per connection before a send waits; while
+            more is buffered, nothing more is read from that client either (so
+            its pings cannot pile up pongs).
         redis_connections: Redis connections for snapshots and ``/verify``
             (the pub/sub connection is separate).
         ping_interval: seconds between keepalive pings (None: no pings).
         ping_timeout: seconds without a pong before a connection is dropped.
-        send_timeout: seconds a client may leave a send blocked (it does not
-            read) before it is closed with code 4008.
+        send_timeout: seconds a client may leave the bridge's writes blocked
+            (it does not read: frames, pongs) before it is closed with code 4008;
+            the TCP connection is reset ``close_timeout`` later.
         open_timeout: seconds a client has to complete the opening handshake.
         close_timeout: seconds the closing handshake may take before the TCP
             connection is aborted.
