@@ -359,23 +359,14 @@ class Bridge:
         else:
             self._redis = self._redis_spec
         try:
-            async with asyncio.timeout(self._redis_timeout):
-                await self._redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            await self._close_redis()
-            # Not "listening": a bridge on a Redis that is not there serves nobody.
-            raise RedisUnavailable(
-                f"cannot reach Redis at {_describe(self._redis_spec)} "
-                f"within {self._redis_timeout:g}s: {exc or type(exc).__name__}"
-            ) from exc
-        self._tracker = Tracker(
-            self._redis,
-            tracking_strategy=self._tracking_strategy,
-            prefix=self._prefix,
-            queue_redis=self._queue_redis,
-        )
-        routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
-        try:
+            await self._check_redis()
+            self._tracker = Tracker(
+                self._redis,
+                tracking_strategy=self._tracking_strategy,
+                prefix=self._prefix,
+                queue_redis=self._queue_redis,
+            )
+            routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
             self._server = await websockets_serve(
                 self._handle,
                 self._host,
@@ -403,6 +394,18 @@ class Bridge:
             raise
         logger.info("bridge listening on %s", self.url)
         return self
+
+    async def _check_redis(self) -> None:
+        assert self._redis is not None
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Not "listening": a bridge on a Redis that is not there serves nobody.
+            raise RedisUnavailable(
+                f"cannot reach Redis at {_describe(self._redis_spec)} "
+                f"within {self._redis_timeout:g}s: {exc or type(exc).__name__}"
+            ) from exc
 
     async def _handle(self, websocket: ServerConnection) -> None:
         assert self._tracker is not None
