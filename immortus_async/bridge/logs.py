@@ -5,6 +5,10 @@ in headers, and websockets logs all three at DEBUG level. Every line the bridge
 or its websockets server logs goes through :class:`RedactingLogger`, which
 formats the message (and its traceback) and blanks out what looks like a token
 before the record exists, so no handler or formatter can see it.
+
+Frames are never logged with their payload, only their opcode and length: a
+pattern cannot recognise a token that websockets' log line cut in the middle, or
+one that a client sent across several fragments, a few characters a line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import re
 import sys
 import traceback
 from typing import Any
+
+from websockets.frames import Frame
 
 __all__ = ["REDACTED", "RedactingLogger", "redact"]
 
@@ -30,6 +36,13 @@ _PATTERNS = (
 )
 
 
+def _without_payload(arg: object) -> object:
+    if isinstance(arg, Frame):
+        continued = "" if arg.fin else ", continued"
+        return f"{arg.opcode.name} [{len(arg.data)} bytes{continued}]"
+    return arg
+
+
 def redact(text: str) -> str:
     """``text`` with every token-looking part replaced by ``[redacted]``."""
     for pattern in _PATTERNS:
@@ -40,6 +53,9 @@ def redact(text: str) -> str:
 class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger adapter that formats each message and redacts tokens from it.
 
+    A websocket frame among the arguments is logged as its opcode and length,
+    never its payload.
+
     Pass it wherever a logger is taken (websockets' ``serve(logger=...)``); the
     records keep the wrapped logger's name, so logging configuration for
     ``websockets.server`` or ``immortus_async.bridge`` applies as usual.
@@ -49,10 +65,11 @@ class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
         super().__init__(logger, None)
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        """Log ``msg % args`` at ``level`` with tokens redacted."""
+        """Log ``msg % args`` at ``level`` with tokens redacted, frames without payload."""
         if not self.isEnabledFor(level):
             return
         text = str(msg)
+        args = tuple(map(_without_payload, args))
         if args:
             try:
                 text = text % args

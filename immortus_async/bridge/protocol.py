@@ -77,6 +77,10 @@ class ErrorCode(StrEnum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     """Redis did not answer in time: HTTP status 503, or, on a websocket, the end of
     a subscription that could not reach Redis for longer than allowed (retry later)."""
+    BAD_REQUEST = "bad_request"
+    """HTTP only: a header that may appear once (``Host``, ``Origin``) appears twice (400)."""
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    """HTTP only: a method other than GET and HEAD (status 405, ``Allow: GET, HEAD``)."""
     INTERNAL_ERROR = "internal_error"
     """The bridge could not follow the job (a corrupt record; the subscription ended),
     or could not handle a frame (a bug: it is logged); retry later."""

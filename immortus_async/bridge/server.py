@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import socket
+import struct
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
+from websockets.protocol import CONNECTING, OPEN
 
+from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..registry import StrategySpec
 from ..tracker import Tracker
@@ -43,6 +52,140 @@ class BridgeStatistics:
     replaced: int
 
 
+# SO_LINGER on, with a zero timeout: close() drops what the kernel still holds
+# for the peer and sends a reset, instead of a FIN queued behind that data.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+class _Connection(ServerConnection):
+    """websockets' server connection, bounded against clients that do not read.
+
+    websockets answers pings (and close frames) as it reads them, whatever its
+    write buffer holds; a client that sends pings and never reads would grow it
+    without bound. Here reading stops while the write buffer is above
+    ``write_limit`` and resumes below it, so such a client only fills its own
+    socket buffers. A buffer that stays above the limit for ``send_timeout``
+    seconds closes the connection with code 4008 and aborts it ``close_timeout``
+    later.
+
+    Every abort is a TCP reset, so that a socket whose peer does not read is gone
+    at once instead of lingering in FIN-WAIT-1 with its unsent data.
+
+    The handshake request is read alone: bytes that follow it in the same read
+    (a second, pipelined HTTP request) wait until it is answered, so that they
+    cannot be parsed as websocket frames before the answer is written. After a
+    plain HTTP answer (``Connection: close``) they are discarded.
+    """
+
+    def __init__(self, *args: Any, send_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._send_timeout = send_timeout
+        self._stalled: asyncio.TimerHandle | None = None
+        # The last bytes of the request head seen, to find its end across reads.
+        self._head_tail = b""
+        # What came after the request head, until the request is answered.
+        self._held: bytearray | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Make the transport's abort a reset (see the class docstring)."""
+        super().connection_made(transport)
+        abort = self.transport.abort
+        sock = self.transport.get_extra_info("socket")
+
+        def reset() -> None:
+            if sock is not None:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            abort()
+
+        # websockets calls transport.abort() itself (close timeouts, handshake
+        # failures), so the transport's own method is what must reset.
+        self.transport.abort = reset  # type: ignore[method-assign]
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' opening handshake; then what the client sent after it is read."""
+        try:
+            await super().handshake(*args, **kwargs)
+        finally:
+            self._release()  # the handshake failed or timed out before any answer
+
+    def send_data(self) -> None:
+        """Write what websockets has to send; once the answer is out, read on."""
+        super().send_data()
+        if self._held is not None and self.response is not None:
+            if self.protocol.state is OPEN or self.protocol.eof_sent:
+                # Now, not when handshake() returns: after a plain HTTP answer it
+                # waits for the client to close, which it must be able to read.
+                self._release()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed websockets, holding back what follows the handshake request."""
+        if self._held is not None:
+            self._held += data
+            return
+        if self.protocol.state is CONNECTING and self.request is None:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end == -1:
+                self._head_tail = seen[-3:]
+            else:
+                cut = end + 4 - len(self._head_tail)
+                data, self._held = data[:cut], bytearray(data[cut:])
+                self.transport.pause_reading()
+        super().data_received(data)
+        if self.request is None:
+            # Not a request websockets could parse: it has already answered or
+            # given up; let it read on to the end of the connection.
+            self._release()
+        elif self.paused:
+            # websockets may have written pongs past the limit: read no more pings.
+            self.transport.pause_reading()
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if not self.paused:
+            self.transport.resume_reading()
+        if held and self.protocol.state is OPEN:
+            super().data_received(bytes(held))
+
+    def pause_writing(self) -> None:
+        """The write buffer is over ``write_limit``: stop reading, start the clock."""
+        super().pause_writing()
+        self.transport.pause_reading()
+        self._stalled = self.loop.call_later(self._send_timeout, self._close_stalled)
+
+    def resume_writing(self) -> None:
+        """The client read: read from it again, unless websockets' own queue is full."""
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        if self._held is None and not self.recv_messages.paused:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """websockets' teardown, and no timer left behind."""
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().connection_lost(exc)
+
+    def _close_stalled(self) -> None:
+        logger.warning(
+            "closing a client that read nothing for %.1fs (%s)",
+            self._send_timeout,
+            self.remote_address,
+        )
+        if self.protocol.state is OPEN:
+            # The close frame goes in the buffer behind everything else: a client
+            # that starts reading now still learns why.
+            self.protocol.fail(CloseCode.SLOW_CLIENT, "the client does not read")
+            self.send_data()
+        self._stalled = self.loop.call_later(self.close_timeout or 0, self.transport.abort)
+
+
 class Bridge:
     """Serves job states to browsers over websockets, and ``/verify`` over HTTP.
 
@@ -59,6 +202,10 @@ class Bridge:
     Args:
         redis: a Redis URL (the bridge opens a bounded pool and closes it) or a
             ``redis.asyncio.Redis`` it uses as is.
+        queue_redis: the queue's (arq's) Redis when tracking lives on another
+            one: a URL, a ``redis.asyncio.Redis`` or an arq pool, passed to the
+            bridge's :class:`~immortus_async.Tracker` (its ``queue_redis``).
+            Default: ``redis``.
         host: the interface to listen on; loopback by default.
         port: the port; 0 picks a free one (see :attr:`Bridge.port`).
         prefix: the prefix of the jobs' Redis keys and channels.
@@ -72,13 +219,16 @@ class Bridge:
         max_frame_size: the largest inbound frame, in bytes; a larger one
             closes the connection with code 1009.
         max_subscriptions: jobs one connection may follow at once.
-        write_limit: bytes buffered per connection before a send waits.
+        write_limit: bytes buffered per connection before a send waits; while
+            more is buffered, nothing more is read from that client either (so
+            its pings cannot pile up pongs).
         redis_connections: Redis connections for snapshots and ``/verify``
             (the pub/sub connection is separate).
         ping_interval: seconds between keepalive pings (None: no pings).
         ping_timeout: seconds without a pong before a connection is dropped.
-        send_timeout: seconds a client may leave a send blocked (it does not
-            read) before it is closed with code 4008.
+        send_timeout: seconds a client may leave the bridge's writes blocked
+            (it does not read: frames, pongs) before it is closed with code 4008;
+            the TCP connection is reset ``close_timeout`` later.
         open_timeout: seconds a client has to complete the opening handshake.
         close_timeout: seconds the closing handshake may take before the TCP
             connection is aborted.
@@ -95,6 +245,7 @@ class Bridge:
         host: str = "127.0.0.1",
         port: int = 8765,
         *,
+        queue_redis: Redis | str | None = None,
         prefix: str = DEFAULT_PREFIX,
         tracking_strategy: StrategySpec | None = None,
         # Security
@@ -136,6 +287,7 @@ class Bridge:
             secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
         )
         self._redis_spec = redis
+        self._queue_redis = queue_redis
         self._host, self._port = host, port
         self._prefix = prefix
         self._tracking_strategy = tracking_strategy
@@ -187,7 +339,12 @@ class Bridge:
         )
 
     async def start(self) -> Bridge:
-        """Connect to Redis lazily and start listening. Returns the bridge."""
+        """Check that Redis answers, then start listening. Returns the bridge.
+
+        Raises:
+            RedisUnavailable: Redis did not answer PING within ``redis_timeout``
+                (the message names it, without its password); nothing listens.
+        """
         if self._server is not None:
             return self
         if isinstance(self._redis_spec, str):
@@ -201,11 +358,15 @@ class Bridge:
             self._redis = Redis(connection_pool=self._pool)
         else:
             self._redis = self._redis_spec
-        self._tracker = Tracker(
-            self._redis, tracking_strategy=self._tracking_strategy, prefix=self._prefix
-        )
-        routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
         try:
+            await self._check_redis()
+            self._tracker = Tracker(
+                self._redis,
+                tracking_strategy=self._tracking_strategy,
+                prefix=self._prefix,
+                queue_redis=self._queue_redis,
+            )
+            routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
             self._server = await websockets_serve(
                 self._handle,
                 self._host,
@@ -221,12 +382,30 @@ class Bridge:
                 max_queue=4,
                 write_limit=self._write_limit,
                 logger=RedactingLogger(logging.getLogger("websockets.server")),
+                # websockets documents create_connection as taking "a wrapper or a
+                # subclass"; its annotation only names classes.
+                create_connection=cast(
+                    type[ServerConnection],
+                    functools.partial(_Connection, send_timeout=self._send_timeout),
+                ),
             )
         except BaseException:
             await self._close_redis()
             raise
         logger.info("bridge listening on %s", self.url)
         return self
+
+    async def _check_redis(self) -> None:
+        assert self._redis is not None
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Not "listening": a bridge on a Redis that is not there serves nobody.
+            raise RedisUnavailable(
+                f"cannot reach Redis at {_describe(self._redis_spec)} "
+                f"within {self._redis_timeout:g}s: {exc or type(exc).__name__}"
+            ) from exc
 
     async def _handle(self, websocket: ServerConnection) -> None:
         assert self._tracker is not None
@@ -291,6 +470,20 @@ class Bridge:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _describe(redis: Redis | str) -> str:
+    """Where ``redis`` points, for a message: its URL or address without a password."""
+    if isinstance(redis, str):
+        parts = urlsplit(redis)
+        if parts.password is None:
+            return redis
+        netloc = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+    options = redis.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix://{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
 
 
 serve = Bridge

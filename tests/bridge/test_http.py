@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer, RedisUnavailable
 from immortus_async.bridge import Bridge, serve
 
+from ..utils import free_port, wait_until
 from .helpers import (
     OTHER_SECRET,
     SECRET,
@@ -106,3 +109,64 @@ async def test_unknown_paths_are_404(bridge: Bridge) -> None:
     """Any other path is a JSON 404."""
     status, _, body = await http_get(bridge, "/admin")
     assert (status, json.loads(body)["code"]) == (404, "not_found")
+
+
+async def test_a_refused_origin_is_logged_once_and_readable_by_the_page(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A foreign origin: 403 origin_not_allowed with CORS headers, one WARNING naming the flag."""
+    caplog.set_level(logging.WARNING, logger="immortus_async.bridge")
+    for path in [f"/verify/7?token={token('7')}", "/jobs/7", f"/verify/8?token={token('8')}"]:
+        status, headers, body = await http_get(bridge, path, {"Origin": "https://evil.x"})
+        assert (status, json.loads(body)["code"]) == (403, "origin_not_allowed")
+        assert headers["access-control-allow-origin"] == "https://evil.x"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'https://evil.x'" in warning and "--allowed-origin https://evil.x" in warning
+
+
+async def test_start_refuses_a_redis_it_cannot_reach(caplog: pytest.LogCaptureFixture) -> None:
+    """Bridge.start raises RedisUnavailable naming Redis without its password; never 'listening'."""
+    caplog.set_level(logging.INFO, logger="immortus_async.bridge")
+    url = f"redis://app:hunter2@127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisUnavailable) as raised:
+        async with serve(url, "127.0.0.1", 0, secret=SECRET, redis_timeout=2):
+            pass
+    assert "cannot reach Redis at redis://app:***@127.0.0.1:" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+    assert not [r for r in caplog.records if "listening" in r.getMessage()]
+
+
+async def test_healthz_is_503_while_the_pub_sub_connection_is_down(
+    bridge: Bridge, redis: Redis, bystander: ClientConnection
+) -> None:
+    """PING answers but the pub/sub connection cannot reconnect: 503; 200 once it is back."""
+    assert (await http_get(bridge, "/healthz"))[0] == 200
+    clients = len(await redis.client_list())
+    limit = (await redis.config_get("maxclients"))["maxclients"]
+    # Once the pub/sub connection is cut, no new connection is accepted: it cannot
+    # come back, while the bridge's pooled connection still answers PING.
+    await redis.config_set("maxclients", clients - 1)
+    try:
+        await redis.client_kill_filter(_type="pubsub")
+        _, _, body = await wait_until(lambda: _unhealthy(bridge), message="/healthz to answer 503")
+        assert json.loads(body) == {"status": "unavailable", "redis": "up"}
+    finally:
+        await redis.config_set("maxclients", limit)
+    await wait_until(lambda: _healthy(bridge), message="/healthz to answer 200 again")
+
+
+async def _unhealthy(bridge: Bridge) -> tuple[int, dict[str, str], bytes] | None:
+    answer = await http_get(bridge, "/healthz")
+    return answer if answer[0] == 503 else None
+
+
+async def _healthy(bridge: Bridge) -> bool:
+    return (await http_get(bridge, "/healthz"))[0] == 200
+
+
+async def test_queue_redis_reaches_the_tracker(redis_server: RedisServer) -> None:
+    """serve(queue_redis=...) is accepted and handed to the bridge's Tracker, which starts."""
+    async with serve(
+        redis_server.url, "127.0.0.1", 0, secret=SECRET, queue_redis=redis_server.url
+    ) as bridge:
+        assert (await http_get(bridge, "/healthz"))[0] == 200

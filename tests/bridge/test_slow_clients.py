@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
@@ -110,3 +111,99 @@ async def test_a_client_blocked_past_send_timeout_is_closed(
         await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
         slow.transport.abort()
     assert any("read nothing" in record.getMessage() for record in caplog.records)
+
+
+def _server_side(bridge_port: int, client_port: int) -> list[str]:
+    """TCP states of the bridge's end of the connection from ``client_port``."""
+    return [
+        conn.status
+        for conn in psutil.net_connections("tcp")
+        if conn.laddr and conn.laddr.port == bridge_port and conn.raddr
+        if conn.raddr.port == client_port
+    ]
+
+
+@pytest.mark.timeout(60)
+async def test_a_slow_client_is_reset_not_left_in_fin_wait(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """Closing a client that does not read resets the TCP connection: nothing queued lingers."""
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        send_timeout=0.5 * SCALE,
+        close_timeout=0.5 * SCALE,
+        write_limit=1024,
+    ) as bridge:
+        slow = await _stalled_client(bridge)
+        client_port = slow.local_address[1]
+        await slow.send(subscribe("stuck"))
+        await wait_until(lambda: bridge.statistics().subscriptions == 1, message="the subscribe")
+        for n in range(5000):
+            if bridge.statistics().connections == 0:
+                break
+            await advance(strategy, "stuck", S.STARTED, meta={"n": n, "pad": PADDING})
+        await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
+        # A FIN queued behind megabytes the client never reads keeps the socket in
+        # FIN-WAIT-1 for minutes; a reset frees it at once.
+        await wait_until(
+            lambda: not _server_side(bridge.port, client_port), message="the bridge's socket gone"
+        )
+        slow.transport.abort()
+
+
+def _ping(payload: bytes) -> bytes:
+    """A masked PING frame (mask key zero, so the payload goes as is)."""
+    return bytes([0x89, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+@pytest.mark.timeout(120)
+async def test_pings_from_a_client_that_never_reads_cost_bounded_memory(
+    redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """300,000 pings and no read: the bridge stops reading instead of queueing pongs, then
+    closes the client; its memory stays bounded and other clients are served."""
+    await advance(strategy, "other", S.STARTED)
+    async with serve(
+        redis_server.url,
+        "127.0.0.1",
+        0,
+        secret=SECRET,
+        send_timeout=0.5 * SCALE,
+        close_timeout=0.5 * SCALE,
+    ) as bridge:
+        other = await open_client(bridge)
+        await other.send(subscribe("other"))
+        assert (await receive(other))["job_id"] == "other"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", bridge.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.transport.pause_reading()  # from now on, the client reads nothing
+        batch = _ping(b"p" * 100) * 1000
+        before = psutil.Process().memory_info().rss
+        sent = 0
+        try:
+            while sent < 300_000:
+                writer.write(batch)
+                await writer.drain()
+                sent += 1000
+        except ConnectionError:
+            pass  # the bridge gave up on the client: what the fix does
+        growth = psutil.Process().memory_info().rss - before
+        print(f"\n{sent} pings sent; RSS growth {growth / MiB:.2f} MiB")
+        assert growth < 8 * MiB, f"the bridge grew by {growth / MiB:.1f} MiB"
+        state = await advance(strategy, "other", S.STARTED, progress=0.5)
+        frame = await receive(other)
+        assert (frame["job_id"], frame["seq"]) == ("other", state.seq)
+        await wait_until(lambda: bridge.statistics().connections == 1, message="the close")
+        writer.transport.abort()
+        await other.close()
