@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .. import config
 from .._buffer import StateBuffer
 from .._follow import follow
 from ..exceptions import InvalidStateError
@@ -162,6 +163,11 @@ class RedisPubSubStrategy(Connected):
         active_ttl: seconds a job's record is kept after its last change while it
             is not terminal (a job abandoned by every worker disappears eventually).
         tombstone_ttl: seconds the tombstone outlives the record.
+
+            Each of the three, when not given, is the process-wide value of
+            :func:`~immortus_async.configure` when the strategy is built (by
+            default 3600, 86400 and 3600: a finished job is kept an hour, as
+            arq keeps its result).
         fallback: a strategy to answer from for a job with no record of ours (the
             arq strategy, for jobs enqueued by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
@@ -174,23 +180,20 @@ class RedisPubSubStrategy(Connected):
         *,
         prefix: str = DEFAULT_PREFIX,
         # Retention
-        ttl: float = 86_400,
-        active_ttl: float = 7 * 86_400,
-        tombstone_ttl: float = 7 * 86_400,
+        ttl: float | None = None,
+        active_ttl: float | None = None,
+        tombstone_ttl: float | None = None,
         # Reading
         fallback: StateReader | None = None,
         buffer_size: int = 64,
     ) -> None:
-        for name, value in (("ttl", ttl), ("active_ttl", active_ttl)):
-            if value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if tombstone_ttl < 0:
-            raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
+        own = {"ttl": ttl, "active_ttl": active_ttl, "tombstone_ttl": tombstone_ttl}
+        kept = replace(config._retention, **{k: v for k, v in own.items() if v is not None})
         super().__init__(redis, decode=JobState.from_json)
         self.keys = Keys(prefix)
-        self._ttl_ms = str(max(1, int(ttl * 1000)))
-        self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
-        self._tombstone_ms = str(int(tombstone_ttl * 1000))
+        self._ttl_ms = str(max(1, int(kept.ttl * 1000)))
+        self._active_ttl_ms = str(max(1, int(kept.active_ttl * 1000)))
+        self._tombstone_ms = str(int(kept.tombstone_ttl * 1000))
         self._script = self.redis.register_script(_SCRIPT)
         self._beat = self.redis.register_script(_HEARTBEAT)
         self._fallback = fallback
