@@ -16,6 +16,7 @@ import sys
 from types import ModuleType
 from typing import NoReturn
 
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,11 +25,12 @@ from .commands import status, watch
 from .commands._shared import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
+    EXIT_NO_PERMISSION,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
 from .demo import cli as demo_cli
-from .exceptions import RedisUnavailable
+from .exceptions import RedisUnavailable, SubscriptionRefused
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), configure logging, run the subcommand.
 
-    Returns the exit code; a Redis that cannot be reached is reported in one line
-    and exits 69, whichever command met it.
+    Returns the exit code; a Redis that cannot be reached (69) or refuses access
+    (77) is reported in one line, whichever command met it.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -86,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"{parser.prog} {args.command}"
     try:
         code: int = args.run(args)
+    except SubscriptionRefused as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_NO_PERMISSION
+    except (AuthenticationError, NoPermissionError) as exc:
+        print(f"{prog}: Redis refused access: {exc}", file=sys.stderr)
+        return EXIT_NO_PERMISSION
     except RedisUnavailable as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

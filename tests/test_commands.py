@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
 from immortus_async.cli import COMMANDS, build_parser
@@ -197,6 +198,21 @@ async def test_an_unreachable_redis_is_one_line_and_exit_69(command: str) -> Non
     out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
     assert (process.returncode, out) == (69, b""), err.decode()
     assert re.fullmatch(rf"immortus-async {command}: [^\n]*Redis[^\n]*\n", err.decode()), err
+
+
+@pytest.mark.parametrize("command", ["status", "watch"])
+async def test_redis_refusing_access_is_one_line_and_exit_77(
+    redis: Redis, redis_server: RedisServer, command: str
+) -> None:
+    """An ACL user that may read nothing, or a wrong password: one line and 77."""
+    await redis.acl_setuser("nobody", enabled=True, passwords=["+secret"], reset=True)
+    port = redis_server.port
+    for url in (f"redis://nobody:secret@127.0.0.1:{port}/0", f"redis://:wrong@127.0.0.1:{port}/0"):
+        process = await cli(command, "j1", "--redis", url, "--redis-timeout", "1")
+        out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+        assert (process.returncode, out) == (77, b""), err.decode()
+        assert re.fullmatch(rf"immortus-async {command}: [^\n]+\n", err.decode()), err
+        assert "secret" not in err.decode() and "wrong" not in err.decode()
 
 
 async def test_watch_into_a_reader_that_closes_early(

@@ -13,6 +13,8 @@ code  meaning
 4     the job ended without a result: aborted, or expired (its record is gone)
 5     no such job: never seen, or lost by Redis
 69    could not reach Redis (``EX_UNAVAILABLE`` of ``sysexits.h``)
+77    Redis refused access: a wrong password, an ACL user without the keys or
+      channels (``EX_NOPERM``)
 130   interrupted (Ctrl-C)
 141   standard output was closed by its reader (``watch ... | head``), as a
       process killed by ``SIGPIPE`` reports it to its shell
@@ -33,6 +35,7 @@ EXIT_NOT_ENDED = 3
 EXIT_NO_RESULT = 4
 EXIT_NO_JOB = 5
 EXIT_UNAVAILABLE = 69
+EXIT_NO_PERMISSION = 77
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 

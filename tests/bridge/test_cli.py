@@ -12,14 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from immortus_async import RedisServer
+from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import cli as bridge_cli
 from immortus_async.cli import main
 
 from ..utils import SCALE, free_port
 from .conftest import start_bridge_process
-from .helpers import SECRET, BridgeProcess, http_get
+from .helpers import SECRET, BridgeProcess, http_get, token
 
 IMMORTUS = str(Path(sys.executable).with_name("immortus-async"))
 
@@ -110,7 +111,9 @@ async def test_an_unreachable_redis_at_start_is_one_line_and_exit_69() -> None:
     assert re.fullmatch(r"immortus-async bridge: [^\n]*Redis[^\n]*\n", err.decode()), err
 
 
-async def test_reads_redis_url_from_the_environment(redis_server: RedisServer) -> None:
+async def test_reads_redis_url_from_the_environment(
+    redis_server: RedisServer, redis: Redis
+) -> None:
     """Without --redis the bridge serves the Redis of $REDIS_URL, as status and watch do."""
     process = await bridge_command("--port", "0", redis_url=redis_server.url)
     assert process.stderr is not None
@@ -121,6 +124,8 @@ async def test_reads_redis_url_from_the_environment(redis_server: RedisServer) -
             assert line, "the bridge exited:\n" + "".join(lines)
             lines.append(line.decode())
     running = BridgeProcess(process, int(found.group(1)), lines)
-    status, _, body = await http_get(running, "/healthz")
-    assert (status, json.loads(body)["redis"]) == (200, "up")
+    # A job only that Redis knows (another one may answer on the default port).
+    await RedisPubSubStrategy(redis).apply(JobUpdate(job_id="e1", status=JobStatus.STARTED))
+    status, _, body = await http_get(running, f"/verify/e1?token={token('e1')}")
+    assert (status, json.loads(body)["status"]) == (200, "started")
     assert await running.stop() == 0
