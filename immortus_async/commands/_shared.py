@@ -1,6 +1,6 @@
 """What every ``immortus-async`` command shares: its exit codes and its Redis options.
 
-One meaning per exit code, whichever the command:
+The same table for every command:
 
 ====  ===========================================================================
 code  meaning
@@ -80,7 +80,7 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float
     parser.add_argument(
         "--redis",
         type=redis_url,
-        default=os.environ.get(REDIS_URL_ENV, DEFAULT_REDIS_URL),
+        default=os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL,
         metavar="URL",
         help=f"the Redis that holds the tracking records (default: ${REDIS_URL_ENV}, "
         f"else {DEFAULT_REDIS_URL})",
