@@ -187,13 +187,20 @@ class RedisPubSubStrategy(Connected):
         fallback: StateReader | None = None,
         buffer_size: int = 64,
     ) -> None:
-        own = {"ttl": ttl, "active_ttl": active_ttl, "tombstone_ttl": tombstone_ttl}
-        kept = replace(config._retention, **{k: v for k, v in own.items() if v is not None})
+        retention = config._retention
+        ttl = retention.ttl if ttl is None else ttl
+        active_ttl = retention.active_ttl if active_ttl is None else active_ttl
+        tombstone_ttl = retention.tombstone_ttl if tombstone_ttl is None else tombstone_ttl
+        for name, value in (("ttl", ttl), ("active_ttl", active_ttl)):
+            if value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if tombstone_ttl < 0:
+            raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
         super().__init__(redis, decode=JobState.from_json)
         self.keys = Keys(prefix)
-        self._ttl_ms = str(max(1, int(kept.ttl * 1000)))
-        self._active_ttl_ms = str(max(1, int(kept.active_ttl * 1000)))
-        self._tombstone_ms = str(int(kept.tombstone_ttl * 1000))
+        self._ttl_ms = str(max(1, int(ttl * 1000)))
+        self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
+        self._tombstone_ms = str(int(tombstone_ttl * 1000))
         self._script = self.redis.register_script(_SCRIPT)
         self._beat = self.redis.register_script(_HEARTBEAT)
         self._fallback = fallback
