@@ -30,9 +30,9 @@ from .commands._shared import (
     EXIT_USAGE,
 )
 from .demo import cli as demo_cli
-from .exceptions import RedisUnavailable, SubscriptionRefused
+from .exceptions import ImmortusError, RedisUnavailable, SubscriptionRefused
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "log_level", "main"]
 
 COMMANDS: dict[str, ModuleType] = {
     "demo": demo_cli,
@@ -43,6 +43,13 @@ COMMANDS: dict[str, ModuleType] = {
 """Subcommand name -> the module that implements it."""
 
 _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+# A server logs what it does; a command that prints its answer stays quiet unless
+# asked, so that its answer or its one line of failure is all it prints.
+_QUIET_COMMANDS = {"status", "watch"}
+
+# What Redis answers when it is reached but refuses: a wrong password, an ACL user
+# without the commands, keys or channels it needs.
+_REFUSALS = (AuthenticationError, NoPermissionError, SubscriptionRefused)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     ``--log-level`` goes before or after the subcommand.
     """
     parser = _Parser(prog="immortus-async")
-    parser.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS, help="(%(default)s)")
+    log_help = "(default: WARNING for status and watch, INFO for the others)"
+    parser.add_argument("--log-level", choices=_LOG_LEVELS, help=log_help)
     # After the subcommand, --log-level sets the level only when given, so that it
     # does not undo one given before.
     common = _Parser(add_help=False)
     common.add_argument(
-        "--log-level", default=argparse.SUPPRESS, choices=_LOG_LEVELS, help="(INFO)"
+        "--log-level", default=argparse.SUPPRESS, choices=_LOG_LEVELS, help=log_help
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -72,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """The level of the parsed command line: the one given, else the command's own."""
+    given: str | None = args.log_level
+    return given or ("WARNING" if args.command in _QUIET_COMMANDS else "INFO")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,24 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     prog = f"{parser.prog} {args.command}"
     try:
         code: int = args.run(args)
-    except SubscriptionRefused as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_NO_PERMISSION
-    except (AuthenticationError, NoPermissionError) as exc:
-        print(f"{prog}: Redis refused access: {exc}", file=sys.stderr)
-        return EXIT_NO_PERMISSION
-    except RedisUnavailable as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        # redis-py's own message names the host and port, never the password.
-        print(f"{prog}: cannot reach Redis: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    except (RedisUnavailable, *_REFUSALS, RedisConnectionError, RedisTimeoutError) as exc:
+        refused = _refused(exc)
+        if isinstance(exc, ImmortusError):
+            line = str(exc)
+        else:
+            # redis-py's own message names the host and port, never the password.
+            line = f"{'Redis refused access' if refused else 'cannot reach Redis'}: {exc}"
+        print(f"{prog}: {line}", file=sys.stderr)
+        return EXIT_NO_PERMISSION if refused else EXIT_UNAVAILABLE
     except BrokenPipeError:
         # The reader of stdout has gone (`watch ... | head`): stop quietly, as a
         # writer killed by SIGPIPE does; stdout now leads nowhere, so that Python's
@@ -110,6 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return code
+
+
+def _refused(exc: BaseException) -> bool:
+    """True if Redis refused rather than could not be reached, here or in a cause
+    (a ``RedisUnavailable`` that gave up on a wrong password)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, _REFUSALS):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 if __name__ == "__main__":

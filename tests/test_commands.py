@@ -17,7 +17,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
-from immortus_async.cli import COMMANDS, build_parser
+from immortus_async.cli import COMMANDS, build_parser, log_level
 from immortus_async.commands.watch import render_bar
 from immortus_async.state import JobState
 
@@ -241,7 +241,8 @@ async def test_watch_into_a_reader_that_closes_early(
 @pytest.mark.parametrize(
     ("argv", "level"),
     [
-        (["status", "j"], "INFO"),
+        (["status", "j"], "WARNING"),
+        (["bridge"], "INFO"),
         (["--log-level", "DEBUG", "watch", "j"], "DEBUG"),
         (["status", "j", "--log-level", "DEBUG"], "DEBUG"),
         (["--log-level", "ERROR", "bridge", "--log-level", "WARNING"], "WARNING"),
@@ -249,8 +250,9 @@ async def test_watch_into_a_reader_that_closes_early(
     ],
 )
 def test_log_level_goes_before_or_after_the_subcommand(argv: list[str], level: str) -> None:
-    """--log-level is read before the subcommand and after it; the later one wins."""
-    assert build_parser().parse_args(argv).log_level == level
+    """--log-level is read before the subcommand and after it (the later one wins);
+    status and watch default to WARNING, the servers to INFO."""
+    assert log_level(build_parser().parse_args(argv)) == level
 
 
 def test_every_command_reads_its_redis_from_the_environment(
