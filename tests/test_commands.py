@@ -250,8 +250,7 @@ async def test_watch_into_a_reader_that_closes_early(
     ],
 )
 def test_log_level_goes_before_or_after_the_subcommand(argv: list[str], level: str) -> None:
-    """--log-level is read before the subcommand and after it (the later one wins);
-    status and watch default to WARNING, the servers to INFO."""
+    """--log-level before or after the subcommand (the later wins); else per command."""
     assert log_level(build_parser().parse_args(argv)) == level
 
 
@@ -292,8 +291,8 @@ async def test_a_bad_value_is_one_line_and_the_usage_exit_code(argv: list[str]) 
 async def test_status_uses_the_queue_redis_for_untracked_jobs(
     redis_server: RedisServer, pool: ArqRedis
 ) -> None:
-    """--queue-redis: an untracked arq job on the queue's Redis is read there, tracking
-    living on another Redis (needs Tracker(queue_redis=...), built on another branch)."""
+    """--queue-redis: an untracked job is read on the queue's Redis, not the tracking one."""
+    # Needs Tracker(queue_redis=), from the hub's branch.
     with RedisServer() as tracking:
         plain = await pool.enqueue_job("untracked")
         assert plain is not None

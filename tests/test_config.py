@@ -159,8 +159,7 @@ def test_entry_point_group_name() -> None:
 async def test_default_retention_is_an_hour_after_the_end(
     plain_tracker: Tracker, redis: Redis
 ) -> None:
-    """Nothing configured: a running job kept a day, a finished one an hour (as arq keeps
-    its result), its tombstone an hour more."""
+    """Nothing configured: a record lives a day while running, an hour once ended (+ tombstone)."""
     strategy = plain_tracker.strategy()
     assert isinstance(strategy, RedisPubSubStrategy)
     await strategy.apply(JobUpdate(job_id="d", status=JobStatus.STARTED))
@@ -172,8 +171,7 @@ async def test_default_retention_is_an_hour_after_the_end(
 
 
 async def test_configured_retention_holds_on_both_sides(pool: ArqRedis, redis: Redis) -> None:
-    """configure(ttl=, tombstone_ttl=, active_ttl=) is what the web process (queued) and
-    a real arq worker (the end) both write, through the strategies they build by name."""
+    """configure()'s retention is what the web process (queued) and a real worker both write."""
     configure(ttl=120, tombstone_ttl=30, active_ttl=600)
     async with Tracker(pool) as tracker:
         strategy = tracker.strategy()
@@ -202,8 +200,7 @@ async def test_a_strategy_s_own_retention_wins(redis: Redis) -> None:
     [{"ttl": 0}, {"active_ttl": -1}, {"tombstone_ttl": -1}, {"ttl": "3600"}, {"ttl": True}],
 )
 def test_configure_refuses_a_bad_retention(retention: dict[str, Any]) -> None:
-    """A retention that is not a number of seconds (positive; >= 0 for the tombstone)
-    raises ValueError naming it, and changes nothing."""
+    """A retention that is no (positive) number of seconds raises ValueError, changing nothing."""
     before = config_module._retention
     with pytest.raises(ValueError, match=next(iter(retention))):
         configure(tracking_strategy="memory", **retention)

@@ -102,8 +102,8 @@ async def test_a_port_out_of_range_is_one_line_and_the_usage_exit_code() -> None
 
 
 async def test_an_unreachable_redis_at_start_is_one_line_and_exit_69() -> None:
-    """A Redis nobody serves: one line and exit 69 instead of listening (needs the
-    Bridge.start() PING, built on another branch)."""
+    """A Redis nobody serves: one line and exit 69 instead of listening."""
+    # Needs Bridge.start()'s PING and serve(queue_redis=), from the bridge's branch.
     url = f"redis://127.0.0.1:{free_port()}/0"
     process = await bridge_command("--redis", url, "--port", "0", "--redis-timeout", "1")
     _, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
