@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
-from immortus_async.cli import COMMANDS
+from immortus_async.cli import COMMANDS, build_parser, log_level
 from immortus_async.commands.watch import render_bar
 from immortus_async.state import JobState
 
-from .utils import SCALE, run_worker
+from .utils import SCALE, free_port, run_worker
 
 S = JobStatus
 
@@ -51,20 +54,28 @@ async def writer(redis_server: RedisServer) -> AsyncIterator[RedisPubSubStrategy
     await strategy.aclose()
 
 
+# The command as installed, the one a user runs.
+IMMORTUS = str(Path(sys.executable).with_name("immortus-async"))
+
+
 async def cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "immortus_async.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        IMMORTUS, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+def unreachable() -> str:
+    """The URL of a Redis that nobody serves."""
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 @pytest.mark.parametrize(
-    ("final", "code"), [(S.FINISHED, 0), (S.FAILED, 1), (S.STARTED, 2), (S.ABORTED, 2)]
+    ("final", "code"), [(S.FINISHED, 0), (S.FAILED, 1), (S.STARTED, 3), (S.ABORTED, 4)]
 )
 async def test_status_prints_state_and_exit_code(
     writer: RedisPubSubStrategy, redis_server: RedisServer, final: JobStatus, code: int
 ) -> None:
-    """status prints the state and exits 0 finished, 1 failed, 2 anything else."""
+    """status prints the state; exits 0 finished, 1 failed, 3 not ended, 4 aborted."""
     error = "ValueError: bad row" if final is S.FAILED else None
     await writer.apply(JobUpdate(job_id="s1", status=S.STARTED, meta={"rows": 3}))
     if final is not S.STARTED:
@@ -82,10 +93,10 @@ async def test_status_prints_state_and_exit_code(
 
 
 async def test_status_of_unknown_job(redis_server: RedisServer) -> None:
-    """An id never seen prints unknown and exits 2."""
+    """An id never seen prints unknown and exits 5."""
     process = await cli("status", "nobody", "--redis", redis_server.url)
     out, _ = await process.communicate()
-    assert process.returncode == 2 and "nobody: unknown" in out.decode()
+    assert process.returncode == 5 and "nobody: unknown" in out.decode()
 
 
 async def test_watch_follows_to_the_end(
@@ -107,10 +118,10 @@ async def test_watch_follows_to_the_end(
 
 
 async def test_watch_unknown_job_exits_at_once(redis_server: RedisServer) -> None:
-    """watch on an id never seen says so and exits 2 instead of waiting."""
+    """watch on an id never seen says so and exits 5 instead of waiting."""
     process = await cli("watch", "ghost", "--redis", redis_server.url)
     _, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2 and "no job 'ghost'" in err.decode()
+    assert process.returncode == 5 and "no job 'ghost'" in err.decode()
 
 
 def test_render_bar_fits_the_terminal() -> None:
@@ -132,7 +143,7 @@ async def test_help_lists_every_command() -> None:
 async def test_status_of_real_arq_jobs(
     pool: ArqRedis, tracker: Tracker, redis_server: RedisServer
 ) -> None:
-    """status on real arq jobs: queued 2, finished 0, failed 1, untracked read from arq."""
+    """status on real arq jobs: queued 3, finished 0, failed 1, untracked read from arq."""
     counted = await tracker.enqueue(pool, "count", 3)
     refused = await tracker.enqueue(pool, "refuse")
     plain = await pool.enqueue_job("untracked")
@@ -144,7 +155,7 @@ async def test_status_of_real_arq_jobs(
         assert not err, err.decode()
         return process.returncode, out.decode().strip()
 
-    assert await status(counted.job_id) == (2, f"{counted.job_id}: queued")
+    assert await status(counted.job_id) == (3, f"{counted.job_id}: queued")
     await run_worker(pool, JOBS)
     assert await status(counted.job_id) == (0, f"{counted.job_id}: finished  100%  done=3")
     failed = f"{refused.job_id}: failed  error: ValueError: bad row 7"
@@ -178,3 +189,117 @@ async def test_watch_follows_a_real_arq_job_to_its_exit_code(
     assert lines[0].startswith(f"{job.job_id}: started")
     assert lines[-1].startswith(f"{job.job_id}: {last}"), lines
     assert process.returncode == code, err.decode()
+
+
+@pytest.mark.parametrize("command", ["status", "watch"])
+async def test_an_unreachable_redis_is_one_line_and_exit_69(command: str) -> None:
+    """status/watch on a Redis nobody serves: one line on stderr and 69, not 1 (failed)."""
+    process = await cli(command, "j1", "--redis", unreachable(), "--redis-timeout", "1")
+    out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert (process.returncode, out) == (69, b""), err.decode()
+    assert re.fullmatch(rf"immortus-async {command}: [^\n]*Redis[^\n]*\n", err.decode()), err
+
+
+@pytest.mark.parametrize("command", ["status", "watch"])
+async def test_redis_refusing_access_is_one_line_and_exit_77(
+    redis: Redis, redis_server: RedisServer, command: str
+) -> None:
+    """An ACL user that may read nothing, or a wrong password: one line and 77."""
+    await redis.acl_setuser("nobody", enabled=True, passwords=["+secret"], reset=True)
+    port = redis_server.port
+    for url in (f"redis://nobody:secret@127.0.0.1:{port}/0", f"redis://:wrong@127.0.0.1:{port}/0"):
+        process = await cli(command, "j1", "--redis", url, "--redis-timeout", "1")
+        out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+        assert (process.returncode, out) == (77, b""), err.decode()
+        assert re.fullmatch(rf"immortus-async {command}: [^\n]+\n", err.decode()), err
+        assert "secret" not in err.decode() and "wrong" not in err.decode()
+
+
+async def test_watch_into_a_reader_that_closes_early(
+    writer: RedisPubSubStrategy, redis_server: RedisServer
+) -> None:
+    """watch piped into a reader that leaves (``| head -n 1``) stops quietly with 141."""
+    await writer.apply(JobUpdate(job_id="p1", status=S.QUEUED, attempt=0))
+    read_end, write_end = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        IMMORTUS, "watch", "p1", "--redis", redis_server.url, "--timeout", "30",
+        stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    head = await asyncio.create_subprocess_exec(
+        "head", "-n", "1", stdin=read_end, stdout=asyncio.subprocess.PIPE
+    )
+    os.close(write_end)
+    os.close(read_end)
+    first, _ = await asyncio.wait_for(head.communicate(), 30 * SCALE)
+    assert first == b"p1: queued\n"
+    # head is gone: the line watch prints for this change meets a closed pipe.
+    await writer.apply(JobUpdate(job_id="p1", status=S.STARTED, progress=0.5))
+    _, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert (process.returncode, err.decode()) == (141, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["status", "j"], "WARNING"),
+        (["bridge"], "INFO"),
+        (["--log-level", "DEBUG", "watch", "j"], "DEBUG"),
+        (["status", "j", "--log-level", "DEBUG"], "DEBUG"),
+        (["--log-level", "ERROR", "bridge", "--log-level", "WARNING"], "WARNING"),
+        (["--log-level", "ERROR", "bridge"], "ERROR"),
+    ],
+)
+def test_log_level_goes_before_or_after_the_subcommand(argv: list[str], level: str) -> None:
+    """--log-level before or after the subcommand (the later wins); else per command."""
+    assert log_level(build_parser().parse_args(argv)) == level
+
+
+def test_every_command_reads_its_redis_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$REDIS_URL and $QUEUE_REDIS_URL are the defaults of status, watch and bridge."""
+    monkeypatch.setenv("REDIS_URL", "redis://tracking.example:6379/1")
+    monkeypatch.setenv("QUEUE_REDIS_URL", "redis://queue.example:6379/0")
+    for argv in (["status", "j"], ["watch", "j"], ["bridge"]):
+        args = build_parser().parse_args(argv)
+        assert (args.redis, args.queue_redis) == (
+            "redis://tracking.example:6379/1",
+            "redis://queue.example:6379/0",
+        ), argv
+        assert build_parser().parse_args([*argv, "--queue-redis", "redis://q:1"]).queue_redis
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "j", "--redis", "localhost:6379"],
+        ["watch", "j", "--timeout", "-1"],
+        ["status", "j", "--redis-timeout", "0"],
+        ["bridge", "--port", "99999"],
+        ["bridge", "--queue-redis", "http://x"],
+    ],
+)
+async def test_a_bad_value_is_one_line_and_the_usage_exit_code(argv: list[str]) -> None:
+    """A bad option value: one line naming the option, exit 2, before any Redis is used."""
+    process = await cli(*argv)
+    out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert (process.returncode, out) == (2, b""), err.decode()
+    option = next(arg for arg in argv if arg.startswith("--"))
+    assert re.fullmatch(rf"immortus-async {argv[0]}: argument {option}: [^\n]+\n", err.decode())
+
+
+async def test_status_uses_the_queue_redis_for_untracked_jobs(
+    redis_server: RedisServer, pool: ArqRedis
+) -> None:
+    """--queue-redis: an untracked job is read on the queue's Redis, not the tracking one."""
+    # Needs Tracker(queue_redis=), from the hub's branch.
+    with RedisServer() as tracking:
+        plain = await pool.enqueue_job("untracked")
+        assert plain is not None
+        await run_worker(pool, JOBS)
+        process = await cli(
+            "status", plain.job_id, "--redis", tracking.url, "--queue-redis", redis_server.url
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert out.decode().strip() == f"{plain.job_id}: finished  100%", err.decode()
+    assert process.returncode == 0

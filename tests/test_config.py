@@ -1,12 +1,19 @@
-"""Strategy resolution: inline > global > inferred; names, classes, instances, paths."""
+"""Strategy resolution: inline > global > inferred; names, classes, instances, paths;
+the process-wide retention of records."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 import immortus_async
 from immortus_async import (
+    JobStatus,
+    JobUpdate,
     MemoryStrategy,
     RedisPubSubStrategy,
     StrategyNotFound,
@@ -14,10 +21,40 @@ from immortus_async import (
     configure,
     register_strategy,
     resolve_strategy,
+    tracked,
 )
+from immortus_async import config as config_module
 from immortus_async.config import set_inline_strategy
 
 from .strategies_for_tests import OnlyCompleted
+from .utils import run_worker
+
+HOUR, DAY = 3_600_000, 86_400_000  # in ms, as PTTL answers
+
+
+@pytest.fixture(autouse=True)
+def _restore_retention(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test leaves the process-wide retention as it found it."""
+    monkeypatch.setattr(config_module, "_retention", config_module._retention)
+    yield
+
+
+@tracked
+async def settle(ctx: dict[str, Any]) -> str:
+    """A tracked job for the retention tests."""
+    return "done"
+
+
+async def ttls(redis: Redis, strategy: RedisPubSubStrategy, job_id: str) -> tuple[int, int]:
+    """The PTTL of the job's record and of its tombstone, in ms (-2: no such key)."""
+    record = await redis.pttl(strategy.keys.record(job_id))
+    tombstone = await redis.pttl(strategy.keys.tombstone(job_id))
+    return record, tombstone
+
+
+def within(ms: int, expected: int) -> bool:
+    """PTTL just after the write: set to ``expected``, a moment of it already gone."""
+    return expected // 2 < ms <= expected
 
 
 async def job_function(ctx: dict[str, object]) -> None:
@@ -117,3 +154,54 @@ def test_configure_fails_early() -> None:
 def test_entry_point_group_name() -> None:
     """The entry-point group is the documented one."""
     assert immortus_async.ENTRY_POINT_GROUP == "immortus_async.strategies"
+
+
+async def test_default_retention_is_an_hour_after_the_end(
+    plain_tracker: Tracker, redis: Redis
+) -> None:
+    """Nothing configured: a record lives a day while running, an hour once ended (+ tombstone)."""
+    strategy = plain_tracker.strategy()
+    assert isinstance(strategy, RedisPubSubStrategy)
+    await strategy.apply(JobUpdate(job_id="d", status=JobStatus.STARTED))
+    record, tombstone = await ttls(redis, strategy, "d")
+    assert within(record, DAY) and tombstone == -2
+    await strategy.apply(JobUpdate(job_id="d", status=JobStatus.FINISHED))
+    record, tombstone = await ttls(redis, strategy, "d")
+    assert within(record, HOUR) and within(tombstone, 2 * HOUR)
+
+
+async def test_configured_retention_holds_on_both_sides(pool: ArqRedis, redis: Redis) -> None:
+    """configure()'s retention is what the web process (queued) and a real worker both write."""
+    configure(ttl=120, tombstone_ttl=30, active_ttl=600)
+    async with Tracker(pool) as tracker:
+        strategy = tracker.strategy()
+        assert isinstance(strategy, RedisPubSubStrategy)
+        job = await tracker.enqueue(pool, "settle")
+        assert job is not None
+        record, tombstone = await ttls(redis, strategy, job.job_id)
+        assert within(record, 600_000) and tombstone == -2
+        await run_worker(pool, [settle])
+        assert (await tracker.status(job.job_id)).status is JobStatus.FINISHED
+        record, tombstone = await ttls(redis, strategy, job.job_id)
+    assert within(record, 120_000) and within(tombstone, 150_000)
+
+
+async def test_a_strategy_s_own_retention_wins(redis: Redis) -> None:
+    """Arguments given to RedisPubSubStrategy beat configure(); the others come from it."""
+    configure(ttl=120, tombstone_ttl=30)
+    strategy = RedisPubSubStrategy(redis, ttl=60)
+    await strategy.apply(JobUpdate(job_id="o", status=JobStatus.FAILED, error="x"))
+    record, tombstone = await ttls(redis, strategy, "o")
+    assert within(record, 60_000) and within(tombstone, 90_000)
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [{"ttl": 0}, {"active_ttl": -1}, {"tombstone_ttl": -1}, {"ttl": "3600"}, {"ttl": True}],
+)
+def test_configure_refuses_a_bad_retention(retention: dict[str, Any]) -> None:
+    """A retention that is no (positive) number of seconds raises ValueError, changing nothing."""
+    before = config_module._retention
+    with pytest.raises(ValueError, match=next(iter(retention))):
+        configure(tracking_strategy="memory", **retention)
+    assert (config_module._retention, config_module._global_strategy) == (before, None)

@@ -8,9 +8,11 @@ import gc
 import signal
 import sys
 
+from ..commands._shared import EXIT_FAILED, EXIT_USAGE, add_redis_arguments, port
+from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..tokens import SECRET_ENV, read_secret
-from .server import DEFAULT_REDIS_URL, serve
+from .server import serve
 
 __all__ = ["add_arguments", "run"]
 
@@ -21,9 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"Push job states to browsers over websockets. The token signing secret is "
         f"read from ${SECRET_ENV} (at least 32 bytes)."
     )
-    parser.add_argument("--redis", default=DEFAULT_REDIS_URL, help="Redis URL (%(default)s)")
+    # The bridge's own default: how long start-up, /verify and /healthz wait on Redis.
+    add_redis_arguments(parser, redis_timeout=5.0)
     parser.add_argument("--host", default="127.0.0.1", help="interface (%(default)s)")
-    parser.add_argument("--port", type=int, default=8765, help="port, 0 for any (%(default)s)")
+    parser.add_argument("--port", type=port, default=8765, help="port, 0 for any (%(default)s)")
     parser.add_argument(
         "--allowed-origin",
         action="append",
@@ -49,20 +52,22 @@ def run(args: argparse.Namespace) -> int:
             secret = read_secret()
         except ValueError as exc:
             print(f"immortus-async bridge: ${SECRET_ENV}: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if secret is None:
             print(
                 f"immortus-async bridge: set ${SECRET_ENV} to the token signing secret "
                 "(or pass --insecure-no-auth for development)",
                 file=sys.stderr,
             )
-            return 2
+            return EXIT_USAGE
     _tune_garbage_collector()
     try:
         asyncio.run(_serve(args))
-    except OSError as exc:
+    except RedisUnavailable:
+        raise  # an OSError too, but reported as every command reports it: by main()
+    except OSError as exc:  # cannot listen: address in use, not allowed
         print(f"immortus-async bridge: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 
@@ -100,5 +105,7 @@ async def _serve(args: argparse.Namespace) -> None:
         prefix=args.prefix,
         insecure_no_auth=args.insecure_no_auth,
         allowed_origins=args.allowed_origin,
+        queue_redis=args.queue_redis,
+        redis_timeout=args.redis_timeout,
     ):
         await stop.wait()

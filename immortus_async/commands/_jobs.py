@@ -1,25 +1,35 @@
-"""What the job subcommands share: their Redis options, the exit code, a summary."""
+"""What the job subcommands share: their options, their exit code, a summary."""
 
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..keys import DEFAULT_PREFIX
 from ..state import JobState
 from ..status import JobStatus
+from ..tracker import Tracker
+from ._shared import (
+    EXIT_FAILED,
+    EXIT_FINISHED,
+    EXIT_NO_JOB,
+    EXIT_NO_RESULT,
+    EXIT_NOT_ENDED,
+    add_redis_arguments,
+)
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_OTHER = 0, 1, 2
+_EXIT_CODES = {
+    JobStatus.FINISHED: EXIT_FINISHED,
+    JobStatus.FAILED: EXIT_FAILED,
+    JobStatus.ABORTED: EXIT_NO_RESULT,
+    JobStatus.EXPIRED: EXIT_NO_RESULT,
+    JobStatus.UNKNOWN: EXIT_NO_JOB,
+}
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float) -> None:
     """The job id and where to find it."""
     parser.add_argument("job_id", help="the job's id (arq's job id)")
-    parser.add_argument(
-        "--redis",
-        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="Redis URL (default: $REDIS_URL, else %(default)s)",
-    )
+    add_redis_arguments(parser, redis_timeout=redis_timeout)
     parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help="key and channel prefix (%(default)s)"
     )
@@ -28,13 +38,19 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def tracker(args: argparse.Namespace) -> Tracker:
+    """The Tracker the options describe."""
+    return Tracker(
+        args.redis,
+        prefix=args.prefix,
+        queue_redis=args.queue_redis,
+        unreachable_timeout=args.redis_timeout,
+    )
+
+
 def exit_code(state: JobState) -> int:
-    """0 for finished, 1 for failed, 2 for anything else."""
-    if state.status is JobStatus.FINISHED:
-        return EXIT_FINISHED
-    if state.status is JobStatus.FAILED:
-        return EXIT_FAILED
-    return EXIT_OTHER
+    """0 finished, 1 failed, 3 not ended, 4 aborted or expired, 5 unknown."""
+    return _EXIT_CODES.get(state.status, EXIT_NOT_ENDED)
 
 
 def summary(state: JobState) -> str:

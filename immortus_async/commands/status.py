@@ -1,4 +1,4 @@
-"""Print a job's state now; exit 0 if finished, 1 if failed, 2 otherwise."""
+"""Print a job's state now; the exit code says how it stands (0 finished, 1 failed)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import argparse
 import asyncio
 import json
 
-from ..tracker import Tracker
-from ._jobs import add_job_arguments, exit_code, summary
+from ._jobs import add_job_arguments, exit_code, summary, tracker
 
 __all__ = ["add_arguments", "run"]
+
+# status answers now: a Redis that does not answer within this is reported.
+_REDIS_TIMEOUT = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job to look at, and ``--json`` for the wire form."""
     parser.description = __doc__
-    add_job_arguments(parser)
+    add_job_arguments(parser, redis_timeout=_REDIS_TIMEOUT)
     parser.add_argument("--json", action="store_true", help="print the state as JSON")
 
 
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with Tracker(args.redis, prefix=args.prefix) as tracker:
-        state = await tracker.status(args.job_id, function=args.function)
+    async with tracker(args) as reader:
+        state = await reader.status(args.job_id, function=args.function)
     print(json.dumps(state.to_dict(), indent=2) if args.json else summary(state))
     return exit_code(state)

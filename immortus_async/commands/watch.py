@@ -11,18 +11,21 @@ from typing import TextIO
 from ..exceptions import JobNotFound
 from ..state import JobState
 from ..status import JobStatus
-from ..tracker import Tracker
-from ._jobs import EXIT_OTHER, add_job_arguments, exit_code, summary
+from ._jobs import add_job_arguments, exit_code, summary, tracker
+from ._shared import EXIT_NO_JOB, EXIT_NOT_ENDED, seconds
 
 __all__ = ["add_arguments", "render_bar", "run"]
+
+# A watch rides out a Redis restart or failover this long (the Tracker's default).
+_REDIS_TIMEOUT = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job to follow, and how long to wait."""
     parser.description = __doc__
-    add_job_arguments(parser)
+    add_job_arguments(parser, redis_timeout=_REDIS_TIMEOUT)
     parser.add_argument(
-        "--timeout", type=float, default=None, help="give up after this many seconds"
+        "--timeout", type=seconds, default=None, help="give up after this many seconds"
     )
 
 
@@ -40,21 +43,21 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_watch(args, sys.stdout))
     except JobNotFound as exc:
         print(f"immortus-async watch: {exc}", file=sys.stderr)
-        return EXIT_OTHER
+        return EXIT_NO_JOB
     except TimeoutError:
         print(f"immortus-async watch: still running after {args.timeout}s", file=sys.stderr)
-        return EXIT_OTHER
+        return EXIT_NOT_ENDED
 
 
 async def _watch(args: argparse.Namespace, out: TextIO) -> int:
     live = out.isatty()
-    async with Tracker(args.redis, prefix=args.prefix) as tracker:
+    async with tracker(args) as reader:
         # completed()'s checks (unknown job, timeout) with watch()'s every change.
-        first = await tracker.status(args.job_id, function=args.function)
+        first = await reader.status(args.job_id, function=args.function)
         if first.status is JobStatus.UNKNOWN:
             raise JobNotFound(args.job_id)
         async with asyncio.timeout(args.timeout):
-            async for state in tracker.watch(args.job_id, function=args.function):
+            async for state in reader.watch(args.job_id, function=args.function):
                 if live:
                     width = shutil.get_terminal_size().columns - 1
                     out.write("\r" + render_bar(state, width).ljust(width))

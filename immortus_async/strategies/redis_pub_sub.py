@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .. import config
 from .._buffer import StateBuffer
 from .._follow import follow
 from ..exceptions import InvalidStateError
@@ -162,6 +163,11 @@ class RedisPubSubStrategy(Connected):
         active_ttl: seconds a job's record is kept after its last change while it
             is not terminal (a job abandoned by every worker disappears eventually).
         tombstone_ttl: seconds the tombstone outlives the record.
+
+            Each of the three, when not given, is the process-wide value of
+            :func:`~immortus_async.configure` when the strategy is built (by
+            default 3600, 86400 and 3600: a finished job is kept an hour, as
+            arq keeps its result).
         fallback: a strategy to answer from for a job with no record of ours (the
             arq strategy, for jobs enqueued by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
@@ -177,14 +183,18 @@ class RedisPubSubStrategy(Connected):
         *,
         prefix: str = DEFAULT_PREFIX,
         # Retention
-        ttl: float = 86_400,
-        active_ttl: float = 7 * 86_400,
-        tombstone_ttl: float = 7 * 86_400,
+        ttl: float | None = None,
+        active_ttl: float | None = None,
+        tombstone_ttl: float | None = None,
         # Reading
         fallback: StateReader | None = None,
         buffer_size: int = 64,
         unreachable_timeout: float | None = 30.0,
     ) -> None:
+        retention = config._retention
+        ttl = retention.ttl if ttl is None else ttl
+        active_ttl = retention.active_ttl if active_ttl is None else active_ttl
+        tombstone_ttl = retention.tombstone_ttl if tombstone_ttl is None else tombstone_ttl
         for name, value in (("ttl", ttl), ("active_ttl", active_ttl)):
             if value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
+import os
+import re
+import sys
+from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
-from immortus_async import RedisServer
+from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import cli as bridge_cli
 from immortus_async.cli import main
 
+from ..utils import SCALE, free_port
 from .conftest import start_bridge_process
-from .helpers import http_get
+from .helpers import SECRET, BridgeProcess, http_get, token
+
+IMMORTUS = str(Path(sys.executable).with_name("immortus-async"))
 
 
-def test_options_and_defaults() -> None:
+async def bridge_command(*args: str, redis_url: str | None = None) -> asyncio.subprocess.Process:
+    """``immortus-async bridge ...`` with the secret set and $REDIS_URL as given."""
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return await asyncio.create_subprocess_exec(
+        IMMORTUS, "bridge", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**env, "IMMORTUS_SECRET": SECRET},
+    )  # fmt: skip
+
+
+def test_options_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented options parse; --allowed-origin repeats; there is no --secret."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("QUEUE_REDIS_URL", raising=False)
     parser = argparse.ArgumentParser()
     bridge_cli.add_arguments(parser)
     args = parser.parse_args(
@@ -26,6 +49,7 @@ def test_options_and_defaults() -> None:
     assert args.allowed_origin == ["https://a.x", "https://b.x"]
     assert (args.redis, args.host, args.port) == ("redis://127.0.0.1:6379/0", "127.0.0.1", 0)
     assert (args.insecure_no_auth, args.prefix) == (False, "immortus:")
+    assert (args.queue_redis, args.redis_timeout) == (None, 5.0)
     with pytest.raises(SystemExit):
         parser.parse_args(["--secret", "x"])
 
@@ -67,3 +91,41 @@ def test_the_bridge_process_tunes_its_garbage_collector() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+async def test_a_port_out_of_range_is_one_line_and_the_usage_exit_code() -> None:
+    """--port 99999: one line naming --port and exit 2, not an OverflowError."""
+    process = await bridge_command("--port", "99999")
+    _, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert process.returncode == 2, err.decode()
+    assert re.fullmatch(r"immortus-async bridge: argument --port: [^\n]+\n", err.decode()), err
+
+
+async def test_an_unreachable_redis_at_start_is_one_line_and_exit_69() -> None:
+    """A Redis nobody serves: one line and exit 69 instead of listening."""
+    # Needs Bridge.start()'s PING and serve(queue_redis=), from the bridge's branch.
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    process = await bridge_command("--redis", url, "--port", "0", "--redis-timeout", "1")
+    _, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert process.returncode == 69, err.decode()
+    assert re.fullmatch(r"immortus-async bridge: [^\n]*Redis[^\n]*\n", err.decode()), err
+
+
+async def test_reads_redis_url_from_the_environment(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """Without --redis the bridge serves the Redis of $REDIS_URL, as status and watch do."""
+    process = await bridge_command("--port", "0", redis_url=redis_server.url)
+    assert process.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(20 * SCALE):
+        while not (found := re.search(r"listening on ws://[^:]+:(\d+)", "".join(lines))):
+            line = await process.stderr.readline()
+            assert line, "the bridge exited:\n" + "".join(lines)
+            lines.append(line.decode())
+    running = BridgeProcess(process, int(found.group(1)), lines)
+    # A job only that Redis knows (another one may answer on the default port).
+    await RedisPubSubStrategy(redis).apply(JobUpdate(job_id="e1", status=JobStatus.STARTED))
+    status, _, body = await http_get(running, f"/verify/e1?token={token('e1')}")
+    assert (status, json.loads(body)["status"]) == (200, "started")
+    assert await running.stop() == 0
