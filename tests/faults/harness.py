@@ -50,6 +50,10 @@ JOBS = 1000 if SOAK else 200
 """Tracked jobs per scenario; as many untracked twins run beside them."""
 REPEAT = 3 if SOAK else 1
 """How many times a scenario causes its fault."""
+IN_PROGRESS = 3.0 * SCALE
+"""Seconds a job's arq in-progress key lives: when a fault leaves it behind with no
+worker running the job (a killed worker, a start whose reply Redis never sent),
+arq runs the job again after that long (its default is the timeout plus 10 s)."""
 SETTLE = 12.0 * SCALE
 """Seconds after the last fault by which every waiter must have its answer."""
 
@@ -385,6 +389,10 @@ class Run:
         self.waiters: list[Waiter] = []
         self.clients: list[BridgeClient] = []
         self.workers: list[Spawned] = []
+        self._killed: set[Spawned] = set()
+        self._worker_options: tuple[str, ...] = ()
+        self.worker_exits: list[str] = []
+        """Workers that exited on their own (and were started again)."""
         self.bridge = BridgeProcess(server.url)
         self.fault_ended: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -414,8 +422,7 @@ class Run:
 
     async def _stop_processes(self) -> None:
         for worker in self.workers:
-            if worker.process.returncode is None:
-                await worker.stop(signal.SIGKILL)
+            await self.kill_worker(worker)
         await self.bridge.kill()
 
     # Setting up
@@ -447,13 +454,29 @@ class Run:
             self.clients.append(client)
             self._spawn(client.run())
         await self._until_subscribed()
-        self.workers = list(
-            await asyncio.gather(*(self.start_worker(*worker_options) for _ in range(workers)))
-        )
+        self._worker_options = ("--in-progress", str(IN_PROGRESS), *worker_options)
+        await asyncio.gather(*(self.start_worker() for _ in range(workers)))
 
-    async def start_worker(self, *options: str) -> Spawned:
-        """Start one more worker process."""
-        return await start_worker(self.server.url, *options)
+    async def start_worker(self) -> Spawned:
+        """Start one more worker process, supervised: one that exits on its own (arq's
+        loop dies on some Redis errors) is noted and replaced, as a supervisor would."""
+        worker = await start_worker(self.server.url, *self._worker_options)
+        self.workers.append(worker)
+        self._spawn(self._supervise(worker))
+        return worker
+
+    async def _supervise(self, worker: Spawned) -> None:
+        status = await worker.process.wait()
+        if worker not in self._killed:
+            last = worker.lines[-1] if worker.lines else ""
+            self.worker_exits.append(f"exit status {status}: {last}")
+            await self.start_worker()
+
+    async def kill_worker(self, worker: Spawned) -> None:
+        """SIGKILL ``worker`` (not replaced) and wait for its exit."""
+        self._killed.add(worker)
+        if worker.process.returncode is None:
+            await worker.stop(signal.SIGKILL)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))
@@ -499,13 +522,17 @@ class Run:
         tally = Tally(self.name, JOBS, self.loses_data)
         answers = [waiter.answer for waiter in self.waiters]
         await asyncio.wait(answers, timeout=max(0.0, self.fault_ended + SETTLE - now()))
+        hung = {waiter for waiter in self.waiters if not waiter.answer.done()}
         outcomes = await self._outcomes()
         # Late frames still arriving are counted until the clients close.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         tally.duration_s = now() - self._started
-        self._count(tally, outcomes)
+        self._count(tally, outcomes, hung)
+        tally.notes.append(f"arq has a result for {len(outcomes)} of {len(self.plans)} jobs")
+        for line in self.worker_exits:
+            tally.notes.append(f"a worker exited by itself and was replaced: {line}")
         for kind in KINDS:
             after = [
                 waiter.answer.result().at - self.fault_ended
@@ -519,9 +546,11 @@ class Run:
         tally.wrong["bridge"] += len(stray)
         for frame in stray[:3]:
             tally.example("bridge stray frame", frame)
-        logged = [line for line in self.bridge.output() if re.search(r" ERROR ", line)]
+        output = self.bridge.output()
+        logged = [line for line in output if " ERROR " in line]
         if logged:
-            tally.notes.append(f"the bridge logged {len(logged)} ERROR lines: {logged[0]}")
+            raised = next((line for line in output if _RAISED.match(line)), "")
+            tally.notes.append(f"the bridge logged {len(logged)} ERROR lines: {logged[0]} {raised}")
         return tally
 
     async def _outcomes(self) -> dict[str, Outcome]:
@@ -540,7 +569,7 @@ class Run:
                 outcomes[plan.job_id] = Outcome(info.success, info.result)
         return outcomes
 
-    def _count(self, tally: Tally, outcomes: dict[str, Outcome]) -> None:
+    def _count(self, tally: Tally, outcomes: dict[str, Outcome], hung: set[Waiter]) -> None:
         plans = {plan.job_id: plan for plan in self.plans}
         for plan in self.plans:
             outcome = outcomes.get(plan.job_id)
@@ -564,7 +593,7 @@ class Run:
                     f"{kind} after its end",
                     f"{waiter.job_id}: {waiter.after_terminal}, first {waiter.late}",
                 )
-            if not waiter.answer.done():
+            if waiter in hung:
                 tally.hung[kind] += 1
                 tally.example(f"{kind} hung", waiter.job_id)
                 continue
@@ -581,6 +610,10 @@ class Run:
                     f"{kind} wrong",
                     f"{waiter.job_id}: {answer} (arq: {outcomes.get(plan.job_id)})",
                 )
+
+
+# The last line of a traceback: the exception raised.
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
 
 
 def _known(plan: Plan) -> str:

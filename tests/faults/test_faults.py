@@ -71,23 +71,22 @@ async def test_client_kill_pubsub_repeated(redis_server: RedisServer) -> None:
             await run.until_answered(cue)
             await run.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             # Both trackers and the bridge reconnect before the next kill.
-            await wait_until(
-                lambda: _pubsub_clients(run) >= 3, message="the pub/sub connections back"
-            )
+            await wait_until(lambda: _pubsub_back(run), message="the pub/sub connections back")
         run.fault_over()
         check(await run.finish())
 
 
-async def _pubsub_clients(run: Run) -> int:
-    clients = await run.redis.client_list(_type="pubsub")
-    return len(clients)
+async def _pubsub_back(run: Run) -> bool:
+    return len(await run.redis.client_list(_type="pubsub")) >= 3
 
 
 async def test_redis_sigstop_longer_than_the_job_timeout(redis_server: RedisServer) -> None:
     """Redis frozen past the jobs' arq timeout: no tracked job fails where its twin
     does not, and every waiter gets the right end."""
     async with Run("Redis SIGSTOP past the job timeout", redis_server) as run:
-        await run.prepare(worker_options=("--job-timeout", str(JOB_TIMEOUT)))
+        # In-progress keys outlive the freeze: no job runs twice.
+        options = ("--job-timeout", str(JOB_TIMEOUT), "--in-progress", str(3 * FREEZE))
+        await run.prepare(worker_options=options)
         for cue in cues():
             await run.until_answered(cue)
             assert redis_server.pid is not None
@@ -104,14 +103,14 @@ async def test_redis_sigstop_longer_than_the_job_timeout(redis_server: RedisServ
 async def test_worker_sigkill_with_a_second_worker(redis_server: RedisServer) -> None:
     """A worker SIGKILLed mid-run: arq runs its jobs again on the other worker once
     their in-progress keys expire, and every waiter gets the end of the new attempt."""
-    options = ("--in-progress", str(2.0 * SCALE))
+    options = ("--in-progress", str(1.5 * SCALE))
     async with Run("arq worker SIGKILL, a second worker on", redis_server) as run:
         await run.prepare(worker_options=options)
         for n, cue in enumerate(cues()):
             await run.until_answered(cue)
-            await run.workers[n].stop(signal.SIGKILL)
+            await run.kill_worker(run.workers[n])
             if n + 1 < REPEAT:
-                run.workers.append(await run.start_worker(*options))
+                await run.start_worker()
         run.fault_over()
         check(await run.finish())
 

@@ -68,7 +68,8 @@ def settings(url: str) -> RedisSettings:
     """arq's settings for ``url``, retrying commands across a Redis restart."""
     return dataclasses.replace(
         RedisSettings.from_dsn(url),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # OSError: redis-py retries a refused connect only when told so.
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=40),
     )
 
