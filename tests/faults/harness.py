@@ -20,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 from arq.connections import ArqRedis, create_pool
@@ -412,8 +413,13 @@ class Run:
         self._stack.push_async_callback(self._cancel_tasks)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._stack.__aexit__(*exc_info)
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks:
@@ -510,6 +516,10 @@ class Run:
             message=f"{fraction:.0%} of the answers",
         )
 
+    async def pubsub_back(self) -> bool:
+        """True once both trackers and the bridge have their pub/sub connection."""
+        return len(await self.redis.client_list(_type="pubsub")) >= 3
+
     def fault_over(self) -> None:
         """Mark the end of the (last) fault: recovery is counted from here."""
         self.fault_ended = now()
@@ -557,7 +567,7 @@ class Run:
         """arq's result of every job, once arq has none left to run (bounded wait)."""
 
         async def arq_done() -> bool:
-            queued = await self.redis.zcard("arq:queue")
+            queued: int = await self.redis.zcard("arq:queue")
             return queued == 0
 
         with contextlib.suppress(AssertionError):

@@ -63,21 +63,35 @@ async def test_redis_sigkill_and_restart_without_data(redis_server: RedisServer)
         check(await run.finish())
 
 
+async def test_redis_restart_without_data_then_bridge_restart(redis_server: RedisServer) -> None:
+    """Redis restarted empty, then the bridge: clients subscribe again with since_seq
+    above what the emptied Redis counts, and each still gets its end or job_lost."""
+    name = "Redis restart empty, then bridge SIGKILL and restart"
+    async with Run(name, redis_server, loses_data=True) as run:
+        await run.prepare()
+        for cue in cues():
+            await run.until_answered(cue)
+            await asyncio.to_thread(redis_server.restart)
+            # Jobs still running write their next states into the empty Redis, from
+            # seq 1 again, while the clients hold higher seqs.
+            await wait_until(run.pubsub_back, message="the pub/sub connections back")
+            await run.bridge.kill()
+            await run.bridge.start()
+        run.fault_over()
+        check(await run.finish())
+
+
 async def test_client_kill_pubsub_repeated(redis_server: RedisServer) -> None:
     """CLIENT KILL TYPE pubsub, again and again: no waiter misses its end."""
     async with Run("CLIENT KILL TYPE pubsub, repeated", redis_server) as run:
         await run.prepare()
         for cue in cues(5 * REPEAT):
             await run.until_answered(cue)
-            await run.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await run.redis.client_kill_filter(_type="pubsub")
             # Both trackers and the bridge reconnect before the next kill.
-            await wait_until(lambda: _pubsub_back(run), message="the pub/sub connections back")
+            await wait_until(run.pubsub_back, message="the pub/sub connections back")
         run.fault_over()
         check(await run.finish())
-
-
-async def _pubsub_back(run: Run) -> bool:
-    return len(await run.redis.client_list(_type="pubsub")) >= 3
 
 
 async def test_redis_sigstop_longer_than_the_job_timeout(redis_server: RedisServer) -> None:
