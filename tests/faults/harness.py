@@ -581,6 +581,7 @@ class Run:
 
     def _count(self, tally: Tally, outcomes: dict[str, Outcome], hung: set[Waiter]) -> None:
         plans = {plan.job_id: plan for plan in self.plans}
+        unknown_ends = 0
         for plan in self.plans:
             outcome = outcomes.get(plan.job_id)
             if outcome is not None and outcome.expected(plan):
@@ -612,6 +613,9 @@ class Run:
             if answer.kind == "lost" and self.loses_data:
                 tally.right[kind] += 1
                 tally.lost[kind] += 1
+            elif self.loses_data and _unknown_end(answer, outcomes.get(plan.job_id)):
+                tally.right[kind] += 1
+                unknown_ends += 1
             elif answer.kind == "state" and _agrees(answer, plan, outcomes.get(plan.job_id)):
                 tally.right[kind] += 1
             else:
@@ -620,10 +624,25 @@ class Run:
                     f"{kind} wrong",
                     f"{waiter.job_id}: {answer} (arq: {outcomes.get(plan.job_id)})",
                 )
+        if unknown_ends:
+            tally.notes.append(
+                f"{unknown_ends} waiters got 'failed: arq kept no result' (the documented end of "
+                "a job cancelled when arq has no record of it: a worker that died after the "
+                "loss); counted right"
+            )
 
 
 # The last line of a traceback: the exception raised.
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
+
+
+def _unknown_end(answer: Answer, outcome: Outcome | None) -> bool:
+    """The end ``@tracked`` records for a cancelled job of which arq has no record."""
+    return (
+        outcome is None
+        and answer.status == JobStatus.FAILED.value
+        and (answer.error or "").startswith("arq kept no result of the job")
+    )
 
 
 def _known(plan: Plan) -> str:
