@@ -40,7 +40,7 @@ from immortus_async import (
 )
 
 from ..utils import SCALE, Spawned, free_port, wait_until
-from .worker import READY, settings
+from .worker import READY, RETRY, RETRY_ON_ERROR, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-0123456789abcdef"
@@ -354,7 +354,6 @@ class Tally:
 
     def table(self) -> str:
         """The counts as a small table."""
-
         lines = [
             f"== {self.scenario}: {self.jobs} tracked jobs + {self.jobs} untracked twins, "
             f"{self.duration_s:.1f}s",
@@ -401,7 +400,10 @@ class Run:
 
     async def __aenter__(self) -> Run:
         await self._stack.__aenter__()
-        self.redis: Redis = Redis.from_url(self.server.url)
+        # The test's own client rides out the restarts as the workers' does.
+        self.redis: Redis = Redis.from_url(
+            self.server.url, retry=RETRY, retry_on_error=RETRY_ON_ERROR
+        )
         self._stack.push_async_callback(self.redis.aclose)
         self.pool: ArqRedis = await create_pool(settings(self.server.url))
         self._stack.push_async_callback(self.pool.aclose)

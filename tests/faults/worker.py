@@ -64,13 +64,16 @@ async def untracked_job(
     return _outcome(index, fail)
 
 
+RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=40)
+"""Retries of a command over about 20 s: longer than a restart of Redis takes."""
+# OSError: redis-py retries a refused connect only when told so.
+RETRY_ON_ERROR: list[type[Exception]] = [RedisConnectionError, RedisTimeoutError, OSError]
+
+
 def settings(url: str) -> RedisSettings:
     """arq's settings for ``url``, retrying commands across a Redis restart."""
     return dataclasses.replace(
-        RedisSettings.from_dsn(url),
-        # OSError: redis-py retries a refused connect only when told so.
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=40),
+        RedisSettings.from_dsn(url), retry_on_error=RETRY_ON_ERROR, retry=RETRY
     )
 
 
