@@ -395,6 +395,8 @@ class Run:
         """Workers that exited on their own (and were started again)."""
         self.bridge = BridgeProcess(server.url)
         self.fault_ended: float | None = None
+        self.notes: list[str] = []
+        """What the tally should mention about the run itself."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stack = contextlib.AsyncExitStack()
 
@@ -510,13 +512,20 @@ class Run:
         return sum(waiter.answer.done() for waiter in self.waiters)
 
     async def until_answered(self, fraction: float) -> None:
-        """Wait until ``fraction`` of the waiters have their answer (the fault's cue)."""
-        await wait_until(
-            lambda: self.answered() >= fraction * len(self.waiters),
-            timeout=60,
-            interval=0.01,
-            message=f"{fraction:.0%} of the answers",
-        )
+        """Wait until ``fraction`` of the waiters have their answer (the fault's cue).
+
+        Answers that stop coming (waiters hung by an earlier fault) do not stop the
+        run: after :data:`SETTLE` seconds the next fault comes all the same, noted.
+        """
+        try:
+            await wait_until(
+                lambda: self.answered() >= fraction * len(self.waiters),
+                timeout=SETTLE / SCALE,
+                interval=0.01,
+                message=f"{fraction:.0%} of the answers",
+            )
+        except AssertionError:
+            self.notes.append(f"only {self.answered()} answers at the cue of {fraction:.0%}")
 
     async def pubsub_back(self) -> bool:
         """True once both trackers and the bridge have their pub/sub connection."""
@@ -542,6 +551,7 @@ class Run:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         tally.duration_s = now() - self._started
         self._count(tally, outcomes, hung)
+        tally.notes += self.notes
         tally.notes.append(f"arq has a result for {len(outcomes)} of {len(self.plans)} jobs")
         for line in self.worker_exits:
             tally.notes.append(f"a worker exited by itself and was replaced: {line}")
