@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from arq.connections import ArqRedis, create_pool
 from arq.jobs import Job
+from arq.worker import JobExecutionFailed
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -115,6 +116,11 @@ class Outcome:
                 and str(self.result) == f"bad {plan.index}"
             )
         return self.success and self.result == plan.index * 2
+
+    @property
+    def expired(self) -> bool:
+        """arq's end of a job whose definition was gone when it came to run it."""
+        return isinstance(self.result, JobExecutionFailed) and str(self.result) == "job expired"
 
     def __str__(self) -> str:
         return f"success={self.success} result={self.result!r}"
@@ -598,8 +604,10 @@ class Run:
             outcome = outcomes.get(plan.job_id)
             if outcome is not None and outcome.expected(plan):
                 continue
-            if outcome is None and self.loses_data:
-                continue  # Redis lost its result with everything else
+            if self.loses_data and (outcome is None or outcome.expired):
+                # Redis lost its result with everything else, or lost the job's
+                # definition before arq started it (arq records "job expired").
+                continue
             if plan.tracked:
                 tally.failed_by_tracking += 1
                 tally.example(
