@@ -41,7 +41,7 @@ from immortus_async import (
 )
 
 from ..utils import SCALE, Spawned, free_port, wait_until
-from .worker import READY, RETRY, RETRY_ON_ERROR, settings
+from .worker import READY, RESUMED, RETRY, RETRY_ON_ERROR, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-0123456789abcdef"
@@ -559,6 +559,11 @@ class Run:
         self._count(tally, outcomes, hung)
         tally.notes += self.notes
         tally.notes.append(f"arq has a result for {len(outcomes)} of {len(self.plans)} jobs")
+        resumed = sum(line.startswith(RESUMED) for worker in self.workers for line in worker.lines)
+        if resumed:
+            tally.notes.append(
+                f"arq's loop stopped on a Redis error and was resumed {resumed} times"
+            )
         for line in self.worker_exits:
             tally.notes.append(f"a worker exited by itself and was replaced: {line}")
         for kind in KINDS:

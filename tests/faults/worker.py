@@ -8,7 +8,8 @@ tracking. Outcomes are fixed by the arguments: a job given ``fail=True`` raises
 
 arq's own loop has no retry: a command that meets a dropped connection kills the
 worker. Its Redis settings here retry such commands for a few seconds, as a
-production worker's should, so that a Redis restart tests tracking and not arq.
+production worker's should, and the loop is resumed after an error it meets anyway,
+so that a Redis restart tests tracking and not arq.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from arq.worker import Worker, func
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from immortus_async import tracked
 
 READY = "faults worker ready"
 """The line a worker prints once it is connected and about to take jobs."""
+RESUMED = "faults worker: arq's loop stopped on a Redis error; resumed"
+"""The line a worker prints each time it resumes arq's loop."""
 
 HEARTBEAT_INTERVAL = 0.2
 STALLED_AFTER = 0.6
@@ -96,7 +100,16 @@ async def main(arguments: argparse.Namespace) -> None:
     # How long a job's in-progress key outlives a killed worker before another
     # worker runs the job again (arq's default is the timeout plus 10 s).
     worker.in_progress_timeout_s = arguments.in_progress
-    await worker.main()
+    while True:
+        try:
+            await worker.main()
+        except (RedisError, OSError) as exc:
+            # arq's loop stops on an error its poll meets (a WATCH cut by a restart),
+            # while the jobs it started go on: resume the loop, so that they end and
+            # write their states as a worker kept alive by its supervisor would not.
+            print(f"{RESUMED} ({exc!r})", flush=True)
+            # The loop's backoff, not a wait for a condition.
+            await asyncio.sleep(0.05)
 
 
 def _arguments() -> argparse.Namespace:
