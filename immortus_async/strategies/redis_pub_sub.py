@@ -287,7 +287,7 @@ class RedisPubSubStrategy(Connected):
 
     async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         record = self.keys.record(job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record, ["state", "meta", "hb"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
@@ -308,7 +308,7 @@ class RedisPubSubStrategy(Connected):
         if state.status is not JobStatus.STARTED:
             return None
         record = self.keys.record(state.job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(record, "hb")
             pipe.pttl(record)
             beat, ttl_left = await pipe.execute()
