@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
 from ._buffer import RESYNC, StateBuffer, _Resync
-from ._redis import UNREACHABLE
+from ._redis import REFUSED, UNREACHABLE
 from .exceptions import JobLost, RedisUnavailable
 from .state import JobState
 from .status import JobStatus
@@ -32,6 +32,8 @@ async def retrying(
         RedisUnavailable: Redis could not be reached, or did not answer, for
             ``unreachable_timeout`` seconds (None: never raised, the outage is
             waited out).
+        redis.exceptions.AuthenticationError, NoPermissionError: at once, when
+            Redis refuses (see :data:`~immortus_async._redis.REFUSED`).
     """
     loop = asyncio.get_running_loop()
     give_up_at = None if unreachable_timeout is None else loop.time() + unreachable_timeout
@@ -42,6 +44,8 @@ async def retrying(
             # bounds a read that hangs as well as one that fails.
             async with asyncio.timeout_at(give_up_at):
                 return await read()
+        except REFUSED:
+            raise
         except UNREACHABLE as exc:
             left = None if give_up_at is None else give_up_at - loop.time()
             if left is not None and left <= 0:
