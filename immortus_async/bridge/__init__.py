@@ -8,7 +8,7 @@ Or from a shell: ``IMMORTUS_SECRET=... immortus-async bridge --redis redis://...
 The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
 """
 
-from .auth import Gatekeeper
+from .auth import Authorize, Gatekeeper, not_found
 from .http import STATIC_FILES, VERIFY_PATH, HttpRoutes
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
@@ -27,7 +27,7 @@ from .protocol import (
     state_frame,
 )
 from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, serve
-from .session import Session
+from .session import Disconnected, Session, Transport
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -36,9 +36,11 @@ __all__ = [
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Authorize",
     "Bridge",
     "BridgeStatistics",
     "CloseCode",
+    "Disconnected",
     "ErrorCode",
     "Gatekeeper",
     "HttpRoutes",
@@ -48,9 +50,11 @@ __all__ = [
     "Rejection",
     "Session",
     "Subscribe",
+    "Transport",
     "Unsubscribe",
     "check_job_id",
     "error_frame",
+    "not_found",
     "parse_connect_path",
     "parse_message",
     "redact",

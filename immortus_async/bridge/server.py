@@ -18,6 +18,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import CONNECTING, OPEN
 
 from ..exceptions import RedisUnavailable
@@ -28,7 +29,7 @@ from .auth import Gatekeeper
 from .http import HttpRoutes
 from .logs import RedactingLogger
 from .protocol import CloseCode
-from .session import Session
+from .session import Disconnected, Session
 
 __all__ = ["DEFAULT_REDIS_URL", "Bridge", "BridgeStatistics", "serve"]
 
@@ -184,6 +185,49 @@ class _Connection(ServerConnection):
             self.protocol.fail(CloseCode.SLOW_CLIENT, "the client does not read")
             self.send_data()
         self._stalled = self.loop.call_later(self.close_timeout or 0, self.transport.abort)
+
+
+class _Transport:
+    """A websockets connection as a session's :class:`~.session.Transport`."""
+
+    def __init__(self, websocket: ServerConnection, close_timeout: float) -> None:
+        self._ws = websocket
+        self._close_timeout = close_timeout
+        # A frame that fits in the write buffer's high-water mark (UTF-8 is at
+        # most 4 bytes a character, the header at most 14) cannot make send()
+        # wait when the buffer is empty: it needs no timer.
+        self._fits = (websocket.write_limit_high - 14) // 4
+
+    @property
+    def peer(self) -> object:
+        """The client's address."""
+        return self._ws.remote_address
+
+    async def receive(self) -> str | bytes:
+        """The next frame; :class:`Disconnected` once the connection is closed."""
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed:
+            raise Disconnected from None
+
+    async def send(self, frame: str, timeout: float) -> None:
+        """Send ``frame``, timing the wait only when the write buffer may make one."""
+        try:
+            if len(frame) <= self._fits and not self._ws.transport.get_write_buffer_size():
+                await self._ws.send(frame)
+                return
+            async with asyncio.timeout(timeout):
+                await self._ws.send(frame)
+        except ConnectionClosed:
+            raise Disconnected from None
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; abort the TCP connection if the client does not read."""
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()
 
 
 class Bridge:
@@ -410,12 +454,12 @@ class Bridge:
     async def _handle(self, websocket: ServerConnection) -> None:
         assert self._tracker is not None
         session = Session(
-            websocket,
+            _Transport(websocket, self._close_timeout),
             self._tracker,
             self._gate,
+            path=websocket.request.path if websocket.request is not None else None,
             max_subscriptions=self._max_subscriptions,
             send_timeout=self._send_timeout,
-            close_timeout=self._close_timeout,
         )
         self._sessions.add(session)
         try:
