@@ -104,6 +104,8 @@ class Session:
             whose last frames are still waiting to be sent holds its slot.
         send_timeout: seconds one frame may wait for the client to read.
         once: serve the connect path's subscription only, then close.
+        app_checked: the server has asked the app's ``authorize`` about the
+            connect path's job already (an event stream answers a refusal in HTTP).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Session:
         max_subscriptions: int,
         send_timeout: float,
         once: bool = False,
+        app_checked: bool = False,
     ) -> None:
         self._transport = transport
         self._tracker = tracker
@@ -126,6 +129,7 @@ class Session:
         self._max_subscriptions = max_subscriptions
         self._send_timeout = send_timeout
         self._once = once
+        self._app_checked = app_checked
         self.outbox = Outbox()
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
         # Cancelled subscriptions stay here until they have finished unwinding.
@@ -192,7 +196,7 @@ class Session:
     def _subscribe(self, request: Subscribe) -> None:
         job_id = request.job_id
         expires_at = self._gate.authorize(job_id, request.token)
-        ask_app = self._gate.asks_app(request.token)
+        ask_app = self._gate.asks_app(request.token) and not self._app_checked
         if isinstance(expires_at, Rejection):
             self.outbox.reject(expires_at)
             return
