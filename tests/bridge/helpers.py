@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -102,6 +103,23 @@ class MountServer:
     def statistics(self) -> BridgeStatistics:
         """The mount's connections and subscriptions, as a bridge counts them."""
         return self.mount.statistics()
+
+
+async def read_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Server-Sent Events from a response's lines: ``{"id", "event", "data"}``, data parsed.
+
+    Written out, not a library's: the test reads the stream as the wire has it.
+    """
+    event: dict[str, Any] = {}
+    async for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            event[name] = json.loads(value) if name == "data" else value
 
 
 class BridgeProcess:
