@@ -135,6 +135,10 @@ def _not_allowed(method: str, allow: str) -> Answer:
     return answer
 
 
+def _events_path(path: str) -> bool:
+    return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+
+
 def since_seq_of(text: str | None) -> int | None:
     """A ``Last-Event-ID``: the seq of the last state the client has, if it reads as one."""
     if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
@@ -262,6 +266,13 @@ class HttpRoutes:
         origin = origins[0] if origins else None
         hosts = header("Host")
         allowed = self._gate.origin_allowed(origin, hosts[0] if hosts else None)
+        if handshake and websocket is None and not header("Upgrade") and _events_path(path):
+            # The bridge streams no events: say so readably (CORS), so that a
+            # client moves on to /verify at once instead of retrying a failure.
+            answer = _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no event streams here")
+            if origin is not None and allowed:
+                answer.allow_origin(origin)
+            return answer
         if handshake:
             if allowed:
                 return None
