@@ -9,7 +9,7 @@ The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
 """
 
 from .auth import Authorize, Gatekeeper, not_found
-from .http import STATIC_FILES, VERIFY_PATH, HttpRoutes
+from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream, HttpRoutes
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
@@ -31,17 +31,20 @@ from .session import Disconnected, Session, Transport
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "EVENTS_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Answer",
     "Authorize",
     "Bridge",
     "BridgeStatistics",
     "CloseCode",
     "Disconnected",
     "ErrorCode",
+    "EventStream",
     "Gatekeeper",
     "HttpRoutes",
     "Outbox",

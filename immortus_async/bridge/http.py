@@ -139,7 +139,7 @@ def _events_path(path: str) -> bool:
     return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
 
 
-def since_seq_of(text: str | None) -> int | None:
+def _last_event_id(text: str | None) -> int | None:
     """A ``Last-Event-ID``: the seq of the last state the client has, if it reads as one."""
     if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
         return int(text)
@@ -269,10 +269,10 @@ class HttpRoutes:
         if handshake and websocket is None and not header("Upgrade") and _events_path(path):
             # The bridge streams no events: say so readably (CORS), so that a
             # client moves on to /verify at once instead of retrying a failure.
-            answer = _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no event streams here")
+            none = _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no event streams here")
             if origin is not None and allowed:
-                answer.allow_origin(origin)
-            return answer
+                none.allow_origin(origin)
+            return none
         if handshake:
             if allowed:
                 return None
@@ -364,7 +364,7 @@ class HttpRoutes:
         # Last-Event-ID (an EventSource's reconnection) is newer than the query's
         # since_seq (the URL the page first opened).
         last = header("Last-Event-ID")
-        since = since_seq_of(last[0]) if last else None
+        since = _last_event_id(last[0]) if last else None
         connect = {"token": token, "since_seq": since}
         if since is None:
             connect["since_seq"] = params.get("since_seq", [None])[0]

@@ -95,12 +95,21 @@ async def test_insecure_bridge_needs_no_token(
     assert (status, json.loads(body)["status"]) == (200, "queued")
 
 
-@pytest.mark.parametrize("path", ["/immortus.js", "/immortus.mjs"])
-async def test_the_browser_client_is_served_to_any_origin(bridge: Bridge, path: str) -> None:
-    """immortus.js and immortus.mjs are JavaScript, cacheable, loadable cross-origin."""
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/immortus.js", "text/javascript; charset=utf-8"),
+        ("/immortus.mjs", "text/javascript; charset=utf-8"),
+        ("/immortus.d.ts", "application/typescript; charset=utf-8"),
+    ],
+)
+async def test_the_browser_client_is_served_to_any_origin(
+    bridge: Bridge, path: str, content_type: str
+) -> None:
+    """immortus.js, immortus.mjs and their types are cacheable and loadable cross-origin."""
     status, headers, body = await http_get(bridge, path, {"Origin": "https://anywhere.x"})
     assert status == 200
-    assert headers["content-type"] == "text/javascript; charset=utf-8"
+    assert headers["content-type"] == content_type
     assert headers["access-control-allow-origin"] == "*"
     assert b"Immortus" in body
 
