@@ -25,7 +25,7 @@ from .bridge.auth import Authorize, Gatekeeper
 from .bridge.http import Answer, EventStream, HttpRoutes
 from .bridge.logs import RedactingLogger
 from .bridge.protocol import CloseCode
-from .bridge.server import BridgeStatistics
+from .bridge.server import BridgeStatistics, check_options
 from .bridge.session import Disconnected, Session
 from .tracker import Tracker
 
@@ -123,17 +123,15 @@ class App:
         close_timeout: float,
         redis_timeout: float,
     ) -> None:
-        if isinstance(allowed_origins, str):
-            raise TypeError("allowed_origins must be a list of origins, not a string")
-        for name, value in (
-            ("max_frame_size", max_frame_size),
-            ("max_subscriptions", max_subscriptions),
-            ("send_timeout", send_timeout),
-            ("close_timeout", close_timeout),
-            ("redis_timeout", redis_timeout),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+        check_options(
+            allowed_origins,
+            counts={"max_frame_size": max_frame_size, "max_subscriptions": max_subscriptions},
+            seconds={
+                "send_timeout": send_timeout,
+                "close_timeout": close_timeout,
+                "redis_timeout": redis_timeout,
+            },
+        )
         self.tracker = tracker
         self._gate = Gatekeeper(
             secret=secret,
@@ -340,16 +338,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-class _WebsocketTransport:
-    """An ASGI websocket as a session's :class:`~immortus_async.bridge.Transport`."""
+class _Transport:
+    """What both ASGI transports share: the ``send`` channel, bounded by timeouts."""
 
-    def __init__(
-        self, receive: Receive, send: Send, peer: object, max_size: int, close_timeout: float
-    ) -> None:
-        self._receive = receive
+    def __init__(self, send: Send, peer: object, close_timeout: float) -> None:
         self._send = send
         self._peer = peer
-        self._max_size = max_size
         self._close_timeout = close_timeout
         self._closed = False
 
@@ -357,6 +351,41 @@ class _WebsocketTransport:
     def peer(self) -> object:
         """The client's address."""
         return self._peer
+
+    async def _push(self, message: Message, timeout: float) -> None:
+        if self._closed:
+            raise Disconnected
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send(message)
+        except _GONE:
+            self._closed = True
+            raise Disconnected from None
+
+    def _last(self, code: CloseCode, reason: str) -> Message:
+        raise NotImplementedError
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``, once; give up after the close timeout."""
+        if self._closed:
+            return
+        last = self._last(code, reason)
+        try:
+            await self._push(last, self._close_timeout)
+        except (TimeoutError, Disconnected):
+            pass  # the client is gone or does not read: the server drops it when we return
+        self._closed = True
+
+
+class _WebsocketTransport(_Transport):
+    """An ASGI websocket as a session's :class:`~immortus_async.bridge.Transport`."""
+
+    def __init__(
+        self, receive: Receive, send: Send, peer: object, max_size: int, close_timeout: float
+    ) -> None:
+        super().__init__(send, peer, close_timeout)
+        self._receive = receive
+        self._max_size = max_size
 
     async def receive(self) -> str | bytes:
         """The next frame; a frame over the size limit closes the connection (1009)."""
@@ -379,44 +408,18 @@ class _WebsocketTransport:
 
     async def send(self, frame: str, timeout: float) -> None:
         """Send ``frame``; TimeoutError when the server's send stays blocked ``timeout``."""
-        if self._closed:
-            raise Disconnected
-        try:
-            async with asyncio.timeout(timeout):
-                await self._send({"type": "websocket.send", "text": frame})
-        except _GONE:
-            self._closed = True
-            raise Disconnected from None
+        await self._push({"type": "websocket.send", "text": frame}, timeout)
 
-    async def close(self, code: CloseCode, reason: str) -> None:
-        """Close with ``code``, once; give up after the close timeout."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except (TimeoutError, *_GONE):
-            pass  # the client is gone or does not read: the server drops it when we return
+    def _last(self, code: CloseCode, reason: str) -> Message:
+        return {"type": "websocket.close", "code": code, "reason": reason}
 
 
-class _EventTransport:
+class _EventTransport(_Transport):
     """An HTTP response body as an event stream, the transport of a ``once`` session.
 
     Each frame is one event, its data the websocket frame unchanged: a state with
     ``id: <seq>`` (what ``Last-Event-ID`` resumes from), an error as ``event: error``.
     """
-
-    def __init__(self, send: Send, peer: object, close_timeout: float) -> None:
-        self._send = send
-        self._peer = peer
-        self._close_timeout = close_timeout
-        self._closed = False
-
-    @property
-    def peer(self) -> object:
-        """The client's address."""
-        return self._peer
 
     async def receive(self) -> str | bytes:
         """Nothing is read from an event stream (a ``once`` session never asks)."""
@@ -424,29 +427,15 @@ class _EventTransport:
 
     async def send(self, frame: str, timeout: float) -> None:
         """Write ``frame`` as one event."""
-        if self._closed:
-            raise Disconnected
         message = json.loads(frame)
         if message["type"] == "state":
             event = f"id: {message['seq']}\ndata: {frame}\n\n"
         else:
             event = f"event: error\ndata: {frame}\n\n"
-        try:
-            async with asyncio.timeout(timeout):
-                await self._send(
-                    {"type": "http.response.body", "body": event.encode(), "more_body": True}
-                )
-        except _GONE:
-            self._closed = True
-            raise Disconnected from None
+        await self._push(
+            {"type": "http.response.body", "body": event.encode(), "more_body": True}, timeout
+        )
 
-    async def close(self, code: CloseCode, reason: str) -> None:
-        """End the response (the code has no HTTP form: the last event said why)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._send({"type": "http.response.body", "body": b""})
-        except (TimeoutError, *_GONE):
-            pass  # the client is gone or does not read: the server drops it when we return
+    def _last(self, code: CloseCode, reason: str) -> Message:
+        # The close code has no HTTP form: the last event said why.
+        return {"type": "http.response.body", "body": b""}

@@ -26,7 +26,7 @@ from .protocol import (
     parse_message,
     state_frame,
 )
-from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, serve
+from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, check_options, serve
 from .session import Disconnected, Session, Transport
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "Transport",
     "Unsubscribe",
     "check_job_id",
+    "check_options",
     "error_frame",
     "not_found",
     "parse_connect_path",

@@ -8,7 +8,7 @@ import functools
 import logging
 import socket
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -31,11 +31,30 @@ from .logs import RedactingLogger
 from .protocol import CloseCode
 from .session import Disconnected, Session
 
-__all__ = ["DEFAULT_REDIS_URL", "Bridge", "BridgeStatistics", "serve"]
+__all__ = ["DEFAULT_REDIS_URL", "Bridge", "BridgeStatistics", "check_options", "serve"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def check_options(
+    allowed_origins: Sequence[str], *, counts: Mapping[str, int], seconds: Mapping[str, float]
+) -> None:
+    """Check a server's options, the bridge's or the mount's, by their names.
+
+    Raises:
+        TypeError: ``allowed_origins`` is one string, not a list of them.
+        ValueError: a count below 1, or a number of seconds that is not positive.
+    """
+    if isinstance(allowed_origins, str):
+        raise TypeError("allowed_origins must be a list of origins, not a string")
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, number in seconds.items():
+        if number <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {number!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,24 +328,21 @@ class Bridge:
         close_timeout: float = 5.0,
         redis_timeout: float = 5.0,
     ) -> None:
-        if isinstance(allowed_origins, str):
-            raise TypeError("allowed_origins must be a list of origins, not a string")
-        for name, value in (
-            ("max_frame_size", max_frame_size),
-            ("max_subscriptions", max_subscriptions),
-            ("write_limit", write_limit),
-            ("redis_connections", redis_connections),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, seconds in (
-            ("send_timeout", send_timeout),
-            ("open_timeout", open_timeout),
-            ("close_timeout", close_timeout),
-            ("redis_timeout", redis_timeout),
-        ):
-            if seconds <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+        check_options(
+            allowed_origins,
+            counts={
+                "max_frame_size": max_frame_size,
+                "max_subscriptions": max_subscriptions,
+                "write_limit": write_limit,
+                "redis_connections": redis_connections,
+            },
+            seconds={
+                "send_timeout": send_timeout,
+                "open_timeout": open_timeout,
+                "close_timeout": close_timeout,
+                "redis_timeout": redis_timeout,
+            },
+        )
         self._gate = Gatekeeper(
             secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
         )

@@ -179,20 +179,32 @@ async def test_create_posts_json_and_the_page_follows_the_new_job(
     assert (await _result(page))["job_id"] == "created-1"
 
 
-@pytest.mark.timeout(60)
-async def test_page_falls_back_to_polling_when_websockets_keep_failing(
-    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
-) -> None:
-    """Every websocket closes at once (a proxy that breaks them): after socketFailures
-    the client reads the event stream (the mount), else polls /verify (the bridge)."""
-    closed: list[str] = []
-    urls = _requests(page)
+async def _behind_a_proxy(
+    page: Page,
+    page_server: PageServer,
+    site_bridge: Bridge,
+    strategy: RedisPubSubStrategy,
+    *,
+    cut_events: bool,
+) -> list[str]:
+    """Follow a job to its end while every websocket closes at once (and, with
+    ``cut_events``, every event stream is cut): what the client tried, in order
+    ("websocket", "events", "verify")."""
+    steps: list[str] = []
 
     async def refuse(socket: WebSocketRoute) -> None:
-        closed.append(socket.url)
+        steps.append("websocket")
         await socket.close()
 
     await page.route_web_socket(re.compile(".*"), refuse)
+    if cut_events:
+        await page.route(re.compile(".*/events.*"), lambda route: route.abort())
+
+    def fetched(url: str) -> None:
+        if "/events" in url or "/verify/" in url:
+            steps.append("events" if "/events" in url else "verify")
+
+    page.on("request", lambda request: fetched(request.url))
     job_id = "behind-a-bad-proxy"
     await advance(strategy, job_id, S.STARTED, progress=0.4)
     await _open(page, page_server, site_bridge, module=False)
@@ -203,9 +215,18 @@ async def test_page_falls_back_to_polling_when_websockets_keep_failing(
     await _wait_progress(page, 0.4)
     await advance(strategy, job_id, S.FINISHED)
     assert (await _result(page))["status"] == "finished"
-    assert len(closed) == 4, "socketFailures (4) attempts, then the next transport"
-    polled = any("/verify/" in url for url in urls)
-    assert polled is not isinstance(site_bridge, MountServer)
+    return steps
+
+
+@pytest.mark.timeout(60)
+async def test_page_falls_back_when_websockets_keep_failing(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """Every websocket closes at once (a proxy that breaks them): after socketFailures
+    the client reads the event stream (the mount), else polls /verify (the bridge)."""
+    steps = await _behind_a_proxy(page, page_server, site_bridge, strategy, cut_events=False)
+    assert steps.count("websocket") == 4, "socketFailures (4) attempts, then the next transport"
+    assert ("verify" in steps) is not isinstance(site_bridge, MountServer)
 
 
 @pytest.mark.timeout(60)
@@ -214,32 +235,7 @@ async def test_page_polls_when_websockets_and_event_streams_both_fail(
 ) -> None:
     """Websockets closed and event streams cut (a proxy that breaks both): the client
     polls /verify to the end, in that order: websocket, event stream, polling."""
-
-    order: list[str] = []
-
-    async def refuse(socket: WebSocketRoute) -> None:
-        order.append("websocket")
-        await socket.close()
-
-    await page.route_web_socket(re.compile(".*"), refuse)
-    await page.route(re.compile(".*/events.*"), lambda route: route.abort())
-    page.on(
-        "request",
-        lambda request: order.append(
-            "events" if "/events" in request.url else "verify" if "/verify/" in request.url else ""
-        ),
-    )
-    job_id = "behind-a-worse-proxy"
-    await advance(strategy, job_id, S.STARTED, progress=0.4)
-    await _open(page, page_server, site_bridge, module=False)
-    await page.evaluate(
-        "([id, t]) => follow(id, t, { backoffMin: 10, pollInterval: 50 })",
-        [job_id, token(job_id)],
-    )
-    await _wait_progress(page, 0.4)
-    await advance(strategy, job_id, S.FINISHED)
-    assert (await _result(page))["status"] == "finished"
-    steps = [step for step in order if step]
+    steps = await _behind_a_proxy(page, page_server, site_bridge, strategy, cut_events=True)
     assert steps[:4] == ["websocket"] * 4 and steps[4] == "events" and steps[-1] == "verify"
     assert set(steps[steps.index("verify") :]) == {"verify"}
 
