@@ -153,13 +153,7 @@ class App:
 
     def statistics(self) -> BridgeStatistics:
         """Open websocket connections and event streams, as the bridge counts them."""
-        outboxes = [session.outbox.statistics() for session in self._sessions]
-        return BridgeStatistics(
-            connections=len(self._sessions),
-            subscriptions=sum(session.subscriptions for session in self._sessions),
-            pending=sum(outbox.jobs for outbox in outboxes),
-            replaced=sum(outbox.replaced for outbox in outboxes),
-        )
+        return BridgeStatistics.of(self._sessions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection: HTTP, websocket, or (run alone) the lifespan."""

@@ -8,7 +8,7 @@ import functools
 import logging
 import socket
 import struct
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -70,6 +70,18 @@ class BridgeStatistics:
     subscriptions: int
     pending: int
     replaced: int
+
+    @classmethod
+    def of(cls, sessions: Iterable[Session]) -> BridgeStatistics:
+        """The statistics of these open sessions."""
+        sessions = list(sessions)
+        outboxes = [session.outbox.statistics() for session in sessions]
+        return cls(
+            connections=len(sessions),
+            subscriptions=sum(session.subscriptions for session in sessions),
+            pending=sum(outbox.jobs for outbox in outboxes),
+            replaced=sum(outbox.replaced for outbox in outboxes),
+        )
 
 
 # SO_LINGER on, with a zero timeout: close() drops what the kernel still holds
@@ -390,13 +402,7 @@ class Bridge:
 
     def statistics(self) -> BridgeStatistics:
         """Open connections, their subscriptions, and how far behind their clients are."""
-        outboxes = [session.outbox.statistics() for session in self._sessions]
-        return BridgeStatistics(
-            connections=len(self._sessions),
-            subscriptions=sum(session.subscriptions for session in self._sessions),
-            pending=sum(outbox.jobs for outbox in outboxes),
-            replaced=sum(outbox.replaced for outbox in outboxes),
-        )
+        return BridgeStatistics.of(self._sessions)
 
     async def start(self) -> Bridge:
         """Check that Redis answers, then start listening. Returns the bridge.
