@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection
 
 from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer, Tracker
 
-from ..utils import SCALE
+from ..utils import SCALE, wait_until
 from .helpers import (
     MOUNT_PATH,
     MountServer,
@@ -246,3 +246,32 @@ async def test_a_refused_job_answers_byte_for_byte_as_an_unknown_job(
         "job_id": "theirs",
     }
     assert app_mount.statistics().subscriptions == 0
+
+
+async def test_a_client_leaving_an_event_stream_ends_its_subscription(
+    mount: MountServer, strategy: RedisPubSubStrategy, http: httpx.AsyncClient
+) -> None:
+    """The mount reads nothing from an event stream, yet notices the client leaving."""
+    await advance(strategy, "left", S.STARTED)
+    async for event in _open_events(http, _events_url(mount, "left", token=token("left"))):
+        assert event["data"]["seq"] == 1
+        assert mount.statistics().subscriptions == 1
+        break  # leaves the response: the connection closes
+    await wait_until(lambda: mount.statistics().connections == 0, message="the end")
+
+
+async def test_a_job_id_with_a_slash_is_one_path_segment(
+    mount: MountServer, strategy: RedisPubSubStrategy, http: httpx.AsyncClient
+) -> None:
+    """Percent-encoded slashes stay in the job id (raw_path): "a/events" is a job, not a
+    stream of job "a"."""
+    await advance(strategy, "a/events", S.STARTED)
+    base = f"http://127.0.0.1:{mount.port}{MOUNT_PATH}/jobs/a%2Fevents"
+    verified = await http.get(base, params={"token": token("a/events")})
+    assert (verified.status_code, verified.json()["job_id"]) == (200, "a/events")
+    await advance(strategy, "a/events", S.FINISHED)
+    url = str(httpx.URL(f"{base}/events", params={"token": token("a/events")}))
+    events = [event async for event in _open_events(http, url)]
+    assert [(e["data"]["job_id"], e["data"]["status"]) for e in events] == [
+        ("a/events", "finished")
+    ]

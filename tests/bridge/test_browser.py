@@ -137,6 +137,29 @@ async def test_a_refused_token_rejects_the_promise(
 
 
 @pytest.mark.timeout(60)
+async def test_a_job_authorize_refuses_rejects_the_promise_with_not_found(
+    page: Page, page_server: PageServer, redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """Against a mount whose authorize refuses the job, verify() rejects with not_found
+    (the websocket's answer) instead of retrying for ever."""
+    await advance(strategy, "hidden", S.STARTED)
+    async with Tracker(redis_server.url) as tracker:
+        server = MountServer(
+            tracker, authorize=lambda scope, job_id: False, allowed_origins=[page_server.origin]
+        )
+        await server.start()
+        try:
+            await _open(page, page_server, server, module=False)
+            code = await page.evaluate(
+                """() => Immortus.verify({ job_id: "hidden" })
+                    .then(() => "resolved", (error) => error.code)"""
+            )
+        finally:
+            await server.stop()
+    assert code == "not_found"
+
+
+@pytest.mark.timeout(60)
 async def test_a_token_function_renews_an_expired_token(
     page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
 ) -> None:
