@@ -16,6 +16,7 @@ from ..utils import free_port, wait_until
 from .helpers import (
     OTHER_SECRET,
     SECRET,
+    MountServer,
     advance,
     expired_token,
     http_get,
@@ -73,6 +74,10 @@ async def test_verify_of_unknown_and_invalid_job_ids(bridge: Bridge) -> None:
     status, _, body = await http_get(bridge, f"/verify/nope?token={token('nope')}")
     assert (status, json.loads(body)["status"]) == (200, "unknown")
     status, _, body = await http_get(bridge, f"/verify/a%0Ab?token={token('a')}")
+    if isinstance(bridge, MountServer):
+        # Starlette's Mount routes no path with a newline: the app's own 404.
+        assert status == 404
+        return
     assert (status, json.loads(body)["code"]) == (400, "invalid_job_id")
 
 
@@ -130,7 +135,10 @@ async def test_a_refused_origin_is_logged_once_and_readable_by_the_page(
         assert (status, json.loads(body)["code"]) == (403, "origin_not_allowed")
         assert headers["access-control-allow-origin"] == "https://evil.x"
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "'https://evil.x'" in warning and "--allowed-origin https://evil.x" in warning
+    option = "--allowed-origin https://evil.x"
+    if isinstance(bridge, MountServer):
+        option = "allowed_origins=['https://evil.x'] to immortus_async.asgi.app()"
+    assert "'https://evil.x'" in warning and option in warning
 
 
 async def test_start_refuses_a_redis_it_cannot_reach(caplog: pytest.LogCaptureFixture) -> None:
