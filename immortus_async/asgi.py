@@ -380,11 +380,18 @@ class _WebsocketTransport(_Transport):
         super().__init__(send, peer, close_timeout)
         self._receive = receive
         self._max_size = max_size
+        # Set by close(): a client that reads nothing may never answer the close,
+        # nor send anything, so the server's receive() would wait for ever.
+        self._closing = asyncio.Event()
 
     async def receive(self) -> str | bytes:
-        """The next frame; a frame over the size limit closes the connection (1009)."""
+        """The next frame; a frame over the size limit closes the connection (1009).
+
+        Raises:
+            Disconnected: the client left, or :meth:`close` was called.
+        """
         while not self._closed:
-            event = await self._receive()
+            event = await self._next_event()
             if event["type"] == "websocket.disconnect":
                 self._closed = True
                 break
@@ -400,9 +407,27 @@ class _WebsocketTransport(_Transport):
             return data
         raise Disconnected
 
+    async def _next_event(self) -> Message:
+        event = asyncio.ensure_future(self._receive())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait([event, closing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not event.done():
+                event.cancel()  # an ASGI receive() has no effect until it returns
+        if event.cancelled():
+            raise Disconnected
+        return event.result()
+
     async def send(self, frame: str, timeout: float) -> None:
         """Send ``frame``; TimeoutError when the server's send stays blocked ``timeout``."""
         await self._push({"type": "websocket.send", "text": frame}, timeout)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``, and end a :meth:`receive` that waits."""
+        self._closing.set()
+        await super().close(code, reason)
 
     def _last(self, code: CloseCode, reason: str) -> Message:
         return {"type": "websocket.close", "code": code, "reason": reason}

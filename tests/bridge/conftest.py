@@ -29,7 +29,13 @@ from .helpers import (
 )
 
 # The protocol's tests run against both servers that speak it.
-BOTH_SERVERS = ("test_session", "test_hostile_frames", "test_browser", "test_asgi", "test_http")
+BOTH_SERVERS = (
+    "test_session",
+    "test_hostile_frames",
+    "test_browser",
+    "test_asgi",
+    "test_http",
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
