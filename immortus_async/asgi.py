@@ -352,6 +352,8 @@ class _Transport:
         try:
             async with asyncio.timeout(timeout):
                 await self._send(message)
+        except TimeoutError:
+            raise  # an OSError too, but the client is there: it does not read
         except _GONE:
             self._closed = True
             raise Disconnected from None
