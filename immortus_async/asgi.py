@@ -29,7 +29,7 @@ from .bridge.server import BridgeStatistics, check_options
 from .bridge.session import Disconnected, Session
 from .tracker import Tracker
 
-__all__ = ["App", "app"]
+__all__ = ["App", "app", "route_target"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.asgi"))
 
