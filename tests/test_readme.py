@@ -9,6 +9,7 @@ from .conftest import NOT_INSTALLED
 # It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
 pytest.importorskip("arq", reason=NOT_INSTALLED)
 
+import json
 import os
 import re
 import shlex
@@ -19,10 +20,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import httpx
+
 from immortus_async import RedisServer
 from immortus_async.cli import build_parser
 
-from .utils import SCALE, Spawned
+from .utils import SCALE, Spawned, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -52,15 +55,14 @@ def test_the_first_lines_give_the_demo_and_the_test_command() -> None:
 
 def test_the_snippets_are_all_found() -> None:
     """The quick start's two files and the four other Python snippets are all found."""
-    assert set(FILES) == {"tasks.py", "app.py"}
+    assert set(FILES) == {"tasks.py", "app.py", "web.py"}
     assert len(SNIPPETS) == 4
 
 
 @pytest.mark.timeout(60)
 async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_path: Path) -> None:
     """tasks.py and app.py as written (but the Redis URL) run the job and print its end."""
-    for name, code in FILES.items():
-        (tmp_path / name).write_text(code.replace("redis://localhost:6379", redis_server.url))
+    _write_files(tmp_path, redis_server)
     command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]
     async with await Spawned.start(*command, cwd=tmp_path) as worker:
         app = await Spawned.start(sys.executable, "app.py", cwd=tmp_path)
@@ -69,6 +71,43 @@ async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_pa
         await worker.stop()
     assert app.lines[-1] == "finished {'rows': 100}", app.output
     assert re.search(r"import_csv ● 100", worker.output), worker.output
+
+
+def _write_files(folder: Path, redis_server: RedisServer) -> None:
+    for name, code in FILES.items():
+        (folder / name).write_text(code.replace("redis://localhost:6379", redis_server.url))
+
+
+@pytest.mark.timeout(90)
+async def test_the_mount_serves_the_job_s_events_as_written(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """web.py as written, under uvicorn: POST /jobs starts the job; its event stream on
+    the mount carries it to finished; the page's script is served there too."""
+    _write_files(tmp_path, redis_server)
+    port = free_port()
+    env = {**os.environ, "IMMORTUS_SECRET": "readme-secret-0123456789abcdef-0123"}
+    worker_command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]
+    web_command = [sys.executable, "-m", "uvicorn", "web:app", "--port", str(port)]
+    async with (
+        await Spawned.start(*worker_command, cwd=tmp_path, env=env) as worker,
+        await Spawned.start(*web_command, cwd=tmp_path, env=env) as web,
+    ):
+        await web.expect("Application startup complete")
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(timeout=30 * SCALE) as http:
+            job = (await http.post(f"{base}/jobs")).json()
+            script = await http.get(f"{base}/immortus/immortus.js")
+            assert script.status_code == 200 and b"Immortus" in script.content
+            url = f"{base}/immortus/jobs/{job['job_id']}/events"
+            statuses = []
+            async with http.stream("GET", url, params={"token": job["token"]}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        statuses.append(json.loads(line[6:])["status"])
+        assert statuses[-1] == "finished" and "started" in statuses, statuses
+        await web.stop()
+        await worker.stop()
 
 
 @pytest.mark.parametrize("code", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])

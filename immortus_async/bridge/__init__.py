@@ -8,8 +8,8 @@ Or from a shell: ``IMMORTUS_SECRET=... immortus-async bridge --redis redis://...
 The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
 """
 
-from .auth import Gatekeeper
-from .http import STATIC_FILES, VERIFY_PATH, HttpRoutes
+from .auth import Authorize, Gatekeeper, not_found
+from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream, HttpRoutes
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
@@ -26,20 +26,25 @@ from .protocol import (
     parse_message,
     state_frame,
 )
-from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, serve
-from .session import Session
+from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, check_options, serve
+from .session import Disconnected, Session, Transport
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "EVENTS_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Answer",
+    "Authorize",
     "Bridge",
     "BridgeStatistics",
     "CloseCode",
+    "Disconnected",
     "ErrorCode",
+    "EventStream",
     "Gatekeeper",
     "HttpRoutes",
     "Outbox",
@@ -48,9 +53,12 @@ __all__ = [
     "Rejection",
     "Session",
     "Subscribe",
+    "Transport",
     "Unsubscribe",
     "check_job_id",
+    "check_options",
     "error_frame",
+    "not_found",
     "parse_connect_path",
     "parse_message",
     "redact",

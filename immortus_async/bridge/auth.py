@@ -1,15 +1,29 @@
-"""Who may follow which job: subscription tokens and the origin allowlist. No I/O."""
+"""Who may follow which job: tokens, the app's ``authorize`` and the origin allowlist."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from ..exceptions import TokenExpired, TokenInvalid
 from ..tokens import read_secret, verify_token
 from .protocol import ErrorCode, Rejection
 
-__all__ = ["Gatekeeper"]
+__all__ = ["Authorize", "Gatekeeper", "not_found"]
+
+Authorize: TypeAlias = Callable[[MutableMapping[str, Any], str], bool | Awaitable[bool]]
+"""The app's own check: given the request's ASGI scope and a job id, may the caller
+see that job? Sync or async; a false answer refuses."""
+
+
+def not_found(job_id: str) -> Rejection:
+    """The answer to a job the caller may not see: the same as to a job that does not exist.
+
+    Its text names nothing about the job, so that ids cannot be probed.
+    """
+    return Rejection(ErrorCode.NOT_FOUND, "no such job", job_id)
 
 
 class Gatekeeper:
@@ -25,9 +39,13 @@ class Gatekeeper:
             besides the bridge's own; ``"*"`` allows any. A request without an
             ``Origin`` header (not a browser) is always allowed: the token is what
             protects it.
+        authorize: the app's :data:`Authorize` callable, asked about every
+            request that carries no token (a token, when given, decides alone).
+            With it, the secret is optional (no secret: tokens are refused).
 
     Raises:
-        ValueError: auth is on and there is no secret, or it is too short.
+        ValueError: auth is on and there is neither a secret nor ``authorize``,
+            the secret is too short, or ``authorize`` comes with ``insecure_no_auth``.
     """
 
     def __init__(
@@ -36,13 +54,19 @@ class Gatekeeper:
         secret: str | bytes | None = None,
         insecure_no_auth: bool = False,
         allowed_origins: Iterable[str] = (),
+        authorize: Authorize | None = None,
     ) -> None:
         self._secret = read_secret(secret)
-        if self._secret is None and not insecure_no_auth:
+        if authorize is not None and insecure_no_auth:
+            raise ValueError(
+                "authorize and insecure_no_auth exclude each other: drop insecure_no_auth"
+            )
+        if self._secret is None and not insecure_no_auth and authorize is None:
             raise ValueError(
                 "the bridge needs a signing secret: set IMMORTUS_SECRET (or pass secret=...), "
                 "or run it with insecure_no_auth=True (--insecure-no-auth) for development"
             )
+        self._authorize = authorize
         self.insecure_no_auth = insecure_no_auth
         origins = {origin.rstrip("/").lower() for origin in allowed_origins}
         self._any_origin = "*" in origins
@@ -52,21 +76,43 @@ class Gatekeeper:
         """Check that ``token`` opens ``job_id``.
 
         Returns:
-            The token's expiry as a Unix time, None when no token is needed, or
-            the :class:`Rejection` (``token_required``, ``token_invalid``,
+            The token's expiry as a Unix time, None when no token is needed (or
+            the app's ``authorize`` decides: see :meth:`asks_app`), or the
+            :class:`Rejection` (``token_required``, ``token_invalid``,
             ``token_expired``) naming the job.
         """
         if self.insecure_no_auth:
             return None
         if not token:
+            if self._authorize is not None:
+                return None
             return Rejection(ErrorCode.TOKEN_REQUIRED, "a token is required", job_id)
-        assert self._secret is not None
+        if self._secret is None:
+            return Rejection(ErrorCode.TOKEN_INVALID, "this server accepts no tokens", job_id)
         try:
             return verify_token(token, self._secret, job_id)
         except TokenExpired as exc:
             return Rejection(ErrorCode.TOKEN_EXPIRED, str(exc), job_id)
         except TokenInvalid as exc:
             return Rejection(ErrorCode.TOKEN_INVALID, str(exc), job_id)
+
+    def asks_app(self, token: str | None) -> bool:
+        """Whether a request with this token needs the app's :meth:`app_allows` too."""
+        return self._authorize is not None and not token
+
+    async def app_allows(self, scope: MutableMapping[str, Any] | None, job_id: str) -> bool:
+        """The app's ``authorize`` verdict on ``job_id`` (True without one).
+
+        Raises:
+            Exception: whatever the callable raises (the caller answers
+                ``internal_error``: the app's bug is not the client's refusal).
+        """
+        if self._authorize is None:
+            return True
+        verdict = self._authorize(scope if scope is not None else {}, job_id)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return bool(verdict)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a request with this ``Origin`` header, sent to ``host``, is allowed.

@@ -1,8 +1,10 @@
-"""Plain HTTP on the websocket port: ``/verify``, ``/healthz`` and the browser client.
+"""Plain HTTP beside the websocket: ``/verify``, ``/healthz``, event streams, the client.
 
-websockets hands every request to :meth:`HttpRoutes.__call__` (its
-``process_request`` hook) before the websocket handshake: returning a response
-answers the request as plain HTTP, returning None lets the handshake go on.
+:meth:`HttpRoutes.route` decides every answer as an :class:`Answer`, whatever the
+server: websockets hands every request to :meth:`HttpRoutes.__call__` (its
+``process_request`` hook) before the websocket handshake, where returning a
+response answers the request as plain HTTP and None lets the handshake go on;
+the ASGI mount (:mod:`immortus_async.asgi`) sends the same answers through ASGI.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import asyncio
 import email.utils
 import json
 import logging
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
@@ -22,22 +27,31 @@ from websockets.http11 import Request, Response
 
 from ..exceptions import ImmortusError
 from ..tracker import Tracker
-from .auth import Gatekeeper
+from .auth import Gatekeeper, not_found
 from .logs import RedactingLogger
 from .protocol import JOBS_PATH, ErrorCode, Rejection, check_job_id, error_frame
 
-__all__ = ["STATIC_FILES", "VERIFY_PATH", "HttpRoutes"]
+__all__ = ["EVENTS_SUFFIX", "STATIC_FILES", "VERIFY_PATH", "Answer", "EventStream", "HttpRoutes"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
 
 VERIFY_PATH = "/verify/"
 """``GET /verify/<job_id>?token=...`` answers the job's state as JSON."""
 
-STATIC_FILES = {"/immortus.js": "immortus.js", "/immortus.mjs": "immortus.mjs"}
-"""The browser client: a classic script, and an ES module that wraps it."""
+EVENTS_SUFFIX = "/events"
+"""``GET /jobs/<job_id>/events?token=...``: the job's states as Server-Sent Events
+(the ASGI mount; the bridge answers 404)."""
+
+STATIC_FILES = {
+    "/immortus.js": "immortus.js",
+    "/immortus.mjs": "immortus.mjs",
+    "/immortus.d.ts": "immortus.d.ts",
+}
+"""The browser client: a classic script, an ES module that wraps it, its types."""
 
 _JSON = "application/json"
 _JAVASCRIPT = "text/javascript; charset=utf-8"
+_TYPESCRIPT = "application/typescript; charset=utf-8"
 _REDIS_DOWN = (RedisError, OSError, TimeoutError)
 _SINGLE_HEADERS = ("Host", "Origin")
 _MAX_REFUSED = 1000
@@ -45,7 +59,37 @@ _STATUS_OF = {
     ErrorCode.TOKEN_REQUIRED: HTTPStatus.UNAUTHORIZED,
     ErrorCode.TOKEN_INVALID: HTTPStatus.FORBIDDEN,
     ErrorCode.TOKEN_EXPIRED: HTTPStatus.FORBIDDEN,
+    ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
 }
+
+
+@dataclass(slots=True)
+class Answer:
+    """An HTTP answer in no server's types: its status, headers and body.
+
+    The headers are those of the content; each server adds its own (``Date``,
+    ``Connection``).
+    """
+
+    status: HTTPStatus
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def allow_origin(self, origin: str) -> None:
+        """Let a page of ``origin`` read this answer (CORS)."""
+        self.headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+
+
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """A granted event stream: the server streams the session of :attr:`path`.
+
+    ``path`` is a ``/jobs/<job_id>?...`` connect path carrying the token and the
+    ``since_seq`` to resume from; ``origin`` gets CORS headers when set.
+    """
+
+    path: str
+    origin: str | None
 
 
 def _response(
@@ -55,54 +99,70 @@ def _response(
     *,
     cache: str = "no-store",
     allow_origin: str | None = None,
-) -> Response:
+) -> Answer:
     data = body.encode()
-    headers = Headers(
+    answer = Answer(
+        status,
+        data,
         [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
             ("Content-Length", str(len(data))),
             ("Content-Type", content_type),
             ("Cache-Control", cache),
             ("X-Content-Type-Options", "nosniff"),
-        ]
+        ],
     )
-    response = Response(status.value, status.phrase, headers, data)
     if allow_origin is not None:
-        _allow_origin(response, allow_origin)
-    return response
+        answer.allow_origin(allow_origin)
+    return answer
 
 
-def _error(status: HTTPStatus, code: ErrorCode, message: str) -> Response:
+def _error(status: HTTPStatus, code: ErrorCode, message: str) -> Answer:
     return _response(status, error_frame(code, message))
 
 
-def _not_allowed(method: str, allow: str) -> Response:
-    response = _error(
+def _refusal(rejection: Rejection) -> Answer:
+    """A refused job id, token or job, as verify and event streams answer it."""
+    return _error(
+        _STATUS_OF.get(rejection.code, HTTPStatus.BAD_REQUEST), rejection.code, rejection.message
+    )
+
+
+def _not_allowed(method: str, allow: str) -> Answer:
+    answer = _error(
         HTTPStatus.METHOD_NOT_ALLOWED, ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed here"
     )
-    response.headers["Allow"] = allow
-    return response
+    answer.headers.append(("Allow", allow))
+    return answer
 
 
-def _allow_origin(response: Response, origin: str) -> None:
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Vary"] = "Origin"
+def _events_path(path: str) -> bool:
+    return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+
+
+def _last_event_id(text: str | None) -> int | None:
+    """A ``Last-Event-ID``: the seq of the last state the client has, if it reads as one."""
+    if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
+        return int(text)
+    return None
 
 
 class HttpRoutes:
-    """Answers the bridge's HTTP requests; lets websocket handshakes through.
+    """Answers the HTTP requests of the bridge and of the ASGI mount.
 
     Routes:
         ``GET /verify/<job_id>?token=...``: the job's state (its wire form), 200;
-        401 without a token, 403 with a bad one or from a foreign origin, 400
-        for a bad job id, 503 when Redis does not answer. Errors have a JSON
-        body ``{"type": "error", "code": ..., "message": ...}``.
+        401 without a token, 403 with a bad one or from a foreign origin, 404
+        ``not_found`` for a job the app's ``authorize`` refuses, 400 for a bad
+        job id, 503 when Redis does not answer. Errors have a JSON body
+        ``{"type": "error", "code": ..., "message": ...}``.
         ``GET /healthz``: 200 ``{"status": "ok", "redis": "up"}`` when Redis
         answers PING within ``redis_timeout`` and every pub/sub hub of the
         tracker is connected (:attr:`Tracker.healthy`), else 503.
-        ``GET /immortus.js``, ``GET /immortus.mjs``: the browser client, to any origin.
+        ``GET /immortus.js``, ``/immortus.mjs``, ``/immortus.d.ts``: the browser
+        client and its types, to any origin.
         ``/`` and ``/jobs/<job_id>``: websocket handshakes, 403 from a foreign origin.
+        On the mount, a plain ``GET /jobs/<job_id>`` is verify, and
+        ``GET /jobs/<job_id>/events`` an :class:`EventStream`, refused as verify is.
         Anything else: 404.
 
     ``HEAD`` is answered as ``GET`` without the body (405 on the handshake
@@ -112,15 +172,27 @@ class HttpRoutes:
     WARNING (once per origin) with the option that allows it.
 
     Args:
-        tracker: the bridge's tracker, for job states and Redis's health.
-        gate: checks tokens and origins.
+        tracker: the server's tracker, for job states and Redis's health.
+        gate: checks tokens, origins, and asks the app's ``authorize``.
         redis_timeout: seconds a request may wait on Redis.
+        origin_option: how to allow an origin, for the refusal's message
+            (``{origin}`` is replaced).
     """
 
-    def __init__(self, tracker: Tracker, gate: Gatekeeper, *, redis_timeout: float) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        gate: Gatekeeper,
+        *,
+        redis_timeout: float,
+        origin_option: str = (
+            "start the bridge with --allowed-origin {origin} (serve(allowed_origins=[...]))"
+        ),
+    ) -> None:
         self._tracker = tracker
         self._gate = gate
         self._redis_timeout = redis_timeout
+        self._origin_option = origin_option
         folder = resources.files(__package__).joinpath("static")
         self._static = {
             path: folder.joinpath(name).read_text(encoding="utf-8")
@@ -132,58 +204,116 @@ class HttpRoutes:
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: an HTTP response, or None for a handshake."""
-        response = await self._route(request)
-        if response is not None and request.method == "HEAD":
-            # The GET answer's status and headers, Content-Length included (RFC 9110 9.3.2).
-            response = Response(response.status_code, response.reason_phrase, response.headers)
-        status = response.status_code if response is not None else "handshake"
+        answer = await self.route(request.method, request.path, request.headers.get_all)
+        assert not isinstance(answer, EventStream)  # only the mount streams
+        status = answer.status.value if answer is not None else "handshake"
         logger.debug(
             "%s %s from %s: %s", request.method, request.path, connection.remote_address, status
         )
-        return response
+        if answer is None:
+            return None
+        headers = Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                *answer.headers,
+            ]
+        )
+        # HEAD: the GET answer's status and headers, Content-Length included (RFC 9110 9.3.2).
+        body = b"" if request.method == "HEAD" else answer.body
+        return Response(answer.status.value, answer.status.phrase, headers, body)
 
-    async def _route(self, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
+    async def route(
+        self,
+        method: str,
+        target: str,
+        header: Callable[[str], list[str]],
+        *,
+        websocket: bool | None = None,
+        scope: MutableMapping[str, Any] | None = None,
+    ) -> Answer | EventStream | None:
+        """The answer to a request for ``target`` (path and query, percent-encoded).
+
+        Args:
+            method: the request's method.
+            target: the path relative to where the protocol is served, with its query.
+            header: the values of a request header, by name.
+            websocket: whether the request is a websocket handshake; None (the
+                bridge): the path says, and a handshake path is always one.
+            scope: the ASGI scope, for the app's ``authorize``.
+
+        Returns:
+            The answer; None to let a websocket handshake go on; an
+            :class:`EventStream` for the server to stream.
+        """
+        parts = urlsplit(target)
         path = parts.path
         handshake = path == "/" or path.startswith(JOBS_PATH)
-        # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept a HEAD.
-        methods = ("GET",) if handshake else ("GET", "HEAD")
-        if request.method not in methods:
-            return _not_allowed(request.method, ", ".join(methods))
+        if websocket is not None:
+            handshake = websocket
+        stream = websocket is False and path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+        # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept
+        # a HEAD. An event stream has no HEAD: its answer never ends.
+        methods = ("GET",) if handshake or stream else ("GET", "HEAD")
+        if method not in methods:
+            return _not_allowed(method, ", ".join(methods))
         for name in _SINGLE_HEADERS:
-            if len(request.headers.get_all(name)) > 1:
+            if len(header(name)) > 1:
                 return _error(
                     HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"more than one {name} header"
                 )
-        origin = request.headers.get("Origin")
-        allowed = self._gate.origin_allowed(origin, request.headers.get("Host"))
+        origins = header("Origin")
+        origin = origins[0] if origins else None
+        hosts = header("Host")
+        allowed = self._gate.origin_allowed(origin, hosts[0] if hosts else None)
+        if handshake and websocket is None and not header("Upgrade") and _events_path(path):
+            # The bridge streams no events: say so readably (CORS), so that a
+            # client moves on to /verify at once instead of retrying a failure.
+            none = _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no event streams here")
+            if origin is not None and allowed:
+                none.allow_origin(origin)
+            return none
         if handshake:
             if allowed:
                 return None
             assert origin is not None  # no Origin is always allowed
             return self._foreign_origin(origin)
+        job = None
         if path.startswith(VERIFY_PATH):
+            job = path[len(VERIFY_PATH) :]
+        elif websocket is False and path.startswith(JOBS_PATH):
+            job = path[len(JOBS_PATH) : len(path) - len(EVENTS_SUFFIX) if stream else None]
+        elif websocket is False and path in ("", "/"):
+            return _error(
+                HTTPStatus.UPGRADE_REQUIRED, ErrorCode.BAD_REQUEST, "open a websocket here"
+            )
+        if job is not None:
             if not allowed:
                 assert origin is not None
                 return self._foreign_origin(origin)
-            response = await self._verify(unquote(path[len(VERIFY_PATH) :]), parts.query)
-            if origin is not None:
-                _allow_origin(response, origin)
-            return response
+            if stream:
+                answer: Answer | EventStream = await self._events(job, parts.query, header, scope)
+            else:
+                answer = await self._verify(job, parts.query, scope)
+            if origin is not None and isinstance(answer, Answer):
+                answer.allow_origin(origin)
+            elif isinstance(answer, EventStream) and origin is not None:
+                answer = EventStream(answer.path, origin)
+            return answer
         if path == "/healthz":
             return await self._healthz()
         if path in self._static:
             return _response(
                 HTTPStatus.OK,
                 self._static[path],
-                _JAVASCRIPT,
+                _TYPESCRIPT if path.endswith(".ts") else _JAVASCRIPT,
                 cache="public, max-age=60",
                 allow_origin="*",
             )
         return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such path")
 
-    def _foreign_origin(self, origin: str) -> Response:
-        option = "--allowed-origin '*'" if origin == "null" else f"--allowed-origin {origin}"
+    def _foreign_origin(self, origin: str) -> Answer:
+        option = self._origin_option.format(origin="'*'" if origin == "null" else origin)
         if origin in self._refused or len(self._refused) >= _MAX_REFUSED:
             level = logging.DEBUG
         else:
@@ -191,29 +321,63 @@ class HttpRoutes:
             level = logging.WARNING
         logger.log(
             level,
-            "refused a request from origin %r: start the bridge with %s "
-            "(serve(allowed_origins=[...])) to allow it",
+            "refused a request from origin %r: %s to allow it",
             origin,
             option,
         )
-        response = _error(
+        answer = _error(
             HTTPStatus.FORBIDDEN,
             ErrorCode.ORIGIN_NOT_ALLOWED,
-            f"the origin {origin!r} is not allowed: start the bridge with {option}",
+            f"the origin {origin!r} is not allowed: {option}",
         )
         # Without this header the browser hides the answer from the page, which
-        # then cannot tell a refusal from a bridge that is down.
-        _allow_origin(response, origin)
-        return response
+        # then cannot tell a refusal from a server that is down.
+        answer.allow_origin(origin)
+        return answer
 
-    async def _verify(self, raw_job_id: str, query: str) -> Response:
-        job_id = check_job_id(raw_job_id)
+    async def _admit(
+        self, raw_job_id: str, token: str | None, scope: MutableMapping[str, Any] | None
+    ) -> str | Rejection:
+        """The job id, once the token or the app's ``authorize`` lets the caller see it."""
+        job_id = check_job_id(unquote(raw_job_id))
         if isinstance(job_id, Rejection):
-            return _error(HTTPStatus.BAD_REQUEST, job_id.code, job_id.message)
-        token = parse_qs(query).get("token", [None])[0]
+            return job_id
         grant = self._gate.authorize(job_id, token)
         if isinstance(grant, Rejection):
-            return _error(_STATUS_OF[grant.code], grant.code, grant.message)
+            return grant
+        if self._gate.asks_app(token) and not await self._gate.app_allows(scope, job_id):
+            return not_found(job_id)
+        return job_id
+
+    async def _events(
+        self,
+        raw_job_id: str,
+        query: str,
+        header: Callable[[str], list[str]],
+        scope: MutableMapping[str, Any] | None,
+    ) -> Answer | EventStream:
+        params = parse_qs(query)
+        token = params.get("token", [None])[0]
+        job_id = await self._admit(raw_job_id, token, scope)
+        if isinstance(job_id, Rejection):
+            return _refusal(job_id)
+        # Last-Event-ID (an EventSource's reconnection) is newer than the query's
+        # since_seq (the URL the page first opened).
+        last = header("Last-Event-ID")
+        since = _last_event_id(last[0]) if last else None
+        connect = {"token": token, "since_seq": since}
+        if since is None:
+            connect["since_seq"] = params.get("since_seq", [None])[0]
+        query = urlencode({name: value for name, value in connect.items() if value is not None})
+        return EventStream(f"{JOBS_PATH}{quote(job_id, safe='')}?{query}", None)
+
+    async def _verify(
+        self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer:
+        token = parse_qs(query).get("token", [None])[0]
+        job_id = await self._admit(raw_job_id, token, scope)
+        if isinstance(job_id, Rejection):
+            return _refusal(job_id)
         try:
             async with asyncio.timeout(self._redis_timeout):
                 state = await self._tracker.status(job_id)
@@ -228,7 +392,7 @@ class HttpRoutes:
             )
         return _response(HTTPStatus.OK, state.to_json())
 
-    async def _healthz(self) -> Response:
+    async def _healthz(self) -> Answer:
         redis = self._tracker.redis
         up = False
         if redis is not None:

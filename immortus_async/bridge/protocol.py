@@ -73,7 +73,9 @@ class ErrorCode(StrEnum):
     ORIGIN_NOT_ALLOWED = "origin_not_allowed"
     """HTTP only: the request's ``Origin`` is not allowed (status 403)."""
     NOT_FOUND = "not_found"
-    """HTTP only: no such path (status 404)."""
+    """No such path (HTTP 404), or a job the app's ``authorize`` refused: HTTP 404, or
+    on a websocket the end of that subscription. A refused job and a job that does
+    not exist get the same answer, so that ids cannot be probed."""
     REDIS_UNAVAILABLE = "redis_unavailable"
     """Redis did not answer in time: HTTP status 503, or, on a websocket, the end of
     a subscription that could not reach Redis for longer than allowed (retry later)."""

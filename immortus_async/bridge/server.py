@@ -8,7 +8,7 @@ import functools
 import logging
 import socket
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
@@ -18,6 +18,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import CONNECTING, OPEN
 
 from ..exceptions import RedisUnavailable
@@ -28,13 +29,32 @@ from .auth import Gatekeeper
 from .http import HttpRoutes
 from .logs import RedactingLogger
 from .protocol import CloseCode
-from .session import Session
+from .session import Disconnected, Session
 
-__all__ = ["DEFAULT_REDIS_URL", "Bridge", "BridgeStatistics", "serve"]
+__all__ = ["DEFAULT_REDIS_URL", "Bridge", "BridgeStatistics", "check_options", "serve"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def check_options(
+    allowed_origins: Sequence[str], *, counts: Mapping[str, int], seconds: Mapping[str, float]
+) -> None:
+    """Check a server's options, the bridge's or the mount's, by their names.
+
+    Raises:
+        TypeError: ``allowed_origins`` is one string, not a list of them.
+        ValueError: a count below 1, or a number of seconds that is not positive.
+    """
+    if isinstance(allowed_origins, str):
+        raise TypeError("allowed_origins must be a list of origins, not a string")
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, number in seconds.items():
+        if number <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {number!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +70,18 @@ class BridgeStatistics:
     subscriptions: int
     pending: int
     replaced: int
+
+    @classmethod
+    def of(cls, sessions: Iterable[Session]) -> BridgeStatistics:
+        """The statistics of these open sessions."""
+        sessions = list(sessions)
+        outboxes = [session.outbox.statistics() for session in sessions]
+        return cls(
+            connections=len(sessions),
+            subscriptions=sum(session.subscriptions for session in sessions),
+            pending=sum(outbox.jobs for outbox in outboxes),
+            replaced=sum(outbox.replaced for outbox in outboxes),
+        )
 
 
 # SO_LINGER on, with a zero timeout: close() drops what the kernel still holds
@@ -186,6 +218,49 @@ class _Connection(ServerConnection):
         self._stalled = self.loop.call_later(self.close_timeout or 0, self.transport.abort)
 
 
+class _Transport:
+    """A websockets connection as a session's :class:`~.session.Transport`."""
+
+    def __init__(self, websocket: ServerConnection, close_timeout: float) -> None:
+        self._ws = websocket
+        self._close_timeout = close_timeout
+        # A frame that fits in the write buffer's high-water mark (UTF-8 is at
+        # most 4 bytes a character, the header at most 14) cannot make send()
+        # wait when the buffer is empty: it needs no timer.
+        self._fits = (websocket.write_limit_high - 14) // 4
+
+    @property
+    def peer(self) -> object:
+        """The client's address."""
+        return self._ws.remote_address
+
+    async def receive(self) -> str | bytes:
+        """The next frame; :class:`Disconnected` once the connection is closed."""
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed:
+            raise Disconnected from None
+
+    async def send(self, frame: str, timeout: float) -> None:
+        """Send ``frame``, timing the wait only when the write buffer may make one."""
+        try:
+            if len(frame) <= self._fits and not self._ws.transport.get_write_buffer_size():
+                await self._ws.send(frame)
+                return
+            async with asyncio.timeout(timeout):
+                await self._ws.send(frame)
+        except ConnectionClosed:
+            raise Disconnected from None
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; abort the TCP connection if the client does not read."""
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()
+
+
 class Bridge:
     """Serves job states to browsers over websockets, and ``/verify`` over HTTP.
 
@@ -265,24 +340,21 @@ class Bridge:
         close_timeout: float = 5.0,
         redis_timeout: float = 5.0,
     ) -> None:
-        if isinstance(allowed_origins, str):
-            raise TypeError("allowed_origins must be a list of origins, not a string")
-        for name, value in (
-            ("max_frame_size", max_frame_size),
-            ("max_subscriptions", max_subscriptions),
-            ("write_limit", write_limit),
-            ("redis_connections", redis_connections),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, seconds in (
-            ("send_timeout", send_timeout),
-            ("open_timeout", open_timeout),
-            ("close_timeout", close_timeout),
-            ("redis_timeout", redis_timeout),
-        ):
-            if seconds <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+        check_options(
+            allowed_origins,
+            counts={
+                "max_frame_size": max_frame_size,
+                "max_subscriptions": max_subscriptions,
+                "write_limit": write_limit,
+                "redis_connections": redis_connections,
+            },
+            seconds={
+                "send_timeout": send_timeout,
+                "open_timeout": open_timeout,
+                "close_timeout": close_timeout,
+                "redis_timeout": redis_timeout,
+            },
+        )
         self._gate = Gatekeeper(
             secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
         )
@@ -330,13 +402,7 @@ class Bridge:
 
     def statistics(self) -> BridgeStatistics:
         """Open connections, their subscriptions, and how far behind their clients are."""
-        outboxes = [session.outbox.statistics() for session in self._sessions]
-        return BridgeStatistics(
-            connections=len(self._sessions),
-            subscriptions=sum(session.subscriptions for session in self._sessions),
-            pending=sum(outbox.jobs for outbox in outboxes),
-            replaced=sum(outbox.replaced for outbox in outboxes),
-        )
+        return BridgeStatistics.of(self._sessions)
 
     async def start(self) -> Bridge:
         """Check that Redis answers, then start listening. Returns the bridge.
@@ -410,12 +476,12 @@ class Bridge:
     async def _handle(self, websocket: ServerConnection) -> None:
         assert self._tracker is not None
         session = Session(
-            websocket,
+            _Transport(websocket, self._close_timeout),
             self._tracker,
             self._gate,
+            path=websocket.request.path if websocket.request is not None else None,
             max_subscriptions=self._max_subscriptions,
             send_timeout=self._send_timeout,
-            close_timeout=self._close_timeout,
         )
         self._sessions.add(session)
         try:

@@ -1,21 +1,24 @@
-"""One websocket connection: its subscriptions, its outbox and the task that sends it."""
+"""One connection: its subscriptions, its outbox and the task that sends it.
+
+The protocol's logic lives here once, for every server that speaks it (the
+websockets bridge, the ASGI mount's websocket and event streams); what each
+server brings is a :class:`Transport`, the connection's I/O face.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from functools import partial
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from typing import Any, Protocol
 
 from ..exceptions import JobLost, RedisUnavailable
 from ..state import JobState
 from ..status import JobStatus
 from ..tracker import Tracker
-from .auth import Gatekeeper
+from .auth import Gatekeeper, not_found
 from .logs import RedactingLogger
 from .outbox import Outbox
 from .protocol import (
@@ -28,9 +31,51 @@ from .protocol import (
     parse_message,
 )
 
-__all__ = ["Session"]
+__all__ = ["Disconnected", "Session", "Transport"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
+
+
+class Disconnected(Exception):
+    """Raised by a :class:`Transport` once the connection is over, whoever ended it."""
+
+
+class Transport(Protocol):
+    """The I/O face of one connection, all a :class:`Session` needs from a server.
+
+    The protocol's logic (what to answer, limits, error codes) is in the session;
+    a transport only moves frames, and enforces what only the server can: the
+    frame size limit, keepalive pings, and the client's own framing errors.
+    """
+
+    @property
+    def peer(self) -> object:
+        """Who is at the other end, for log lines (an address)."""
+        ...
+
+    async def receive(self) -> str | bytes:
+        """The client's next frame: ``str`` for a text frame, ``bytes`` for a binary one.
+
+        Raises:
+            Disconnected: the connection is over.
+        """
+        ...
+
+    async def send(self, frame: str, timeout: float) -> None:
+        """Send one text frame.
+
+        Raises:
+            TimeoutError: the client left the send blocked for ``timeout`` seconds.
+            Disconnected: the connection is over.
+        """
+        ...
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with ``code``; abort the connection if the client does not read.
+
+        Returns within the server's close timeout; idempotent.
+        """
+        ...
 
 
 class Session:
@@ -44,33 +89,47 @@ class Session:
     A send that the client's socket leaves blocked for ``send_timeout`` seconds
     closes the connection with :attr:`CloseCode.SLOW_CLIENT`.
 
+    With ``once=True`` the session serves the subscription of its connect path
+    and nothing else: it reads no frames, and closes the transport (code 1000)
+    once that subscription's last frame is sent. That is an event stream.
+
     Args:
-        websocket: the open connection.
-        tracker: the bridge's tracker (one Redis pub/sub connection for all).
-        gate: checks each subscription's token.
+        transport: the open connection.
+        tracker: the server's tracker (one Redis pub/sub connection for all).
+        gate: checks each subscription's token, and asks the app's ``authorize``.
+        path: the request path (query included) relative to where the protocol is
+            served; ``/jobs/<job_id>?...`` subscribes on connect.
+        scope: what the app's ``authorize`` callable is given (the ASGI scope).
         max_subscriptions: subscriptions a connection may hold at once; a job
             whose last frames are still waiting to be sent holds its slot.
         send_timeout: seconds one frame may wait for the client to read.
-        close_timeout: seconds the closing handshake may take before the TCP
-            connection is aborted.
+        once: serve the connect path's subscription only, then close.
+        app_checked: the server has asked the app's ``authorize`` about the
+            connect path's job already (an event stream answers a refusal in HTTP).
     """
 
     def __init__(
         self,
-        websocket: ServerConnection,
+        transport: Transport,
         tracker: Tracker,
         gate: Gatekeeper,
         *,
+        path: str | None = None,
+        scope: MutableMapping[str, Any] | None = None,
         max_subscriptions: int,
         send_timeout: float,
-        close_timeout: float,
+        once: bool = False,
+        app_checked: bool = False,
     ) -> None:
-        self._ws = websocket
+        self._transport = transport
         self._tracker = tracker
         self._gate = gate
+        self._path = path
+        self._scope = scope
         self._max_subscriptions = max_subscriptions
         self._send_timeout = send_timeout
-        self._close_timeout = close_timeout
+        self._once = once
+        self._app_checked = app_checked
         self.outbox = Outbox()
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
         # Cancelled subscriptions stay here until they have finished unwinding.
@@ -83,14 +142,19 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until it closes; then cancel and await every task."""
+        if self._path is not None:
+            self._receive(partial(parse_connect_path, self._path))
         sender = asyncio.create_task(self._send_loop(), name="immortus-bridge-sender")
         try:
-            request = self._ws.request
-            if request is not None:
-                self._receive(partial(parse_connect_path, request.path))
-            async for message in self._ws:
+            if self._once:
+                # Nothing to read: the stream ends with its subscription, or the
+                # client leaves, which the sender sees.
+                await sender
+                return
+            while True:
+                message = await self._transport.receive()
                 self._receive(partial(parse_message, message))
-        except ConnectionClosed:
+        except Disconnected:
             pass  # the client left, or a limit closed the connection: nothing to tell
         finally:
             tasks = [sender, *self._tasks]
@@ -101,12 +165,8 @@ class Session:
                     logger.error("a connection task failed", exc_info=result)
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        """Close with ``code``; abort the TCP connection if the client does not read."""
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._ws.close(code, reason)
-        except TimeoutError:
-            self._ws.transport.abort()
+        """Close with ``code``; abort the connection if the client does not read."""
+        await self._transport.close(code, reason)
 
     # Messages
 
@@ -136,6 +196,7 @@ class Session:
     def _subscribe(self, request: Subscribe) -> None:
         job_id = request.job_id
         expires_at = self._gate.authorize(job_id, request.token)
+        ask_app = self._gate.asks_app(request.token) and not self._app_checked
         if isinstance(expires_at, Rejection):
             self.outbox.reject(expires_at)
             return
@@ -154,7 +215,7 @@ class Session:
         self._stop(job_id)
         self.outbox.discard(job_id)
         task = asyncio.create_task(
-            self._follow(job_id, request.since_seq, expires_at),
+            self._follow(job_id, request.since_seq, expires_at, ask_app=ask_app),
             name="immortus-bridge-follow",
         )
         self._subscriptions[job_id] = task
@@ -168,11 +229,15 @@ class Session:
 
     # Tasks
 
-    async def _follow(self, job_id: str, since_seq: int | None, expires_at: float | None) -> None:
+    async def _follow(
+        self, job_id: str, since_seq: int | None, expires_at: float | None, *, ask_app: bool
+    ) -> None:
         """Forward the job's states to the outbox until its terminal state or an end.
 
         A subscription ends once, with its terminal state or with one ``error``
-        frame, and nothing of it is queued after either.
+        frame, and nothing of it is queued after either. When the app's
+        ``authorize`` refuses the job, that frame is ``not_found``, the same bytes
+        whether the job exists or not: nothing about it is read before the app says yes.
         """
         deadline = None
         if expires_at is not None:
@@ -182,6 +247,9 @@ class Session:
         try:
             try:
                 async with scope:
+                    if ask_app and not await self._gate.app_allows(self._scope, job_id):
+                        self.outbox.end(not_found(job_id))
+                        return
                     states = self._tracker.watch(job_id)
                     await self._forward(states, since_seq)
             except Exception as exc:
@@ -228,31 +296,44 @@ class Session:
 
     async def _send_loop(self) -> None:
         try:
-            transport = self._ws.transport
-            # A frame that fits in the write buffer's high-water mark (UTF-8 is at
-            # most 4 bytes a character, the header at most 14) cannot make send()
-            # wait when the buffer is empty: it needs no timer.
-            fits = (self._ws.write_limit_high - 14) // 4
             while True:
-                for frame in await self.outbox.take():
-                    if len(frame) <= fits and not transport.get_write_buffer_size():
-                        await self._ws.send(frame)
-                        continue
-                    async with asyncio.timeout(self._send_timeout):
-                        await self._ws.send(frame)
-        except ConnectionClosed:
+                if self._once and self._over():
+                    await self.close(CloseCode.NORMAL_CLOSURE, "the job's stream is over")
+                    return
+                for frame in await self._next_frames():
+                    await self._transport.send(frame, self._send_timeout)
+        except Disconnected:
             pass  # the reading side sees it too and ends the session
         except TimeoutError:
             logger.warning(
                 "closing a client that read nothing for %.1fs (%s)",
                 self._send_timeout,
-                self._ws.remote_address,
+                self._transport.peer,
             )
             await self.close(CloseCode.SLOW_CLIENT, "the client does not read")
         except Exception:
             # Without its sender the client would wait forever: end the connection.
             logger.exception("sending to a client failed")
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _over(self) -> bool:
+        """Whether every subscription has ended and its last frame is sent."""
+        waiting = self.outbox.statistics()
+        return not (waiting.jobs or waiting.errors) and all(task.done() for task in self._tasks)
+
+    async def _next_frames(self) -> list[str]:
+        """What the outbox has to send; in ``once`` mode, [] when a subscription ends first."""
+        running = [task for task in self._tasks if not task.done()]
+        if not self._once or not running:
+            return await self.outbox.take()
+        # The subscription may end without a frame left to send (its terminal
+        # state already taken): wake up for that too, to close the stream.
+        take = asyncio.ensure_future(self.outbox.take())
+        try:
+            await asyncio.wait([take, *running], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            take.cancel()  # it has no effect before it returns
+        return [] if take.cancelled() else take.result()
 
 
 def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:

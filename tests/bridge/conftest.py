@@ -13,16 +13,63 @@ from playwright.async_api import Browser, Page
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer, Tracker
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE
-from .helpers import SECRET, BridgeProcess, PageServer, advance, open_client, receive, subscribe
+from .helpers import (
+    SECRET,
+    BridgeProcess,
+    MountServer,
+    PageServer,
+    advance,
+    open_client,
+    receive,
+    subscribe,
+)
+
+# The protocol's tests run against both servers that speak it.
+BOTH_SERVERS = (
+    "test_session",
+    "test_hostile_frames",
+    "test_browser",
+    "test_asgi",
+    "test_http",
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test of :data:`BOTH_SERVERS` that uses ``bridge`` on the bridge and the mount.
+
+    ``@pytest.mark.bridge_only`` keeps a test on the bridge (what only it does:
+    keepalive pings, its own TCP handling); ``mount_only`` on the mount.
+    """
+    if "bridge" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    servers = ["bridge", "mount"] if module in BOTH_SERVERS else ["bridge"]
+    if metafunc.definition.get_closest_marker("bridge_only"):
+        servers = ["bridge"]
+    if metafunc.definition.get_closest_marker("mount_only"):
+        servers = ["mount"]
+    metafunc.parametrize("bridge", servers, indirect=True)
 
 
 @pytest.fixture
-async def bridge(redis_server: RedisServer) -> AsyncIterator[Bridge]:
-    """A bridge on a free loopback port, requiring tokens signed with ``SECRET``."""
+async def bridge(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[Bridge | MountServer]:
+    """A server of the protocol on a free loopback port, requiring tokens signed with
+    ``SECRET``: the websockets bridge, or uvicorn serving a FastAPI app with the
+    ASGI mount (``request.param``, see :func:`pytest_generate_tests`)."""
+    if request.param == "mount":
+        async with Tracker(redis_server.url) as tracker:
+            server = await MountServer(tracker, secret=SECRET).start()
+            try:
+                yield server
+            finally:
+                await server.stop()
+        return
     async with serve(redis_server.url, "127.0.0.1", 0, secret=SECRET) as bridge:
         yield bridge
 

@@ -7,12 +7,18 @@ import json
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import jwt
+import uvicorn
+from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
+import immortus_async.asgi
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
+from immortus_async.bridge import BridgeStatistics
 
 from ..utils import SCALE
 
@@ -27,6 +33,93 @@ class Listening(Protocol):
     def url(self) -> str: ...
     @property
     def port(self) -> int: ...
+
+
+MOUNT_PATH = "/immortus"
+"""Where :class:`MountServer` mounts the ASGI app in its FastAPI app."""
+
+
+class MountServer:
+    """Real uvicorn serving a FastAPI app with ``immortus_async.asgi.app`` at :data:`MOUNT_PATH`.
+
+    Quacks like a :class:`~immortus_async.bridge.Bridge` for the protocol tests:
+    :attr:`url` (the websocket root, the mount), :attr:`port`, :meth:`statistics`.
+    :meth:`stop` and :meth:`start` again restart it on the same port.
+    """
+
+    def __init__(self, tracker: Any, port: int = 0, **options: Any) -> None:
+        self.tracker = tracker
+        self.mount = immortus_async.asgi.app(tracker, **options)
+        self.app = FastAPI()
+        self.app.mount(MOUNT_PATH, self.mount)
+        self._port = port
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> MountServer:
+        """Listen on the port (a free one the first time) and wait until uvicorn serves."""
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self._port,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="websockets-sansio",
+            # As the bridge: messages are small, and deflate costs memory per connection.
+            ws_per_message_deflate=False,
+            # Open event streams would hold a graceful shutdown until their job ends.
+            timeout_graceful_shutdown=0.5 * SCALE,
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.create_task(self._server.serve())
+        async with asyncio.timeout(10 * SCALE):
+            while not self._server.started:
+                await asyncio.wait([self._serving], timeout=0.01)
+                if self._serving.done():
+                    self._serving.result()
+        self._port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop uvicorn and wait for it (its connections are closed)."""
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            async with asyncio.timeout(10 * SCALE):
+                await self._serving
+            self._server = self._serving = None
+
+    @property
+    def port(self) -> int:
+        """The port uvicorn listens on."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>/immortus``: the mount, the websocket root."""
+        return f"ws://127.0.0.1:{self._port}{MOUNT_PATH}"
+
+    def statistics(self) -> BridgeStatistics:
+        """The mount's connections and subscriptions, as a bridge counts them."""
+        return self.mount.statistics()
+
+
+async def read_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Server-Sent Events from a response's lines: ``{"id", "event", "data"}``, data parsed.
+
+    Written out, not a library's: the test reads the stream as the wire has it.
+    """
+    event: dict[str, Any] = {}
+    async for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            event[name] = json.loads(value) if name == "data" else value
 
 
 class BridgeProcess:
@@ -119,7 +212,9 @@ async def http_get(
 ) -> tuple[int, dict[str, str], bytes]:
     """``GET path`` on the bridge's port: (status, headers lower-cased, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{bridge.port}"]
+    # The mount serves under its path; the bridge at the root.
+    root = urlsplit(bridge.url).path
+    lines = [f"GET {root}{path} HTTP/1.1", f"Host: 127.0.0.1:{bridge.port}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     async with asyncio.timeout(10 * SCALE):

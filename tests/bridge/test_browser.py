@@ -11,22 +11,46 @@ import pytest
 from playwright.async_api import Page, WebSocketRoute
 from redis.asyncio import Redis
 
-from immortus_async import JobState, JobStatus, RedisPubSubStrategy, RedisServer, RedisUnavailable
+from immortus_async import (
+    JobState,
+    JobStatus,
+    RedisPubSubStrategy,
+    RedisServer,
+    RedisUnavailable,
+    Tracker,
+)
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import ARTIFACTS, wait_until
-from .helpers import SECRET, PageServer, advance, follow_page, token
+from .helpers import SECRET, MountServer, PageServer, advance, follow_page, token
 
 S = JobStatus
 
 
-@pytest.fixture
-async def site_bridge(redis_server: RedisServer, page_server: PageServer) -> AsyncIterator[Bridge]:
-    """A bridge that allows the test page's origin (and only it, besides its own)."""
+@pytest.fixture(params=["bridge", "mount"])
+async def site_bridge(
+    request: pytest.FixtureRequest, redis_server: RedisServer, page_server: PageServer
+) -> AsyncIterator[Bridge | MountServer]:
+    """A bridge, or uvicorn serving the mount, that allows the test page's origin (and
+    only it, besides its own). The page loads immortus.js from it."""
+    allowed = [page_server.origin]
+    if request.param == "mount":
+        async with Tracker(redis_server.url) as tracker:
+            server = await MountServer(tracker, secret=SECRET, allowed_origins=allowed).start()
+            yield server
+            await server.stop()
+        return
     async with serve(
-        redis_server.url, "127.0.0.1", 0, secret=SECRET, allowed_origins=[page_server.origin]
+        redis_server.url, "127.0.0.1", 0, secret=SECRET, allowed_origins=allowed
     ) as bridge:
         yield bridge
+
+
+def _requests(page: Page) -> list[str]:
+    """The URLs the page fetches from now on (the event stream, /verify)."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return urls
 
 
 async def _open(page: Page, page_server: PageServer, bridge: Bridge, *, module: bool) -> None:
@@ -72,13 +96,15 @@ async def test_page_follows_progress_to_finished(
 
 
 @pytest.mark.timeout(90)
-async def test_page_without_websocket_polls_verify(
+async def test_page_without_websocket_follows_events_or_polls_verify(
     page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
 ) -> None:
-    """With WebSocket deleted, the ES module client polls /verify to the terminal state."""
+    """With WebSocket deleted, the ES module client follows the job to its end over the
+    mount's event stream, or, from the bridge (which serves none), by polling /verify."""
     job_id = "polled-job"
     await advance(strategy, job_id, S.STARTED, progress=0.1)
     await page.add_init_script("delete window.WebSocket")
+    urls = _requests(page)
     await _open(page, page_server, site_bridge, module=True)
     await page.evaluate("([id, t]) => follow(id, t, { pollInterval: 50 })", [job_id, token(job_id)])
     await _wait_progress(page, 0.1)
@@ -88,6 +114,12 @@ async def test_page_without_websocket_polls_verify(
     state = await _result(page)
     assert (state["status"], state["error"]) == ("failed", "disk full")
     assert await page.evaluate("typeof WebSocket") == "undefined"
+    streams = [url for url in urls if f"/jobs/{job_id}/events" in url]
+    polls = [url for url in urls if "/verify/" in url]
+    if isinstance(site_bridge, MountServer):
+        assert (len(streams), polls) == (1, []), "one event stream carried it all"
+    else:
+        assert len(streams) == 1 and polls, "the bridge has no event stream: polling"
 
 
 @pytest.mark.timeout(60)
@@ -102,6 +134,29 @@ async def test_a_refused_token_rejects_the_promise(
         [token("another-job")],
     )
     assert code == "token_invalid"
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_authorize_refuses_rejects_the_promise_with_not_found(
+    page: Page, page_server: PageServer, redis_server: RedisServer, strategy: RedisPubSubStrategy
+) -> None:
+    """Against a mount whose authorize refuses the job, verify() rejects with not_found
+    (the websocket's answer) instead of retrying for ever."""
+    await advance(strategy, "hidden", S.STARTED)
+    async with Tracker(redis_server.url) as tracker:
+        server = MountServer(
+            tracker, authorize=lambda scope, job_id: False, allowed_origins=[page_server.origin]
+        )
+        await server.start()
+        try:
+            await _open(page, page_server, server, module=False)
+            code = await page.evaluate(
+                """() => Immortus.verify({ job_id: "hidden" })
+                    .then(() => "resolved", (error) => error.code)"""
+            )
+        finally:
+            await server.stop()
+    assert code == "not_found"
 
 
 @pytest.mark.timeout(60)
@@ -147,18 +202,32 @@ async def test_create_posts_json_and_the_page_follows_the_new_job(
     assert (await _result(page))["job_id"] == "created-1"
 
 
-@pytest.mark.timeout(60)
-async def test_page_falls_back_to_polling_when_websockets_keep_failing(
-    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
-) -> None:
-    """Every websocket closes at once (a proxy that breaks them): the client polls /verify."""
-    closed: list[str] = []
+async def _behind_a_proxy(
+    page: Page,
+    page_server: PageServer,
+    site_bridge: Bridge,
+    strategy: RedisPubSubStrategy,
+    *,
+    cut_events: bool,
+) -> list[str]:
+    """Follow a job to its end while every websocket closes at once (and, with
+    ``cut_events``, every event stream is cut): what the client tried, in order
+    ("websocket", "events", "verify")."""
+    steps: list[str] = []
 
     async def refuse(socket: WebSocketRoute) -> None:
-        closed.append(socket.url)
+        steps.append("websocket")
         await socket.close()
 
     await page.route_web_socket(re.compile(".*"), refuse)
+    if cut_events:
+        await page.route(re.compile(".*/events.*"), lambda route: route.abort())
+
+    def fetched(url: str) -> None:
+        if "/events" in url or "/verify/" in url:
+            steps.append("events" if "/events" in url else "verify")
+
+    page.on("request", lambda request: fetched(request.url))
     job_id = "behind-a-bad-proxy"
     await advance(strategy, job_id, S.STARTED, progress=0.4)
     await _open(page, page_server, site_bridge, module=False)
@@ -169,7 +238,59 @@ async def test_page_falls_back_to_polling_when_websockets_keep_failing(
     await _wait_progress(page, 0.4)
     await advance(strategy, job_id, S.FINISHED)
     assert (await _result(page))["status"] == "finished"
-    assert len(closed) == 4, "socketFailures (4) attempts, then polling"
+    return steps
+
+
+@pytest.mark.timeout(60)
+async def test_page_falls_back_when_websockets_keep_failing(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """Every websocket closes at once (a proxy that breaks them): after socketFailures
+    the client reads the event stream (the mount), else polls /verify (the bridge)."""
+    steps = await _behind_a_proxy(page, page_server, site_bridge, strategy, cut_events=False)
+    assert steps.count("websocket") == 4, "socketFailures (4) attempts, then the next transport"
+    assert ("verify" in steps) is not isinstance(site_bridge, MountServer)
+
+
+@pytest.mark.timeout(60)
+async def test_page_polls_when_websockets_and_event_streams_both_fail(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """Websockets closed and event streams cut (a proxy that breaks both): the client
+    polls /verify to the end, in that order: websocket, event stream, polling."""
+    steps = await _behind_a_proxy(page, page_server, site_bridge, strategy, cut_events=True)
+    assert steps[:4] == ["websocket"] * 4 and steps[4] == "events" and steps[-1] == "verify"
+    assert set(steps[steps.index("verify") :]) == {"verify"}
+
+
+@pytest.mark.timeout(60)
+async def test_an_aborted_signal_rejects_verify_and_closes_the_connection(
+    page: Page, page_server: PageServer, site_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """verify(job, {signal}) rejects with the signal's reason once it aborts, and lets
+    go of its connection: the server counts no connection left."""
+    await advance(strategy, "cancelled", S.STARTED)
+    await _open(page, page_server, site_bridge, module=False)
+    await page.evaluate(
+        """([t]) => {
+            window.controller = new AbortController();
+            window.settled = Immortus.verify(
+                { job_id: "cancelled", token: t },
+                { signal: controller.signal, onState: () => { window.seen = true; } },
+            ).then(() => "resolved", (error) => error.name);
+        }""",
+        [token("cancelled")],
+    )
+    await page.wait_for_function("window.seen === true", timeout=10_000)
+    assert site_bridge.statistics().connections == 1
+    await page.evaluate("controller.abort()")
+    assert await page.evaluate("window.settled") == "AbortError"
+    await wait_until(lambda: site_bridge.statistics().connections == 0, message="the close")
+    already = await page.evaluate(
+        """() => Immortus.verify({ job_id: "x" }, { signal: AbortSignal.abort() })
+            .then(() => "resolved", (error) => error.name)"""
+    )
+    assert already == "AbortError"
 
 
 @contextlib.asynccontextmanager

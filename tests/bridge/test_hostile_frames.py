@@ -21,6 +21,7 @@ from immortus_async.bridge import Bridge, CloseCode
 
 from .helpers import (
     OTHER_SECRET,
+    MountServer,
     advance,
     expired_token,
     open_client,
@@ -140,6 +141,8 @@ async def test_bad_connect_path_gets_its_error_code(
     code: str,
 ) -> None:
     """A refused /jobs/ path is answered by an error frame, not a close."""
+    if isinstance(bridge, MountServer) and "%0A" in path:
+        pytest.skip("Starlette's Mount routes no path with a newline: it never reaches the mount")
 
     async def hostile() -> None:
         async with await open_client(bridge, path.format(token=token("j"))) as client:

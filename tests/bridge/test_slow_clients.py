@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import AsyncIterator
 
 import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer, Tracker
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE, wait_until
@@ -18,6 +20,7 @@ from .helpers import (
     SECRET,
     BridgeProcess,
     Listening,
+    MountServer,
     advance,
     open_client,
     receive,
@@ -36,7 +39,8 @@ async def _stalled_client(bridge: Listening) -> ClientConnection:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", bridge.port))
     sock.setblocking(False)
-    return await connect(bridge.url, sock=sock, max_queue=1, ping_interval=None)
+    # The mount's websocket root is its path with a slash (Starlette's Mount).
+    return await connect(bridge.url + "/", sock=sock, max_queue=1, ping_interval=None)
 
 
 def _rss(bridge: BridgeProcess) -> int:
@@ -86,23 +90,40 @@ async def test_a_client_that_never_reads_costs_bounded_memory(
     await slow.close()
 
 
-@pytest.mark.timeout(60)
-async def test_a_client_blocked_past_send_timeout_is_closed(
-    redis_server: RedisServer, strategy: RedisPubSubStrategy, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A client that leaves a send blocked past send_timeout is disconnected (code 4008)."""
-    caplog.set_level(logging.WARNING, logger="immortus_async.bridge")
+@contextlib.asynccontextmanager
+async def _server_with_timeouts(
+    kind: str, redis_server: RedisServer
+) -> AsyncIterator[Bridge | MountServer]:
+    """The bridge, or uvicorn serving the mount, with short send and close timeouts."""
+    timeouts = {"send_timeout": 0.5 * SCALE, "close_timeout": 0.5 * SCALE}
+    if kind == "mount":
+        async with Tracker(redis_server.url) as tracker:
+            server = await MountServer(tracker, secret=SECRET, **timeouts).start()
+            try:
+                yield server
+            finally:
+                await server.stop()
+        return
     async with serve(
-        redis_server.url,
-        "127.0.0.1",
-        0,
-        secret=SECRET,
-        send_timeout=0.5 * SCALE,
-        close_timeout=0.5 * SCALE,
-        write_limit=1024,
+        redis_server.url, "127.0.0.1", 0, secret=SECRET, write_limit=1024, **timeouts
     ) as bridge:
-        slow = await _stalled_client(bridge)
-        await _flood_until_closed(bridge, slow, strategy)
+        yield bridge
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["bridge", "mount"])
+async def test_a_client_blocked_past_send_timeout_is_closed(
+    redis_server: RedisServer,
+    strategy: RedisPubSubStrategy,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """A client that leaves a send blocked past send_timeout is disconnected (code 4008),
+    by the bridge and by the mount alike (the same session's timer)."""
+    caplog.set_level(logging.WARNING, logger="immortus_async.bridge")
+    async with _server_with_timeouts(kind, redis_server) as server:
+        slow = await _stalled_client(server)
+        await _flood_until_closed(server, slow, strategy)
         slow.transport.abort()
     assert any("read nothing" in record.getMessage() for record in caplog.records)
 
@@ -118,7 +139,7 @@ def _server_side(bridge_port: int, client_port: int) -> list[str]:
 
 
 async def _flood_until_closed(
-    bridge: Bridge, slow: ClientConnection, strategy: RedisPubSubStrategy
+    bridge: Bridge | MountServer, slow: ClientConnection, strategy: RedisPubSubStrategy
 ) -> None:
     """Follow a job on ``slow`` and update it until the bridge gives up on the client."""
     await slow.send(subscribe("stuck"))

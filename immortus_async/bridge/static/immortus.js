@@ -13,12 +13,14 @@
  *   });
  *
  * verify() follows the job over a websocket, reconnects with jittered exponential
- * backoff and resubscribes with since_seq, and falls back to polling GET /verify
- * when WebSocket is missing or keeps failing. Its promise resolves with the
- * terminal state (failed jobs included: look at state.status) and rejects with an
- * ImmortusError when following cannot succeed: a refused token, a bad job id, an
- * origin the bridge does not allow, a job that Redis lost.
- * The protocol is described in docs/protocol.md.
+ * backoff and resubscribes with since_seq; when WebSocket is missing or keeps
+ * failing it reads the job's Server-Sent Events (GET /jobs/<id>/events, served by
+ * the ASGI mount), and when those fail too it polls GET /verify. Its promise
+ * resolves with the terminal state (failed jobs included: look at state.status)
+ * and rejects with an ImmortusError when following cannot succeed: a refused
+ * token, a bad or unknown job id, an origin the server does not allow, a job that
+ * Redis lost; with the AbortSignal's reason when { signal } is aborted.
+ * The protocol is described in docs/protocol.md; immortus.d.ts has the types.
  */
 (function (global) {
   "use strict";
@@ -27,8 +29,9 @@
     return; // loaded twice (a classic script and the module): keep the first
   }
 
-  // Where this script came from: the bridge. document.currentScript is null when
-  // the file is imported by immortus.mjs, which then sets Immortus.baseUrl itself.
+  // Where this script came from: the bridge, or the app's mount of the ASGI app.
+  // document.currentScript is null when the file is imported by immortus.mjs,
+  // which then sets Immortus.baseUrl itself.
   var script = global.document && global.document.currentScript;
   var scriptBase = script && script.src ? new URL(".", script.src).href : null;
 
@@ -48,14 +51,16 @@
   var defaults = {
     backoffMin: 250, // ms before the first reconnection
     backoffMax: 10000, // ms, the longest wait between reconnections
-    socketFailures: 4, // failed connections in a row before polling /verify instead
+    socketFailures: 4, // failed connections in a row before the next transport
     pollInterval: 1000, // ms between two reads of /verify
   };
 
+  // The server's root, its path included (a mount: https://app.example/immortus),
+  // without the trailing slash.
   function httpBase(url) {
     var base = new URL(url || Immortus.baseUrl || scriptBase || global.location.href);
     base.protocol = base.protocol.replace(/^ws/, "http");
-    return base.origin;
+    return (base.origin + base.pathname).replace(/\/+$/, "");
   }
 
   function callSafely(callback, first, second) {
@@ -74,6 +79,9 @@
       }
       this.job = job;
       this.handlers = handlers || {};
+      this.signal = this.handlers.signal || null;
+      // Aborts the fetches of the event stream and of /verify when we are done.
+      this.fetches = new AbortController();
       this.options = Object.assign({}, defaults, job);
       this.base = httpBase(job.url);
       this.resolve = resolve;
@@ -90,8 +98,14 @@
     }
 
     start() {
+      if (this.signal) {
+        if (this.signal.aborted) return this.finish(this.signal.reason);
+        this.signal.addEventListener("abort", () => this.finish(this.signal.reason), {
+          once: true,
+        });
+      }
       if (typeof global.WebSocket === "undefined") {
-        this.poll();
+        this.stream();
       } else {
         this.connect();
       }
@@ -129,6 +143,7 @@
       if (this.done) return;
       this.done = true;
       clearTimeout(this.timer);
+      this.fetches.abort();
       if (this.socket) {
         this.socket.onclose = null;
         this.socket.close(1000);
@@ -190,7 +205,9 @@
       if (message.type === "state") {
         this.deliver(message);
       } else if (message.type === "error") {
-        this.refused(message.code, message.message, () => this.subscribe(socket));
+        // On a websocket the connection goes on; an event stream is over: open another.
+        var renew = socket ? () => this.subscribe(socket) : () => this.stream();
+        this.refused(message.code, message.message, renew);
       }
     }
 
@@ -209,9 +226,76 @@
     retry() {
       if (this.done) return;
       if (this.failures >= this.options.socketFailures) {
-        this.poll();
+        this.failures = 0;
+        this.attempt = 0;
+        this.stream();
       } else {
         this.later(() => this.connect());
+      }
+    }
+
+    // Server-Sent Events, read with fetch: it shows the answer's status and body,
+    // takes the AbortSignal, and resumes from since_seq as a websocket does.
+
+    async stream() {
+      if (this.done) return;
+      var url = this.base + "/jobs/" + encodeURIComponent(this.job.job_id) + "/events";
+      var query = new URLSearchParams();
+      var response;
+      try {
+        var token = await this.token();
+        if (token) query.set("token", token);
+        if (this.seq >= 0) query.set("since_seq", String(this.seq));
+        response = await global.fetch(url + "?" + query, {
+          cache: "no-store",
+          headers: { Accept: "text/event-stream" },
+          signal: this.fetches.signal,
+        });
+      } catch (error) {
+        return this.streamFailed();
+      }
+      if (!response.ok || !response.body) {
+        // No event stream here (the bridge serves none), or a refusal: /verify
+        // answers either, with the refusal's code.
+        return this.poll();
+      }
+      try {
+        await this.readEvents(response.body.getReader());
+      } catch (error) {
+        // a broken connection: resume below
+      }
+      if (!this.done) this.streamFailed();
+    }
+
+    async readEvents(reader) {
+      var decoder = new TextDecoder();
+      var buffer = "";
+      for (;;) {
+        var chunk = await reader.read();
+        if (chunk.done) return;
+        buffer += decoder.decode(chunk.value, { stream: true });
+        var end;
+        while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
+          var block = buffer.slice(0, end);
+          buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, "");
+          var data = block
+            .split(/\r?\n/)
+            .filter((line) => line.startsWith("data:"))
+            .map((line) => line.slice(5).replace(/^ /, ""))
+            .join("\n");
+          if (data) this.received(null, data);
+          if (this.done) return;
+        }
+      }
+    }
+
+    streamFailed() {
+      if (this.done) return;
+      this.failures += 1;
+      if (this.failures >= this.options.socketFailures) {
+        this.poll();
+      } else {
+        this.later(() => this.stream());
       }
     }
 
@@ -224,7 +308,7 @@
       try {
         var token = await this.token();
         if (token) url += "?token=" + encodeURIComponent(token);
-        response = await global.fetch(url, { cache: "no-store" });
+        response = await global.fetch(url, { cache: "no-store", signal: this.fetches.signal });
       } catch (error) {
         this.later(() => this.poll());
         return;
@@ -246,6 +330,7 @@
     }
   }
 
+  // handlers: { onProgress, onStatus, onState, signal }; see immortus.d.ts.
   function verify(job, handlers) {
     return new Promise(function (resolve, reject) {
       new Follower(job, handlers, resolve, reject).start();

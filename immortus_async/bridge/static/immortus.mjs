@@ -10,4 +10,4 @@ const Immortus = globalThis.Immortus;
 if (!Immortus.baseUrl) Immortus.baseUrl = new URL(".", import.meta.url).href;
 
 export default Immortus;
-export const { verify, create, ImmortusError } = Immortus;
+export const { verify, create, ImmortusError, defaults } = Immortus;
