@@ -7,7 +7,7 @@ from .. import require
 # Before anything imports arq: without it, the error says how to install it.
 require("arq")
 
-from .adapter import ArqAdapter  # noqa: E402
+from ._adapter import ArqAdapter  # noqa: E402
 from .strategy import ArqStrategy  # noqa: E402
 from .worker import track_worker, tracked  # noqa: E402
 

@@ -400,8 +400,10 @@ def track_worker(
         settings: the ``WorkerSettings`` class or dict.
         strategy: the strategy for jobs that have no inline one; default
             :func:`~immortus_async.configure`'s, else ``"redis_pub_sub"``.
-        heartbeat_interval, stalled_after, retry_for, write_timeout: as for
-            :func:`tracked`.
+        heartbeat_interval: as for :func:`tracked`.
+        stalled_after: as for :func:`tracked`.
+        retry_for: as for :func:`tracked`.
+        write_timeout: as for :func:`tracked`.
         shutdown_grace: seconds ``Worker.close()`` waits for pending tracking
             writes before it cancels them.
 
