@@ -1,0 +1,221 @@
+"""The streaQ adapter with real streaQ workers on the test's own Redis."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+from streaq import Worker
+
+from immortus_async import JobState, JobStatus, RedisServer
+from immortus_async.adapters.streaq import StreaqStrategy
+
+from ..utils import SCALE, wait_until
+from .streaq_jobs import gate, make_worker
+
+S = JobStatus
+
+# streaQ 7.2's Worker.run_async never closes the receiving end of its prefetch
+# stream (only its clones), so a stopped worker warns when it is collected.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <function MemoryObjectReceiveStream.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@asynccontextmanager
+async def running(worker: Worker[Any]) -> AsyncIterator[Worker[Any]]:
+    """Run ``worker`` in this event loop for the duration of the block."""
+    async with anyio.create_task_group() as group:
+        await group.start(worker.run_async)
+        yield worker
+        group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def producer(url: str) -> AsyncIterator[Worker[Any]]:
+    """A streaQ client that only enqueues (a web process): the same tasks, no worker loop."""
+    worker = make_worker(url, tracked=False)
+    async with worker:
+        yield worker
+
+
+async def open_gate(redis: Redis, name: str) -> None:
+    await redis.rpush(gate(name), "go")
+
+
+@pytest.fixture
+async def strategy(redis_server: RedisServer) -> AsyncIterator[StreaqStrategy]:
+    reader = StreaqStrategy(redis_server.url, poll_interval=0.05)
+    yield reader
+    await reader.aclose()
+
+
+async def test_unknown_task_reads_unknown_not_completed(strategy: StreaqStrategy) -> None:
+    """A task id streaQ has no record of reads unknown, never completed."""
+    state = await strategy.status("nope")
+    assert state == JobState(job_id="nope")
+    assert not await strategy.completed("nope")
+
+
+async def test_enqueued_task_reads_queued(
+    redis_server: RedisServer, strategy: StreaqStrategy
+) -> None:
+    """A task in streaQ's queue reads queued, with its function and enqueue time."""
+    async with producer(redis_server.url) as client:
+        task = await client.registry["double"].enqueue(2)
+    state = await strategy.status(task.id)
+    assert (state.status, state.attempt, state.function) == (S.QUEUED, 0, "double")
+    assert state.enqueued_at is not None
+
+
+async def test_finished_failed_and_aborted_read_from_results(
+    redis_server: RedisServer, strategy: StreaqStrategy, redis: Redis
+) -> None:
+    """streaQ's result records read finished, failed with the error text, and aborted."""
+    worker = make_worker(redis_server.url, tracked=False)
+    async with running(worker):
+        done = await worker.registry["double"].enqueue(21)
+        failed = await worker.registry["fail"].enqueue("bad row")
+        hung = await worker.registry["gated"].enqueue("never")
+        for task in (done, failed):
+            await task.result(timeout=10)
+        await wait_until(lambda: strategy.status(hung.id), message="the task to start")
+        await wait_until(
+            lambda: _status_is(strategy, hung.id, S.STARTED), message="the task to run"
+        )
+        assert await hung.abort(timeout=10)
+    finished = await strategy.status(done.id)
+    assert (finished.status, finished.progress, finished.attempt) == (S.FINISHED, 1.0, 1)
+    assert finished.started_at is not None and finished.finished_at is not None
+    assert (await strategy.status(failed.id)).error == "ValueError: bad row"
+    aborted = await strategy.status(hung.id)
+    assert aborted.status is S.ABORTED
+    assert aborted.error == "StreaqCancelled: Task aborted by user!"
+
+
+async def _status_is(strategy: StreaqStrategy, task_id: str, status: JobStatus) -> bool:
+    return (await strategy.status(task_id)).status is status
+
+
+async def test_task_ended_without_running_reads_failed(
+    redis_server: RedisServer, strategy: StreaqStrategy
+) -> None:
+    """A task streaQ fails without running it (retries exhausted) reads failed with its text."""
+    worker = make_worker(redis_server.url, tracked=False)
+    async with running(worker):
+        task = await worker.registry["retry_always"].enqueue()
+        result = await task.result(timeout=10)
+    assert result.tries == 3
+    state = await strategy.status(task.id)
+    assert (state.status, state.attempt) == (S.FAILED, 3)
+    assert state.error == "StreaqError: Max retry attempts reached for task!"
+
+
+async def test_retry_waiting_in_delayed_queue_reads_retrying(
+    redis_server: RedisServer, strategy: StreaqStrategy
+) -> None:
+    """A task that asked for a retry and waits for it reads retrying at its attempt."""
+    worker = make_worker(redis_server.url, tracked=False)
+    async with running(worker):
+        task = await worker.registry["retry_later"].enqueue()
+        state = await wait_until(
+            lambda: _status_is(strategy, task.id, S.RETRYING), message="a retrying task"
+        )
+    state = await strategy.status(task.id)
+    assert (state.status, state.attempt, state.function) == (S.RETRYING, 1, "retry_later")
+
+
+async def test_watch_pushes_the_end_without_polling(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """A watcher gets the end from streaQ's own channel, not from a later read."""
+    reader = StreaqStrategy(redis_server.url, poll_interval=3600)
+    worker = make_worker(redis_server.url, tracked=False)
+    seen: list[JobState] = []
+    async with running(worker):
+        task = await worker.registry["gated"].enqueue("push")
+        await wait_until(lambda: _status_is(reader, task.id, S.STARTED), message="the start")
+
+        async def watch() -> None:
+            async for state in reader.watch(task.id):
+                seen.append(state)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            await wait_until(lambda: seen, message="the snapshot")
+            await open_gate(redis, "push")
+            with anyio.fail_after(10 * SCALE):
+                await wait_until(lambda: seen[-1].completed, message="the end")
+    assert [s.status for s in seen] == [S.STARTED, S.FINISHED]
+    await reader.aclose()
+
+
+async def test_task_gone_without_result_ends_the_watch_failed(
+    redis_server: RedisServer, strategy: StreaqStrategy, redis: Redis
+) -> None:
+    """A watched task that leaves streaQ without a result (ttl=0) ends the watch, failed."""
+    worker = make_worker(redis_server.url, tracked=False)
+    seen: list[JobState] = []
+    async with running(worker):
+        task = await worker.registry["no_result"].enqueue("gone")
+        await wait_until(lambda: _status_is(strategy, task.id, S.STARTED), message="the start")
+
+        async def watch() -> None:
+            async for state in strategy.watch(task.id):
+                seen.append(state)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            await wait_until(lambda: seen, message="the snapshot")
+            await open_gate(redis, "gone")
+    assert [s.status for s in seen] == [S.STARTED, S.FAILED]
+    assert "without a result" in (seen[-1].error or "")
+
+
+async def test_signed_records_read_with_the_workers_settings(redis_server: RedisServer) -> None:
+    """Records of a worker with its own queue and signing secret are read, and checked, as it does."""
+    worker = make_worker(redis_server.url, tracked=False, queue_name="signed", signing_secret="s3")
+    reader = StreaqStrategy(redis_server.url, worker=worker)
+    async with running(worker):
+        task = await worker.registry["fail"].enqueue("signed")
+        await task.result(timeout=10)
+    assert (await reader.status(task.id)).error == "ValueError: signed"
+    impostor = make_worker(
+        redis_server.url, tracked=False, queue_name="signed", signing_secret="not s3"
+    )
+    other = StreaqStrategy(redis_server.url, worker=impostor)
+    unread = "streaQ's result record of the task could not be read"
+    assert (await other.status(task.id)).error == unread
+    await reader.aclose()
+    await other.aclose()
+
+
+def test_decoding_client_is_refused() -> None:
+    """streaQ pickles: a client that decodes replies is refused with the reason."""
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        StreaqStrategy(Redis(decode_responses=True))
+
+
+async def test_error_class_only_the_worker_has_keeps_its_name(
+    redis: Redis, strategy: StreaqStrategy
+) -> None:
+    """A task's own exception class, which this process cannot import, still names the error."""
+    module = types.ModuleType("only_on_the_worker")
+    exec("class RowError(Exception): pass", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        record = {"f": "load", "s": False, "r": module.RowError("row 3"), "t": 1}
+        raw = pickle.dumps(record)
+    finally:
+        del sys.modules[module.__name__]
+    await redis.set(f"streaq:default:task:results:{'t1'}", raw)
+    state = await strategy.status("t1")
+    assert (state.status, state.error, state.function) == (S.FAILED, "RowError: row 3", "load")
