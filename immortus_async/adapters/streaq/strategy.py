@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-
 from streaq import Worker
 from streaq.constants import (
     REDIS_CHANNEL,
