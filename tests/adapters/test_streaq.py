@@ -181,7 +181,7 @@ async def test_task_gone_without_result_ends_the_watch_failed(
 
 
 async def test_signed_records_read_with_the_workers_settings(redis_server: RedisServer) -> None:
-    """Records of a worker with its own queue and signing secret are read, and checked, as it does."""
+    """A worker's own queue and signing secret are read, and checked, as it does."""
     worker = make_worker(redis_server.url, tracked=False, queue_name="signed", signing_secret="s3")
     reader = StreaqStrategy(redis_server.url, worker=worker)
     async with running(worker):

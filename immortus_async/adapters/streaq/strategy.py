@@ -40,7 +40,7 @@ import logging
 import pickle
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from streaq import Worker
@@ -147,6 +147,8 @@ class StreaqStrategy(Connected):
     import still gives its name and message in ``error``. A worker with its own
     ``deserializer`` has its records read with it.
     """
+
+    queue_adapter: ClassVar[str] = "streaq"
 
     def __init__(
         self,
