@@ -13,11 +13,12 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 from streaq import Worker
+from streaq.task import Task
 
-from immortus_async import JobState, JobStatus, RedisServer
-from immortus_async.adapters.streaq import StreaqStrategy
+from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, configure
+from immortus_async.adapters.streaq import StreaqStrategy, job_context, track_worker
 
-from ..utils import SCALE, wait_until
+from ..utils import SCALE, Watcher, steps, wait_until
 from .streaq_jobs import gate, make_worker
 
 S = JobStatus
@@ -32,7 +33,12 @@ pytestmark = pytest.mark.filterwarnings(
 
 @asynccontextmanager
 async def running(worker: Worker[Any]) -> AsyncIterator[Worker[Any]]:
-    """Run ``worker`` in this event loop for the duration of the block."""
+    """Run ``worker`` in this event loop for the duration of the block.
+
+    Leaving the block cancels the worker at once: a test first waits for streaQ's
+    own result of what it ran (:func:`streaq_done`), which streaQ writes after our
+    middleware wrote its end, so that no write of streaQ's is cut short.
+    """
     async with anyio.create_task_group() as group:
         await group.start(worker.run_async)
         yield worker
@@ -45,6 +51,11 @@ async def producer(url: str) -> AsyncIterator[Worker[Any]]:
     worker = make_worker(url, tracked=False)
     async with worker:
         yield worker
+
+
+async def streaq_done(client: Worker[Any], task_id: str) -> None:
+    """Wait until streaQ has written its result of ``task_id``."""
+    await client.result_by_id(task_id, timeout=20 * SCALE)
 
 
 async def open_gate(redis: Redis, name: str) -> None:
@@ -219,3 +230,179 @@ async def test_error_class_only_the_worker_has_keeps_its_name(
     await redis.set(f"streaq:default:task:results:{'t1'}", raw)
     state = await strategy.status("t1")
     assert (state.status, state.error, state.function) == (S.FAILED, "RowError: row 3", "load")
+
+
+# The job side: a tracked worker, waiters on a Tracker.
+
+
+@pytest.fixture
+async def streaq_tracker(redis_server: RedisServer) -> AsyncIterator[Tracker]:
+    """A Tracker as a web process of a streaQ app has it: streaQ's records as the fallback."""
+    configure(queue_adapter="streaq")
+    async with Tracker(redis_server.url) as tracker:
+        yield tracker
+
+
+async def enqueue(tracker: Tracker, client: Worker[Any], name: str, *args: Any) -> str:
+    task = await tracker.enqueue(client, client.registry[name], *args)
+    assert isinstance(task, Task)
+    return task.id
+
+
+async def test_finished_through_the_middleware_with_queued_first(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A task enqueued through the Tracker reads queued, then started, then finished."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "double", 21)
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+            await streaq_done(client, task_id)
+    assert steps(states) == [("queued", 0), ("started", 1), ("finished", 1)]
+    assert states[-1].function == "double"
+
+
+async def test_failure_records_the_error_text(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A task that raises ends failed with the exception's class and message."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "fail", "bad row 3")
+        async with running(make_worker(redis_server.url)):
+            state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
+            await streaq_done(client, task_id)
+    assert (state.status, state.error, state.attempt) == (S.FAILED, "ValueError: bad row 3", 1)
+
+
+async def test_retry_then_success_shows_both_attempts_in_order(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """StreaqRetry reads retrying at attempt 1, then attempt 2 finishes."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "retry_once")
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+            await streaq_done(client, task_id)
+    assert steps(states) == [
+        ("queued", 0),
+        ("started", 1),
+        ("retrying", 1),
+        ("started", 2),
+        ("finished", 2),
+    ]
+    assert states[2].error == "StreaqRetry: not yet"
+
+
+async def test_retries_exhausted_end_failed_with_streaqs_reason(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """streaQ failing a task without running it again reaches the waiter from its record."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "retry_always")
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+    assert steps(states)[-2:] == [("retrying", 2), ("failed", 3)]
+    assert states[-1].error == "StreaqError: Max retry attempts reached for task!"
+
+
+async def test_progress_and_meta_arrive_in_order(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """job_context().update() pushes each progress and meta to a watcher, in order."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "steps", 20)
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+            await streaq_done(client, task_id)
+    reported = [
+        (s.progress, s.meta.get("step")) for s in states if s.status is S.STARTED and s.meta
+    ]
+    assert reported == [((i + 1) / 20, i + 1) for i in range(20)][-len(reported) :]
+    assert reported[-1] == (1.0, 20)
+    assert states[-1].status is S.FINISHED and states[-1].meta == {"step": 20}
+
+
+async def test_abort_while_running_is_aborted(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """streaQ's abort() of a running task reads aborted, taken from streaQ's record."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "gated", "abort")
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            await wait_until(lambda: watcher.has(S.STARTED), message="the start")
+            assert await client.abort_by_id(task_id, timeout=10)
+            states = await watcher.finished()
+    assert (states[-1].status, states[-1].error) == (
+        S.ABORTED,
+        "StreaqCancelled: Task aborted by user!",
+    )
+
+
+async def test_timeout_is_failed_with_streaqs_text(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A task past its streaQ timeout reads failed with streaQ's timeout error."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "slow", "timeout")
+        async with running(make_worker(redis_server.url)):
+            state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
+    assert (state.status, state.error) == (S.FAILED, "TimeoutError: Task timed out!")
+
+
+async def test_task_enqueued_by_plain_streaq_is_tracked(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A task enqueued by code that never heard of us is tracked by the worker's middleware."""
+    async with producer(redis_server.url) as client:
+        task = await client.registry["double"].enqueue(4)
+        assert (await streaq_tracker.status(task.id)).status is S.QUEUED
+        async with running(make_worker(redis_server.url)):
+            state = await streaq_tracker.completed(task.id, timeout=20 * SCALE)
+            await streaq_done(client, task.id)
+    assert (state.status, state.attempt) == (S.FINISHED, 1)
+
+
+async def test_unknown_task_raises_job_not_found_at_once(streaq_tracker: Tracker) -> None:
+    """An id neither we nor streaQ know raises JobNotFound without waiting."""
+    with anyio.fail_after(5 * SCALE), pytest.raises(JobNotFound):
+        await streaq_tracker.completed("never-enqueued")
+
+
+async def test_job_context_outside_a_worker_records_nothing() -> None:
+    """Called outside a tracked task, job_context() takes updates and records nothing."""
+    context = job_context()
+    await context.update(progress=0.5, rows=1)
+    assert context.job_id == ""
+
+
+def test_track_worker_refuses_what_it_cannot_track(redis_server: RedisServer) -> None:
+    """A worker tracked twice, or an object that is not a worker, is refused with the reason."""
+    worker = make_worker(redis_server.url)
+    with pytest.raises(ValueError, match="tracked already"):
+        track_worker(worker, redis=redis_server.url)
+    with pytest.raises(TypeError, match=r"streaq\.Worker"):
+        track_worker(object(), redis=redis_server.url)  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="shutdown_grace"):
+        track_worker(
+            make_worker(redis_server.url, tracked=False), redis="redis://x", shutdown_grace=-1
+        )
+
+
+async def test_enqueue_refuses_arguments_twice(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A streaQ Task carries its arguments: more given to Tracker.enqueue are refused."""
+    async with producer(redis_server.url) as client:
+        with pytest.raises(TypeError, match="carries its own arguments"):
+            await streaq_tracker.enqueue(client, client.registry["double"].enqueue(1), 2)
+        task = await streaq_tracker.enqueue(
+            client, client.registry["double"].enqueue(1).start(delay=60)
+        )
+        by_name = await streaq_tracker.enqueue(client, "double", 3)
+    assert (await streaq_tracker.status(task.id)).status is S.QUEUED
+    assert (await streaq_tracker.status(by_name.id)).function == "double"
