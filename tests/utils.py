@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -199,3 +201,31 @@ def steps(states: list[JobState]) -> list[tuple[str, int]]:
         if not folded or folded[-1] != step:
             folded.append(step)
     return folded
+
+
+def enqueue_and_work(folder: Path, env: dict[str, str], worker: Sequence[str]) -> list[str]:
+    """Run the example's ``enqueue.py``, then, once it has enqueued, ``worker`` (a
+    command that works until the queue is empty); return what the script printed
+    after its ``enqueued <id>`` line."""
+    with subprocess.Popen(
+        [sys.executable, "enqueue.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as script:
+        assert script.stdout is not None
+        assert script.stdout.readline().startswith("enqueued ")
+        run = subprocess.run(
+            list(worker),
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 0, run.stderr
+        out, err = script.communicate(timeout=30)
+    assert script.returncode == 0, err
+    return out.splitlines()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
 import sys
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,10 +21,11 @@ from streaq.task import Task
 from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, configure
 from immortus_async.adapters.streaq import StreaqStrategy, job_context, track_worker
 
-from ..utils import SCALE, Watcher, steps, wait_until
+from ..utils import SCALE, Watcher, enqueue_and_work, steps, wait_until
 from .streaq_jobs import gate, make_worker
 
 S = JobStatus
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # streaQ 7.2's Worker.run_async never closes the receiving end of its prefetch
 # stream (only its clones), so a stopped worker warns when it is collected.
@@ -406,3 +410,47 @@ async def test_enqueue_refuses_arguments_twice(
         by_name = await streaq_tracker.enqueue(client, "double", 3)
     assert (await streaq_tracker.status(task.id)).status is S.QUEUED
     assert (await streaq_tracker.status(by_name.id)).function == "double"
+
+
+def start_doomed_worker(url: str) -> subprocess.Popen[bytes]:
+    """A tracked streaQ worker in a process of its own, for the test to SIGKILL."""
+    return subprocess.Popen([sys.executable, "-m", "tests.adapters.streaq_jobs", url], cwd=ROOT)
+
+
+async def test_killed_worker_shows_stalled_then_next_worker_finishes(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """SIGKILL mid-task: stalled at attempt 1, then another worker's attempt 2 finishes."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "crash_once", "killed")
+        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        process = start_doomed_worker(redis_server.url)
+        try:
+            await wait_until(
+                lambda: watcher.has(S.STARTED, progress=0.1), timeout=30, message="the first try"
+            )
+        finally:
+            process.kill()
+            process.wait()
+        await wait_until(lambda: watcher.has(S.STARTED, stalled=True), message="stalled")
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+            await streaq_done(client, task_id)
+    stalled = next(s for s in states if s.stalled)
+    assert stalled.attempt == 1
+    assert (states[-1].status, states[-1].attempt, states[-1].stalled) == (S.FINISHED, 2, False)
+
+
+def test_streaq_basic_example_enqueues_follows_and_prints_the_final_state(
+    redis_server: RedisServer,
+) -> None:
+    """examples/streaq_basic: the script enqueues, streaQ's own CLI runs it, the script
+    prints the end."""
+    env = {**os.environ, "REDIS_URL": redis_server.url}
+    burst = [sys.executable, "-m", "streaq", "run", "--burst", "worker:worker"]
+    *progress, final_json, result = enqueue_and_work(ROOT / "examples" / "streaq_basic", env, burst)
+    assert progress and all(line.startswith("started ") for line in progress)
+    final = JobState.from_json(final_json)
+    assert (final.status, final.progress) == (S.FINISHED, 1.0)
+    assert final.meta == {"rows_done": 20}
+    assert result == "result: 20"
