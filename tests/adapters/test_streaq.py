@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import subprocess
@@ -18,10 +19,20 @@ from redis.asyncio import Redis
 from streaq import Worker
 from streaq.task import Task
 
-from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, configure
-from immortus_async.adapters.streaq import StreaqStrategy, job_context, track_worker
+from immortus_async import (
+    JobNotFound,
+    JobState,
+    JobStatus,
+    RedisServer,
+    Tracker,
+    adapters,
+    configure,
+)
+from immortus_async.adapters import QueueAdapter
+from immortus_async.adapters.streaq import StreaqStrategy, adapter, job_context, track_worker
+from immortus_async.registry import resolve_strategy
 
-from ..utils import SCALE, Watcher, enqueue_and_work, steps, wait_until
+from ..utils import SCALE, Watcher, enqueue_and_work, free_port, steps, wait_until
 from .streaq_jobs import gate, make_worker
 
 S = JobStatus
@@ -454,3 +465,47 @@ def test_streaq_basic_example_enqueues_follows_and_prints_the_final_state(
     assert (final.status, final.progress) == (S.FINISHED, 1.0)
     assert final.meta == {"rows_done": 20}
     assert result == "result: 20"
+
+
+def test_adapter_is_found_by_name_and_by_its_worker(redis_server: RedisServer) -> None:
+    """The core finds the streaQ adapter by name and from a streaQ Worker, and its strategy
+    by the name "streaq"."""
+    assert isinstance(adapter, QueueAdapter)
+    assert adapters.load("streaq") is adapter
+    assert adapters.for_target(make_worker(redis_server.url, tracked=False)) is adapter
+    assert resolve_strategy("streaq") is StreaqStrategy
+    assert not adapter.accepts(object())
+
+
+async def test_streaq_strategy_alone_follows_an_untracked_worker(
+    redis_server: RedisServer,
+) -> None:
+    """tracking_strategy="streaq": a task run by a worker that never heard of us is
+    followed from streaQ's records alone, start and end."""
+    async with Tracker(redis_server.url, tracking_strategy="streaq") as tracker:
+        async with producer(redis_server.url) as client:
+            task = await client.registry["double"].enqueue(5)
+            watcher = await Watcher(tracker, task.id).subscribed()
+            async with running(make_worker(redis_server.url, tracked=False)):
+                states = await watcher.finished()
+                await streaq_done(client, task.id)
+    assert steps(states)[0] == ("queued", 0)
+    assert steps(states)[-1] == ("finished", 1)
+
+
+async def test_unreachable_tracking_redis_never_holds_the_task_nor_the_worker(
+    redis_server: RedisServer,
+) -> None:
+    """Tracking writes to a Redis that is not there: the task finishes as streaQ sees
+    it, and the worker stops within its shutdown grace, leaving nothing running."""
+    worker = make_worker(redis_server.url, tracked=False)
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    track_worker(worker, redis=nowhere, write_timeout=0.2, retry_for=60, shutdown_grace=0)
+    async with producer(redis_server.url) as client:
+        task = await client.registry["double"].enqueue(8)
+        with anyio.fail_after(20 * SCALE):
+            async with running(worker):
+                result = await client.result_by_id(task.id, timeout=20 * SCALE)
+    assert (result.success, result.result) == (True, 16)
+    leftovers = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("immortus:")]
+    assert leftovers == []
