@@ -12,6 +12,9 @@ task, :func:`job_context` is its :class:`~immortus_async.JobContext`::
             ...
             await job_context().update(progress=(i + 1) / n, rows=i + 1)
 
+A synchronous task (streaQ runs it in a thread) is tracked the same; it reports
+through the event loop: ``anyio.from_thread.run(job_context().update, 0.5)``.
+
 **Which Redis.** streaQ talks to Redis through coredis; tracking writes through a
 redis-py client of its own, on the URL (or the ``redis.asyncio.Redis``) given to
 :func:`track_worker`: the same Redis as the worker's, so that waiters find both
