@@ -33,7 +33,7 @@ from immortus_async.adapters.streaq import StreaqStrategy, adapter, job_context,
 from immortus_async.registry import resolve_strategy
 
 from ..utils import SCALE, Watcher, enqueue_and_work, free_port, steps, wait_until
-from .streaq_jobs import gate, make_worker
+from .streaq_worker import gate, make_worker
 
 S = JobStatus
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -96,9 +96,9 @@ async def test_enqueued_task_reads_queued(
 ) -> None:
     """A task in streaQ's queue reads queued, with its function and enqueue time."""
     async with producer(redis_server.url) as client:
-        task = await client.registry["double"].enqueue(2)
+        task = await client.registry["finish"].enqueue()
     state = await strategy.status(task.id)
-    assert (state.status, state.attempt, state.function) == (S.QUEUED, 0, "double")
+    assert (state.status, state.attempt, state.function) == (S.QUEUED, 0, "finish")
     assert state.enqueued_at is not None
 
 
@@ -108,8 +108,8 @@ async def test_finished_failed_and_aborted_read_from_results(
     """streaQ's result records read finished, failed with the error text, and aborted."""
     worker = make_worker(redis_server.url, tracked=False)
     async with running(worker):
-        done = await worker.registry["double"].enqueue(21)
-        failed = await worker.registry["fail"].enqueue("bad row")
+        done = await worker.registry["finish"].enqueue()
+        failed = await worker.registry["fail"].enqueue()
         hung = await worker.registry["gated"].enqueue("never")
         for task in (done, failed):
             await task.result(timeout=10)
@@ -211,9 +211,9 @@ async def test_signed_records_read_with_the_workers_settings(redis_server: Redis
     worker = make_worker(redis_server.url, tracked=False, queue_name="signed", signing_secret="s3")
     reader = StreaqStrategy(redis_server.url, worker=worker)
     async with running(worker):
-        task = await worker.registry["fail"].enqueue("signed")
+        task = await worker.registry["fail"].enqueue()
         await task.result(timeout=10)
-    assert (await reader.status(task.id)).error == "ValueError: signed"
+    assert (await reader.status(task.id)).error == "ValueError: bad row"
     impostor = make_worker(
         redis_server.url, tracked=False, queue_name="signed", signing_secret="not s3"
     )
@@ -269,13 +269,13 @@ async def test_finished_through_the_middleware_with_queued_first(
 ) -> None:
     """A task enqueued through the Tracker reads queued, then started, then finished."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "double", 21)
+        task_id = await enqueue(streaq_tracker, client, "finish")
         watcher = await Watcher(streaq_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             states = await watcher.finished()
             await streaq_done(client, task_id)
     assert steps(states) == [("queued", 0), ("started", 1), ("finished", 1)]
-    assert states[-1].function == "double"
+    assert states[-1].function == "finish"
 
 
 async def test_failure_records_the_error_text(
@@ -283,11 +283,11 @@ async def test_failure_records_the_error_text(
 ) -> None:
     """A task that raises ends failed with the exception's class and message."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "fail", "bad row 3")
+        task_id = await enqueue(streaq_tracker, client, "fail")
         async with running(make_worker(redis_server.url)):
             state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
             await streaq_done(client, task_id)
-    assert (state.status, state.error, state.attempt) == (S.FAILED, "ValueError: bad row 3", 1)
+    assert (state.status, state.error, state.attempt) == (S.FAILED, "ValueError: bad row", 1)
 
 
 async def test_retry_then_success_shows_both_attempts_in_order(
@@ -295,7 +295,7 @@ async def test_retry_then_success_shows_both_attempts_in_order(
 ) -> None:
     """StreaqRetry reads retrying at attempt 1, then attempt 2 finishes."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "retry_once")
+        task_id = await enqueue(streaq_tracker, client, "retry")
         watcher = await Watcher(streaq_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             states = await watcher.finished()
@@ -374,7 +374,7 @@ async def test_task_enqueued_by_plain_streaq_is_tracked(
 ) -> None:
     """A task enqueued by code that never heard of us is tracked by the worker's middleware."""
     async with producer(redis_server.url) as client:
-        task = await client.registry["double"].enqueue(4)
+        task = await client.registry["plain"].enqueue()
         assert (await streaq_tracker.status(task.id)).status is S.QUEUED
         async with running(make_worker(redis_server.url)):
             state = await streaq_tracker.completed(task.id, timeout=20 * SCALE)
@@ -414,18 +414,18 @@ async def test_enqueue_refuses_arguments_twice(
     """A streaQ Task carries its arguments: more given to Tracker.enqueue are refused."""
     async with producer(redis_server.url) as client:
         with pytest.raises(TypeError, match="carries its own arguments"):
-            await streaq_tracker.enqueue(client, client.registry["double"].enqueue(1), 2)
+            await streaq_tracker.enqueue(client, client.registry["gated"].enqueue("a"), "b")
         task = await streaq_tracker.enqueue(
-            client, client.registry["double"].enqueue(1).start(delay=60)
+            client, client.registry["gated"].enqueue("a").start(delay=60)
         )
-        by_name = await streaq_tracker.enqueue(client, "double", 3)
+        by_name = await streaq_tracker.enqueue(client, "finish")
     assert (await streaq_tracker.status(task.id)).status is S.QUEUED
-    assert (await streaq_tracker.status(by_name.id)).function == "double"
+    assert (await streaq_tracker.status(by_name.id)).function == "finish"
 
 
 def start_doomed_worker(url: str) -> subprocess.Popen[bytes]:
     """A tracked streaQ worker in a process of its own, for the test to SIGKILL."""
-    return subprocess.Popen([sys.executable, "-m", "tests.adapters.streaq_jobs", url], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "tests.adapters.streaq_worker", url], cwd=ROOT)
 
 
 async def test_killed_worker_shows_stalled_then_next_worker_finishes(
@@ -433,7 +433,7 @@ async def test_killed_worker_shows_stalled_then_next_worker_finishes(
 ) -> None:
     """SIGKILL mid-task: stalled at attempt 1, then another worker's attempt 2 finishes."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "crash_once", "killed")
+        task_id = await enqueue(streaq_tracker, client, "hang_once")
         watcher = await Watcher(streaq_tracker, task_id).subscribed()
         process = start_doomed_worker(redis_server.url)
         try:
@@ -484,7 +484,7 @@ async def test_streaq_strategy_alone_follows_an_untracked_worker(
     followed from streaQ's records alone, start and end."""
     async with Tracker(redis_server.url, tracking_strategy="streaq") as tracker:
         async with producer(redis_server.url) as client:
-            task = await client.registry["double"].enqueue(5)
+            task = await client.registry["plain"].enqueue()
             watcher = await Watcher(tracker, task.id).subscribed()
             async with running(make_worker(redis_server.url, tracked=False)):
                 states = await watcher.finished()
@@ -502,10 +502,10 @@ async def test_unreachable_tracking_redis_never_holds_the_task_nor_the_worker(
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     track_worker(worker, redis=nowhere, write_timeout=0.2, retry_for=60, shutdown_grace=0)
     async with producer(redis_server.url) as client:
-        task = await client.registry["double"].enqueue(8)
+        task = await client.registry["finish"].enqueue()
         with anyio.fail_after(20 * SCALE):
             async with running(worker):
                 result = await client.result_by_id(task.id, timeout=20 * SCALE)
-    assert (result.success, result.result) == (True, 16)
+    assert (result.success, result.result) == (True, "done")
     leftovers = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("immortus:")]
     assert leftovers == []
