@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from ..conftest import NOT_INSTALLED
+
+# The adapter's tests need streaQ: skipped in the environment that has arq instead.
+pytest.importorskip("streaq", reason=NOT_INSTALLED)
+
 import asyncio
 import os
 import pickle
@@ -14,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from redis.asyncio import Redis
 from streaq import Worker
 from streaq.task import Task

@@ -174,8 +174,10 @@ class StreaqStrategy(Connected):
                 "StreaqStrategy needs a Redis client with decode_responses=False: "
                 "streaQ's records are pickles"
             )
-        self.queue_name = worker.queue_name if worker is not None else (queue_name or "default")
-        self._prefix = REDIS_PREFIX + self.queue_name
+        self.queue_name: str = (
+            worker.queue_name if worker is not None else (queue_name or "default")
+        )
+        self._prefix: str = REDIS_PREFIX + self.queue_name
         # streaQ keeps its priorities lowest first, reversed: any order does here.
         self._priorities = tuple(worker.priorities) if worker is not None else _PRIORITIES
         self._secret = worker.signing_secret if worker is not None else None
