@@ -29,6 +29,7 @@ from immortus_async import (
     JobNotFound,
     JobState,
     JobStatus,
+    RedisPubSubStrategy,
     RedisServer,
     Tracker,
     adapters,
@@ -264,6 +265,16 @@ async def streaq_tracker(redis_server: RedisServer) -> AsyncIterator[Tracker]:
         yield tracker
 
 
+@pytest.fixture
+async def jobside_tracker(redis_server: RedisServer) -> AsyncIterator[Tracker]:
+    """A Tracker that reads only what the job side wrote: no fallback on streaQ's records,
+    so what it sees the middleware recorded."""
+    strategy = RedisPubSubStrategy(redis_server.url)
+    async with Tracker(redis_server.url, tracking_strategy=strategy) as tracker:
+        yield tracker
+    await strategy.aclose()
+
+
 async def enqueue(tracker: Tracker, client: Worker[Any], name: str, *args: Any) -> str:
     task = await tracker.enqueue(client, client.registry[name], *args)
     assert isinstance(task, Task)
@@ -271,12 +282,12 @@ async def enqueue(tracker: Tracker, client: Worker[Any], name: str, *args: Any) 
 
 
 async def test_finished_through_the_middleware_with_queued_first(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """A task enqueued through the Tracker reads queued, then started, then finished."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "finish")
-        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        task_id = await enqueue(jobside_tracker, client, "finish")
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             states = await watcher.finished()
             await streaq_done(client, task_id)
@@ -285,24 +296,24 @@ async def test_finished_through_the_middleware_with_queued_first(
 
 
 async def test_failure_records_the_error_text(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """A task that raises ends failed with the exception's class and message."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "fail")
+        task_id = await enqueue(jobside_tracker, client, "fail")
         async with running(make_worker(redis_server.url)):
-            state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
+            state = await jobside_tracker.completed(task_id, timeout=20 * SCALE)
             await streaq_done(client, task_id)
     assert (state.status, state.error, state.attempt) == (S.FAILED, "ValueError: bad row", 1)
 
 
 async def test_retry_then_success_shows_both_attempts_in_order(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """StreaqRetry reads retrying at attempt 1, then attempt 2 finishes."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "retry")
-        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        task_id = await enqueue(jobside_tracker, client, "retry")
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             states = await watcher.finished()
             await streaq_done(client, task_id)
@@ -330,12 +341,12 @@ async def test_retries_exhausted_end_failed_with_streaqs_reason(
 
 
 async def test_progress_and_meta_arrive_in_order(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """job_context().update() pushes each progress and meta to a watcher, in order."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "steps", 20)
-        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        task_id = await enqueue(jobside_tracker, client, "steps", 20)
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             states = await watcher.finished()
             await streaq_done(client, task_id)
@@ -348,12 +359,12 @@ async def test_progress_and_meta_arrive_in_order(
 
 
 async def test_abort_while_running_is_aborted(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """streaQ's abort() of a running task reads aborted, taken from streaQ's record."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "gated", "abort")
-        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        task_id = await enqueue(jobside_tracker, client, "gated", "abort")
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
         async with running(make_worker(redis_server.url)):
             await wait_until(lambda: watcher.has(S.STARTED), message="the start")
             assert await client.abort_by_id(task_id, timeout=10)
@@ -365,13 +376,13 @@ async def test_abort_while_running_is_aborted(
 
 
 async def test_timeout_is_failed_with_streaqs_text(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """A task past its streaQ timeout reads failed with streaQ's timeout error."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "slow", "timeout")
+        task_id = await enqueue(jobside_tracker, client, "slow", "timeout")
         async with running(make_worker(redis_server.url)):
-            state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
+            state = await jobside_tracker.completed(task_id, timeout=20 * SCALE)
     assert (state.status, state.error) == (S.FAILED, "TimeoutError: Task timed out!")
 
 
@@ -435,12 +446,12 @@ def start_doomed_worker(url: str) -> subprocess.Popen[bytes]:
 
 
 async def test_killed_worker_shows_stalled_then_next_worker_finishes(
-    redis_server: RedisServer, streaq_tracker: Tracker
+    redis_server: RedisServer, jobside_tracker: Tracker
 ) -> None:
     """SIGKILL mid-task: stalled at attempt 1, then another worker's attempt 2 finishes."""
     async with producer(redis_server.url) as client:
-        task_id = await enqueue(streaq_tracker, client, "hang_once")
-        watcher = await Watcher(streaq_tracker, task_id).subscribed()
+        task_id = await enqueue(jobside_tracker, client, "hang_once")
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
         process = start_doomed_worker(redis_server.url)
         try:
             await wait_until(
