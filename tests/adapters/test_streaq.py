@@ -530,3 +530,18 @@ async def test_unreachable_tracking_redis_never_holds_the_task_nor_the_worker(
     assert (result.success, result.result) == (True, "done")
     leftovers = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("immortus:")]
     assert leftovers == []
+
+
+async def test_abort_before_it_ran_reads_aborted_from_streaqs_record(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """A task aborted while it waits in streaQ's queue is ended unrun by the worker that
+    picks it up: the middleware never sees it, the waiter gets aborted all the same."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(streaq_tracker, client, "finish")
+        # No worker yet: streaQ only marks it (timeout=0 does not wait for the end).
+        assert not await client.abort_by_id(task_id, timeout=0)
+        async with running(make_worker(redis_server.url)):
+            state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
+            await streaq_done(client, task_id)
+    assert (state.status, state.error) == (S.ABORTED, "StreaqCancelled: Task aborted prior to run!")
