@@ -50,11 +50,11 @@ job side needs anyio's asyncio backend (streaQ's default).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
@@ -76,8 +76,6 @@ W = TypeVar("W", bound=Worker[Any])
 Run = Callable[..., Coroutine[Any, Any, Any]]
 
 _current: ContextVar[JobContext] = ContextVar("immortus_streaq_job")
-# Set on a worker track_worker has tracked: its middleware runs once per task.
-_TRACKED = "_immortus_tracked"
 
 
 def job_context() -> JobContext:
@@ -158,20 +156,40 @@ class _Tracking:
 
         return tracked
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self, inner: AbstractAsyncContextManager[Any]) -> AsyncIterator[Any]:
-        """The worker's own lifespan, then ours: leftovers awaited, our client closed."""
-        async with inner as context:
-            try:
-                yield context
-            finally:
-                # The worker may be stopping because it was cancelled: what it owes
-                # still gets its grace period.
-                with anyio.CancelScope(shield=True):
-                    await self.leftovers.aclose(self.grace)
-                    await self.reader.aclose()
-                    if self._owned:
-                        await self.redis.aclose()
+    async def aclose(self) -> None:
+        """What the worker owes when it stops: leftovers awaited, our client closed."""
+        # The worker may be stopping because it was cancelled: what it owes still
+        # gets its grace period.
+        with anyio.CancelScope(shield=True):
+            await self.leftovers.aclose(self.grace)
+            await self.reader.aclose()
+            if self._owned:
+                await self.redis.aclose()
+
+
+class _Lifespan:
+    """The worker's own lifespan with ours around its exit (``Worker.lifespan``).
+
+    Being one of these is also how a worker is known to be tracked already.
+    """
+
+    def __init__(self, inner: AbstractAsyncContextManager[Any], tracking: _Tracking) -> None:
+        self._inner, self._tracking = inner, tracking
+
+    async def __aenter__(self) -> Any:
+        return await self._inner.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        try:
+            await self._tracking.aclose()
+        finally:
+            suppressed = await self._inner.__aexit__(exc_type, exc, traceback)
+        return suppressed
 
 
 def track_worker(
@@ -220,7 +238,7 @@ def track_worker(
     """
     if not isinstance(worker, Worker):
         raise TypeError(f"track_worker takes a streaq.Worker, got {type(worker).__name__}")
-    if getattr(worker, _TRACKED, False):
+    if isinstance(worker.lifespan, _Lifespan):
         raise ValueError("this worker is tracked already: call track_worker once per worker")
     options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
     if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
@@ -233,6 +251,5 @@ def track_worker(
     client, owned = client_from(redis)
     tracking = _Tracking(worker, client, owned, strategy, options, shutdown_grace)
     tracking.registered = worker.middleware(tracking.middleware)
-    worker.lifespan = tracking.lifespan(worker.lifespan)
-    setattr(worker, _TRACKED, True)
+    worker.lifespan = _Lifespan(worker.lifespan, tracking)
     return worker
