@@ -29,6 +29,12 @@ scheduled) is read every ``poll_interval``, growing by half each quiet read up t
 2 s, by a watcher of this strategy alone; as the fallback of ``"redis_pub_sub"``
 (:meth:`StreaqStrategy.changes`) it is not polled at all, the job side writes
 those changes itself.
+
+Where streaQ keeps nothing: a task with ``ttl=0`` (no result is stored), one whose
+result has expired, and one aborted while it waited in a delayed queue (a retry
+or ``delay``: streaQ deletes it and publishes nothing) leave no record. A watcher
+of this strategy that saw the task before ends ``failed`` with an error saying
+its outcome is unknown; ``"redis_pub_sub"`` keeps what the job side last wrote.
 """
 
 from __future__ import annotations
