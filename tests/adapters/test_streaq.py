@@ -30,6 +30,7 @@ from immortus_async import (
     JobNotFound,
     JobState,
     JobStatus,
+    MemoryStrategy,
     RedisPubSubStrategy,
     RedisServer,
     Tracker,
@@ -545,3 +546,20 @@ async def test_abort_before_it_ran_reads_aborted_from_streaqs_record(
             state = await streaq_tracker.completed(task_id, timeout=20 * SCALE)
             await streaq_done(client, task_id)
     assert (state.status, state.error) == (S.ABORTED, "StreaqCancelled: Task aborted prior to run!")
+
+
+async def test_the_strategy_given_to_track_worker_records_every_task(
+    redis_server: RedisServer,
+) -> None:
+    """track_worker(strategy=...) is what the middleware writes to, for each attempt."""
+    memory = MemoryStrategy()
+    worker = make_worker(redis_server.url, tracked=False)
+    track_worker(worker, redis=redis_server.url, strategy=memory)
+    async with producer(redis_server.url) as client, running(worker):
+        retried = await client.registry["retry"].enqueue()
+        failed = await client.registry["fail"].enqueue()
+        for task in (retried, failed):
+            await streaq_done(client, task.id)
+    assert (await memory.status(retried.id)).status is S.FINISHED
+    assert (await memory.status(retried.id)).attempt == 2
+    assert (await memory.status(failed.id)).error == "ValueError: bad row"
