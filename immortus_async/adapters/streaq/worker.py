@@ -32,9 +32,12 @@ report it, pushed by streaQ's own result message. A cancellation (``abort()``,
 the task's ``timeout``, a worker shutting down past its ``grace_period``) looks
 the same from inside the task, so its outcome is read from what streaQ records
 next: ``aborted``, ``failed`` (``"TimeoutError: Task timed out!"``) or
-``retrying``. Tasks streaQ ends without running them (expired, aborted before
-they ran, unknown function, a failed dependency, retries exhausted) never reach
-the middleware: only streaQ's result record knows them, and the fallback reads it.
+``retrying`` (a timeout under ``retry_timeouts``). A task that a stopping worker
+hands back to be run again stays ``started`` (``stalled`` once its heartbeats
+stop) until a worker runs it again. Tasks streaQ ends without running them
+(expired, aborted before they ran, unknown function, a failed dependency, retries
+exhausted) never reach the middleware: only streaQ's result record knows them, and
+the fallback reads it.
 
 Heartbeats, write deadlines and redelivery are the job side's
 (:mod:`immortus_async.jobside`): tracking never fails a task, never changes its
@@ -76,6 +79,11 @@ W = TypeVar("W", bound=Worker[Any])
 Run = Callable[..., Coroutine[Any, Any, Any]]
 
 _current: ContextVar[JobContext] = ContextVar("immortus_streaq_job")
+# streaQ records what a cancelled attempt meant as soon as our middleware returns;
+# one its records still show running after this was handed back to be run again
+# (a worker stopping past its grace_period), and its next run records itself. Not
+# waiting longer keeps a stopping worker from waiting out its shutdown_grace.
+_RECORDED_WITHIN = 1.0
 
 
 def job_context() -> JobContext:
@@ -142,7 +150,7 @@ class _Tracking:
                 # Inside a cancelled scope every await is cancelled again: shielded,
                 # this hands the outcome to the background and returns.
                 with anyio.CancelScope(shield=True):
-                    await context.settle()
+                    await context.settle(wait=_RECORDED_WITHIN)
                 raise
             except Exception as exc:
                 await context.failed(describe_error(exc))
