@@ -79,10 +79,10 @@ W = TypeVar("W", bound=Worker[Any])
 Run = Callable[..., Coroutine[Any, Any, Any]]
 
 _current: ContextVar[JobContext] = ContextVar("immortus_streaq_job")
-# streaQ records what a cancelled attempt meant as soon as our middleware returns;
-# one its records still show running after this was handed back to be run again
-# (a worker stopping past its grace_period), and its next run records itself. Not
-# waiting longer keeps a stopping worker from waiting out its shutdown_grace.
+# streaQ records what a cancelled attempt meant as soon as our middleware returns.
+# An attempt its records still show running this long after was handed back to be
+# run again (a worker stopping past its grace_period): its next run records itself.
+# Waiting no longer keeps a stopping worker from waiting out its shutdown_grace.
 _RECORDED_WITHIN = 1.0
 
 
