@@ -114,6 +114,12 @@ def make_worker(url: str, *, tracked: bool = True, **options: Any) -> Worker[Any
             await job_context().update(progress=(i + 1) / n, step=i + 1)
         return n
 
+    @worker.task(name="sync_half")
+    def sync_half() -> str:
+        # A synchronous task runs in a thread: it reports through the event loop.
+        anyio.from_thread.run(lambda: job_context().update(progress=0.5, half=True))
+        return "done"
+
     @worker.task(name="no_result", ttl=0)
     async def no_result(name: str) -> None:
         await wait_for(name)

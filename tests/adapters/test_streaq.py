@@ -563,3 +563,34 @@ async def test_the_strategy_given_to_track_worker_records_every_task(
     assert (await memory.status(retried.id)).status is S.FINISHED
     assert (await memory.status(retried.id)).attempt == 2
     assert (await memory.status(failed.id)).error == "ValueError: bad row"
+
+
+async def test_a_synchronous_task_is_tracked_and_reports(
+    redis_server: RedisServer, jobside_tracker: Tracker
+) -> None:
+    """A sync task (run by streaQ in a thread) is tracked; it reports through the loop."""
+    async with producer(redis_server.url) as client:
+        task_id = await enqueue(jobside_tracker, client, "sync_half")
+        watcher = await Watcher(jobside_tracker, task_id).subscribed()
+        async with running(make_worker(redis_server.url)):
+            states = await watcher.finished()
+            await streaq_done(client, task_id)
+    assert watcher.has(S.STARTED, progress=0.5)
+    assert (states[-1].status, states[-1].meta) == (S.FINISHED, {"half": True})
+
+
+async def test_a_dependent_of_a_failed_task_ends_failed_unrun(
+    redis_server: RedisServer, streaq_tracker: Tracker
+) -> None:
+    """streaQ fails a task whose dependency failed without running it: the waiter on the
+    dependent gets streaQ's reason."""
+    async with producer(redis_server.url) as client:
+        chain = client.registry["fail"].enqueue().then(client.registry["finish"])
+        dependent = await streaq_tracker.enqueue(client, chain)
+        async with running(make_worker(redis_server.url)):
+            state = await streaq_tracker.completed(dependent.id, timeout=20 * SCALE)
+            await streaq_done(client, dependent.id)
+    assert (state.status, state.error) == (
+        S.FAILED,
+        "StreaqError: Dependency failed, not running task!",
+    )
