@@ -40,7 +40,7 @@ from immortus_async import (
 )
 
 from .arq_worker import STALLED_AFTER, crash_once
-from .utils import SCALE, run_worker, wait_until
+from .utils import SCALE, Watcher, run_worker, steps, wait_until
 
 S = JobStatus
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,44 +167,6 @@ def custom_loads(raw: bytes) -> dict[str, Any]:
 
 
 # Helpers
-
-
-class Watcher:
-    """Collects every state tracker.watch yields for one job, from before the job runs."""
-
-    def __init__(self, tracker: Tracker, job_id: str) -> None:
-        self.states: list[JobState] = []
-        self._first = asyncio.Event()
-        self._task = asyncio.create_task(self._run(tracker, job_id))
-
-    async def _run(self, tracker: Tracker, job_id: str) -> None:
-        async for state in tracker.watch(job_id):
-            self.states.append(state)
-            self._first.set()
-
-    async def subscribed(self) -> Watcher:
-        await asyncio.wait_for(self._first.wait(), 10 * SCALE)
-        return self
-
-    async def finished(self) -> list[JobState]:
-        await asyncio.wait_for(self._task, 20 * SCALE)
-        return self.states
-
-    def has(self, status: JobStatus, **fields: Any) -> bool:
-        return any(
-            s.status is status and all(getattr(s, k) == v for k, v in fields.items())
-            for s in self.states
-        )
-
-
-def steps(states: list[JobState]) -> list[tuple[str, int]]:
-    """(status, attempt) of each state, repeats folded."""
-    folded: list[tuple[str, int]] = []
-    for state in states:
-        step = (state.status.value, state.attempt)
-        if not folded or folded[-1] != step:
-            folded.append(step)
-    return folded
 
 
 async def enqueue(tracker: Tracker, pool: ArqRedis, function: str, *args: Any, **kw: Any) -> Job:

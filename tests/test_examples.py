@@ -12,7 +12,6 @@ pytest.importorskip("arq", reason=NOT_INSTALLED)
 import os
 import secrets
 import sqlite3
-import subprocess
 import sys
 from contextlib import AsyncExitStack, closing
 from pathlib import Path
@@ -23,42 +22,16 @@ from redis import Redis
 
 from immortus_async import JobState, JobStatus, RedisServer
 
-from .utils import ARTIFACTS, Spawned, free_port
+from .utils import ARTIFACTS, Spawned, enqueue_and_work, free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def enqueue_and_work(folder: Path, env: dict[str, str]) -> list[str]:
-    """Run the example's ``enqueue.py``, then, once it has enqueued, a burst worker;
-    return what the script printed after its ``enqueued <id>`` line."""
-    with subprocess.Popen(
-        [sys.executable, "enqueue.py"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as script:
-        assert script.stdout is not None
-        assert script.stdout.readline().startswith("enqueued ")
-        worker = subprocess.run(
-            [sys.executable, "-m", "arq", "--burst", "worker.WorkerSettings"],
-            cwd=folder,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert worker.returncode == 0, worker.stderr
-        out, err = script.communicate(timeout=30)
-    assert script.returncode == 0, err
-    return out.splitlines()
+ARQ_BURST = [sys.executable, "-m", "arq", "--burst", "worker.WorkerSettings"]
 
 
 def test_arq_basic_enqueues_follows_and_prints_the_final_state(redis_server: RedisServer) -> None:
     """examples/arq_basic: the script enqueues, the worker runs it, the script prints the end."""
     env = {**os.environ, "REDIS_URL": redis_server.url}
-    *progress, final_json, result = enqueue_and_work(EXAMPLES / "arq_basic", env)
+    *progress, final_json, result = enqueue_and_work(EXAMPLES / "arq_basic", env, ARQ_BURST)
     assert progress and all(line.startswith("started ") for line in progress)
     final = JobState.from_json(final_json)
     assert (final.status, final.progress) == (JobStatus.FINISHED, 1.0)
@@ -70,7 +43,7 @@ def test_custom_strategy_tracks_a_job_in_sqlite(redis_server: RedisServer, tmp_p
     """examples/custom_strategy: SQLite tracks the job; completed() polls it to its end."""
     database = tmp_path / "tracking.sqlite3"
     env = {**os.environ, "REDIS_URL": redis_server.url, "TRACKING_DB": str(database)}
-    (final_json,) = enqueue_and_work(EXAMPLES / "custom_strategy", env)
+    (final_json,) = enqueue_and_work(EXAMPLES / "custom_strategy", env, ARQ_BURST)
     final = JobState.from_json(final_json)
     assert (final.status, final.meta) == (JobStatus.FINISHED, {"status": "finished"})
     with closing(sqlite3.connect(database)) as db:

@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     # Only the arq tests run a worker; the environment without arq imports this too.
     from arq.connections import ArqRedis
     from arq.worker import Worker
+
+from immortus_async import JobState, JobStatus, Tracker
 
 T = TypeVar("T")
 
@@ -163,3 +167,69 @@ class Spawned:
             self.process.kill()
             await self.process.wait()
         await self._reader
+
+
+class Watcher:
+    """Collects every state tracker.watch yields for one job, from before the job runs."""
+
+    def __init__(self, tracker: Tracker, job_id: str) -> None:
+        self.states: list[JobState] = []
+        self._first = asyncio.Event()
+        self._task = asyncio.create_task(self._run(tracker, job_id))
+
+    async def _run(self, tracker: Tracker, job_id: str) -> None:
+        async for state in tracker.watch(job_id):
+            self.states.append(state)
+            self._first.set()
+
+    async def subscribed(self) -> Watcher:
+        await asyncio.wait_for(self._first.wait(), 10 * SCALE)
+        return self
+
+    async def finished(self) -> list[JobState]:
+        await asyncio.wait_for(self._task, 20 * SCALE)
+        return self.states
+
+    def has(self, status: JobStatus, **fields: Any) -> bool:
+        return any(
+            s.status is status and all(getattr(s, k) == v for k, v in fields.items())
+            for s in self.states
+        )
+
+
+def steps(states: list[JobState]) -> list[tuple[str, int]]:
+    """(status, attempt) of each state, repeats folded."""
+    folded: list[tuple[str, int]] = []
+    for state in states:
+        step = (state.status.value, state.attempt)
+        if not folded or folded[-1] != step:
+            folded.append(step)
+    return folded
+
+
+def enqueue_and_work(folder: Path, env: dict[str, str], worker: Sequence[str]) -> list[str]:
+    """Run the example's ``enqueue.py``, then, once it has enqueued, ``worker`` (a
+    command that works until the queue is empty); return what the script printed
+    after its ``enqueued <id>`` line."""
+    with subprocess.Popen(
+        [sys.executable, "enqueue.py"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as script:
+        assert script.stdout is not None
+        assert script.stdout.readline().startswith("enqueued ")
+        run = subprocess.run(
+            list(worker),
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode == 0, run.stderr
+        out, err = script.communicate(timeout=30)
+    assert script.returncode == 0, err
+    return out.splitlines()

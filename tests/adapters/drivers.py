@@ -129,5 +129,56 @@ class ArqDriver:
             await self._pool.aclose()
 
 
-DRIVERS: dict[str, Callable[[str], Driver]] = {"arq": ArqDriver}
+class StreaqDriver:
+    """streaQ: workers are ``python -m tests.adapters.streaq_worker URL``, tracked
+    through our middleware; jobs are enqueued through a streaQ client of the tasks."""
+
+    adapter = "streaq"
+    cannot: Mapping[str, str] = {}
+
+    def __init__(self, url: str) -> None:
+        from .streaq_worker import make_worker
+
+        self._url = url
+        # The web process's side: the same tasks, never run here. streaQ enters a
+        # client per use (its connection pool belongs to the task that enters it).
+        self._client = make_worker(url, tracked=False)
+        self._workers: list[Spawned] = []
+
+    def tracker(self) -> Tracker:
+        from immortus_async import configure
+
+        configure(queue_adapter="streaq")
+        return Tracker(self._url)
+
+    async def enqueue(self, tracker: Tracker, kind: str) -> str:
+        async with self._client:
+            task = await tracker.enqueue(self._client, kind)
+        return str(task.id)
+
+    async def enqueue_untracked(self, kind: str) -> str:
+        async with self._client:
+            task = await self._client.enqueue_unsafe(kind)
+        return str(task.id)
+
+    async def start_worker(self) -> None:
+        worker = await Spawned.start(
+            sys.executable, "-m", "tests.adapters.streaq_worker", self._url
+        )
+        self._workers.append(worker)
+        await worker.expect(READY)
+
+    async def kill_worker(self) -> None:
+        await self._workers[-1].stop(signal.SIGKILL)
+
+    async def abort(self, job_id: str) -> None:
+        async with self._client:
+            assert await self._client.abort_by_id(job_id, timeout=10)
+
+    async def aclose(self) -> None:
+        for worker in self._workers:
+            await worker.stop(signal.SIGTERM)
+
+
+DRIVERS: dict[str, Callable[[str], Driver]] = {"arq": ArqDriver, "streaq": StreaqDriver}
 """Adapter name -> its driver, made with the test's Redis URL."""

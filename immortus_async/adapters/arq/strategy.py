@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import pickle
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from arq.constants import (
@@ -47,6 +44,11 @@ from redis.exceptions import RedisError, ResponseError
 from ..._buffer import StateBuffer
 from ..._describe import describe_error
 from ..._follow import follow
+from ..._records import Nudge as _Nudge
+from ..._records import lifecycle_seq as _seq
+from ..._records import ms_time as _time
+from ..._records import text as _text
+from ..._records import unpickle as _unpickle
 from ...state import JobState
 from ...status import JobStatus
 from ...strategies._connected import Connected
@@ -61,53 +63,10 @@ _NEEDED_EVENTS = frozenset("g$x")
 _POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
 _PREFIXES = (job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix)
-# Steps of one attempt: the seq of an arq-derived state is 4 * attempt + step, so it
-# grows along any path arq can take (queued, started, retrying, started, ..., end).
-_STEP = {JobStatus.QUEUED: 1, JobStatus.STARTED: 2, JobStatus.RETRYING: 3}
 _VANISHED = (
     "the job left arq without a result (the worker keeps none with keep_result=0, "
     "or it has expired), so its outcome is unknown"
 )
-
-
-def _seq(status: JobStatus, attempt: int) -> int:
-    if status is JobStatus.UNKNOWN:
-        return 0
-    return 4 * attempt + _STEP.get(status, 4)
-
-
-def _time(ms: Any) -> datetime | None:
-    if not isinstance(ms, int | float):
-        return None
-    ms = int(ms)
-    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
-
-
-class _StandIn(Exception):
-    """An object of a class this process cannot import (a job's own exception
-    class, say): its class name and arguments survive, for the error text."""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple):
-            state = state[0]
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_StandIn,), {"__module__": module})
-
-
-def _unpickle(raw: bytes) -> dict[str, Any]:
-    """arq's default deserializer, tolerant of classes that only the worker has."""
-    data = _Unpickler(io.BytesIO(raw)).load()
-    if not isinstance(data, dict):
-        raise TypeError(f"expected a dict, got {type(data).__name__}")
-    return data
 
 
 def _outcome(data: dict[str, Any]) -> tuple[JobStatus, str | None]:
@@ -121,22 +80,6 @@ def _outcome(data: dict[str, Any]) -> tuple[JobStatus, str | None]:
     if isinstance(result, BaseException):
         return JobStatus.FAILED, describe_error(result)
     return JobStatus.FAILED, str(result)
-
-
-class _Nudge:
-    """A pub/sub sink that turns any keyspace event into "re-read the job"."""
-
-    def __init__(self, buffer: StateBuffer) -> None:
-        self._buffer = buffer
-
-    def push(self, item: Any) -> None:
-        self._buffer.request_resync()
-
-    def fail(self, error: BaseException) -> None:
-        self._buffer.fail(error)
-
-    def request_resync(self) -> None:
-        self._buffer.request_resync()
 
 
 @dataclass
@@ -403,9 +346,3 @@ class ArqStrategy(Connected):
             unreachable_timeout=self.unreachable_timeout,
             where=self.where,
         )
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,73 @@
+"""streaQ as a queue adapter: what the core asks of it (see :mod:`immortus_async.adapters`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from streaq import Worker
+from streaq.task import AsyncRegisteredTask, SyncRegisteredTask, Task
+
+from .. import ADAPTERS, Queued
+from .strategy import StreaqStrategy
+
+__all__ = ["StreaqAdapter"]
+
+
+class StreaqAdapter:
+    """streaQ: tasks enqueued through a ``streaq.Worker``, read back from streaQ's records."""
+
+    name = "streaq"
+    inferred_strategy = ADAPTERS["streaq"].inferred_strategy
+    records = StreaqStrategy
+
+    def accepts(self, target: object) -> bool:
+        """True for a ``streaq.Worker`` (what streaQ enqueues through)."""
+        return isinstance(target, Worker)
+
+    async def enqueue(
+        self,
+        target: Any,
+        function: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        queued: Queued,
+    ) -> Any:
+        """Enqueue on the worker ``target``, then record ``queued``; return streaQ's ``Task``.
+
+        ``function`` is a registered task (``@worker.task``), called with ``args``
+        and ``kwargs``; a task's name, enqueued as ``worker.enqueue_unsafe`` does;
+        or a ``Task`` already made with its arguments (``process.enqueue(path)``,
+        configured with ``.start(delay=..., priority=...)``), with no more
+        arguments. ``target`` must be entered (``async with worker:``) or running.
+
+        Raises:
+            TypeError: ``function`` is none of those, or a ``Task`` came with
+                arguments.
+            streaq.StreaqError: streaQ refused the task (the worker is not entered,
+                its arguments do not serialise); nothing is recorded.
+        """
+        task = _task(target, function, args, kwargs)
+        await task
+        await queued(task.id, task.parent.fn_name)
+        return task
+
+
+def _task(
+    worker: Worker[Any], function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Task[Any, Any]:
+    if isinstance(function, Task):
+        if args or kwargs:
+            raise TypeError(
+                "a streaQ Task carries its own arguments: give them to .enqueue(...), "
+                "not to Tracker.enqueue"
+            )
+        return function
+    if isinstance(function, AsyncRegisteredTask | SyncRegisteredTask):
+        return Task(args, dict(kwargs), function, worker)
+    if isinstance(function, str):
+        return worker.enqueue_unsafe(function, *args, **kwargs)
+    raise TypeError(
+        "Tracker.enqueue(worker, ...) takes a registered streaQ task, its name, or a "
+        f"Task made by task.enqueue(...); got {type(function).__name__}"
+    )
