@@ -1,0 +1,255 @@
+"""The job side of taskiq: a broker middleware, and the context a task reports through.
+
+Add :class:`TrackingMiddleware` to the broker the workers run, and ask for the
+task's :class:`~immortus_async.jobside.JobContext` through taskiq's own
+dependency injection::
+
+    broker = ListQueueBroker(url).with_result_backend(RedisAsyncResultBackend(url))
+    broker.add_middlewares(SimpleRetryMiddleware(), TrackingMiddleware())
+
+    @broker.task
+    async def process_csv(path: str, job: JobContext = TaskiqDepends(tracking)) -> int:
+        for i, row in enumerate(rows):
+            ...
+            await job.update(progress=(i + 1) / n, rows=i + 1)
+
+**What is recorded.** ``started`` before the task runs (``attempt`` is one more
+than the runs taskiq counted before it: the ``_retries`` label its retry
+middlewares stamp, plus the ``X-Taskiq-requeue`` label of ``Context.requeue``);
+after it, ``finished``, ``failed`` with the error text (``"ValueError: bad row"``),
+or ``retrying`` with it when taskiq will run the task again. Tracking never changes
+the task's result or what taskiq does next.
+
+**How a retry is told from a failure.** Not by guessing the retry middleware's
+rules: a retry middleware (``SimpleRetryMiddleware``, ``SmartRetryMiddleware``, or
+``Context.requeue``) sends the task again with the same id before the attempt's
+end is recorded, and this middleware sees that send (``post_send``). A
+``SmartRetryMiddleware`` with a ``schedule_source`` schedules instead of sending;
+it is still seen when it stores no result of the attempt (``no_result_on_retry``,
+its default). A task that raises ``NoResultError`` itself ends ``finished``: it
+asked taskiq to keep no result, not to fail.
+
+**Which strategy, which Redis.** ``strategy`` given here, else
+:func:`~immortus_async.configure`'s, else ``"redis_pub_sub"``; a name or a class is
+built on ``redis`` (default: a client of the broker's own Redis, for taskiq-redis
+brokers). ``heartbeat_interval``, ``stalled_after``, ``retry_for`` and
+``write_timeout`` are those of :mod:`immortus_async.jobside` (heartbeats, the
+write deadline, redelivery while Redis is unreachable). The background work the
+tasks leave belongs to the worker: the broker's shutdown waits up to
+``shutdown_grace`` seconds for it, then cancels what is left and awaits it.
+
+Middleware order does not matter: the end is recorded in ``post_execute``, which
+taskiq calls after every middleware's ``on_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from taskiq import Context, TaskiqDepends, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+
+from ... import config
+from ..._describe import describe_error
+from ..._redis import client_from
+from ...jobside import JobContext, JobOptions, Leftovers, begin
+from ...registry import StrategySpec, resolve_strategy
+from .strategy import TaskiqStrategy
+
+__all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
+
+logger = logging.getLogger("immortus_async.adapters.taskiq")
+
+
+def attempt_of(message: TaskiqMessage) -> int:
+    """Which run of its task ``message`` is: 1, plus each retry and requeue taskiq counted."""
+    runs = 1
+    for label in ("_retries", "X-Taskiq-requeue"):
+        try:
+            runs += max(int(message.labels.get(label) or 0), 0)
+        except (TypeError, ValueError):
+            pass
+    return runs
+
+
+@dataclass(slots=True)
+class _Run:
+    """One attempt running in this worker."""
+
+    context: JobContext
+    error: BaseException | None = None
+    sent_again: bool = False
+
+
+def _broker_redis(broker: Any) -> Redis | None:
+    """A client of the broker's own Redis (taskiq-redis brokers), else None."""
+    pool = getattr(broker, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return None
+    # Its own pool: the broker's is a blocking one its listener holds connections of.
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+class TrackingMiddleware(TaskiqMiddleware):
+    """Tracks every task a taskiq worker runs; see the module for what it records.
+
+    Args:
+        redis: where to track: a ``redis.asyncio.Redis`` or a URL; default the
+            broker's own Redis (taskiq-redis brokers).
+        strategy: the strategy for the tasks (a name, class, instance or
+            ``"module:Class"`` path); default :func:`~immortus_async.configure`'s,
+            else ``"redis_pub_sub"``.
+        heartbeat_interval: seconds between heartbeats while a task runs.
+        stalled_after: seconds without a heartbeat after which readers report the
+            task stalled; default three ``heartbeat_interval``.
+        retry_for: seconds a write is retried while Redis is unreachable.
+        write_timeout: seconds a tracking write may hold the task.
+        shutdown_grace: seconds the broker's shutdown waits for pending writes.
+
+    Raises:
+        ValueError: bad timings; StrategyNotFound: ``strategy`` names nothing.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | str | None = None,
+        *,
+        strategy: StrategySpec | None = None,
+        heartbeat_interval: float = 5.0,
+        stalled_after: float | None = None,
+        retry_for: float = 30.0,
+        write_timeout: float = 1.0,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self._options = JobOptions.checked(
+            heartbeat_interval, stalled_after, retry_for, write_timeout
+        )
+        if not shutdown_grace >= 0:
+            raise ValueError(f"shutdown_grace must not be negative, got {shutdown_grace!r}")
+        if strategy is not None:
+            resolve_strategy(strategy)
+        self._strategy = strategy
+        self._grace = shutdown_grace
+        self._given = redis
+        self._redis: Redis | None = None
+        self._owns_redis = False
+        self._reader: TaskiqStrategy | None = None
+        self._leftovers = Leftovers()
+        # task id -> its attempt running here (taskiq runs a task id once at a time:
+        # a retry is sent after the attempt has failed).
+        self._runs: dict[str, _Run] = {}
+
+    # The broker's life
+
+    def _client(self) -> Redis | None:
+        if self._redis is None:
+            if self._given is not None:
+                self._redis, self._owns_redis = client_from(self._given)
+            else:
+                self._redis, self._owns_redis = _broker_redis(self.broker), True
+                if self._redis is None:
+                    logger.error(
+                        "%s has no Redis of its own: give TrackingMiddleware(redis=...); "
+                        "its tasks run untracked",
+                        type(self.broker).__name__,
+                    )
+        return self._redis
+
+    async def startup(self) -> None:
+        """In a worker: open the tracking client and the reader of taskiq's results."""
+        if not self.broker.is_worker_process:
+            return
+        redis = self._client()
+        backend = self.broker.result_backend
+        if redis is not None and hasattr(backend, "redis_pool"):
+            # Reads what the worker's own backend writes, after an end we cannot see.
+            self._reader = TaskiqStrategy.from_backend(backend)
+
+    async def shutdown(self) -> None:
+        """Wait up to ``shutdown_grace`` for the tasks' pending writes; close what we opened."""
+        await self._leftovers.aclose(self._grace)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.aclose()
+        redis, self._redis = self._redis, None
+        if redis is not None and self._owns_redis:
+            await redis.aclose()
+
+    # One task's run
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Record ``started`` and start the heartbeat, before the task runs."""
+        function = message.task_name
+        context = await begin(
+            message.task_id,
+            attempt_of(message),
+            redis=self._client(),
+            spec=config.strategy_for(function, override=self._strategy),
+            options=self._options,
+            function=function,
+            leftovers=self._leftovers,
+            reader=self._reader,
+            queue="taskiq",
+        )
+        self._runs[message.task_id] = _Run(context)
+        return message
+
+    def context_for(self, message: TaskiqMessage) -> JobContext | None:
+        """The context of the attempt running ``message`` here, if this middleware began it."""
+        run = self._runs.get(message.task_id)
+        return run.context if run is not None else None
+
+    def post_send(self, message: TaskiqMessage) -> None:
+        """A task sent while one of the same id runs here: taskiq will run it again."""
+        run = self._runs.get(message.task_id)
+        if run is not None:
+            run.sent_again = True
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        """Keep the task's own exception: a retry middleware may replace the result's."""
+        run = self._runs.get(message.task_id)
+        if run is not None:
+            run.error = exception
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Record how the attempt ended (every ``on_error`` has run by now)."""
+        run = self._runs.pop(message.task_id, None)
+        if run is None:
+            return
+        context = run.context
+        try:
+            error = run.error if run.error is not None else result.error
+            if not result.is_err or (isinstance(error, NoResultError) and not run.sent_again):
+                await context.finished()
+            elif error is None:
+                await context.failed("the task failed")
+            elif run.sent_again or isinstance(result.error, NoResultError):
+                await context.retrying(describe_error(error))
+            else:
+                await context.failed(describe_error(error))
+        finally:
+            await context.stop()
+
+
+def tracking(context: Context = TaskiqDepends()) -> JobContext:
+    """The running task's :class:`~immortus_async.jobside.JobContext`, for ``TaskiqDepends``.
+
+    ``job: JobContext = TaskiqDepends(tracking)`` in a task's signature gives the
+    context :class:`TrackingMiddleware` began for this attempt. On a broker without
+    the middleware, or for a task called outside a worker, it is a context that
+    records nothing, so the task runs the same.
+    """
+    message = context.message
+    for middleware in context.broker.middlewares:
+        if isinstance(middleware, TrackingMiddleware):
+            found = middleware.context_for(message)
+            if found is not None:
+                return found
+    return JobContext(message.task_id, attempt_of(message), function=message.task_name)
