@@ -48,7 +48,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from taskiq import Context, TaskiqDepends, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
@@ -57,7 +57,7 @@ from ..._describe import describe_error
 from ..._redis import client_from
 from ...jobside import JobContext, JobOptions, Leftovers, begin
 from ...registry import StrategySpec, resolve_strategy
-from .strategy import TaskiqStrategy
+from .strategy import TaskiqStrategy, client_of
 
 __all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
 
@@ -90,8 +90,7 @@ def _broker_redis(broker: Any) -> Redis | None:
     kwargs = getattr(pool, "connection_kwargs", None)
     if not isinstance(kwargs, dict):
         return None
-    # Its own pool: the broker's is a blocking one its listener holds connections of.
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    return client_of(pool)
 
 
 class TrackingMiddleware(TaskiqMiddleware):

@@ -33,9 +33,10 @@ import io
 import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from ..._buffer import StateBuffer
 from ..._follow import poll
@@ -43,7 +44,7 @@ from ...state import JobState
 from ...status import JobStatus
 from ...strategies._connected import Connected
 
-__all__ = ["PROGRESS_SUFFIX", "TaskiqStrategy"]
+__all__ = ["PROGRESS_SUFFIX", "TaskiqStrategy", "client_of"]
 
 PROGRESS_SUFFIX = "__progress"
 """What taskiq-redis appends to a task's result key for its progress record."""
@@ -78,6 +79,15 @@ class _PlainUnpickler(pickle.Unpickler):
 class _SafePickle:
     def loadb(self, value: bytes) -> Any:
         return _PlainUnpickler(io.BytesIO(value)).load()
+
+
+def client_of(pool: Any) -> Redis:
+    """A client of its own on the Redis that taskiq-redis's connection ``pool`` reaches.
+
+    Not on that pool: taskiq-redis's pools are blocking ones, bounded, and a
+    broker's listener holds its connections.
+    """
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs))
 
 
 def _seq(status: JobStatus, attempt: int) -> int:
@@ -180,7 +190,7 @@ class TaskiqStrategy(Connected):
         serializer = getattr(backend, "serializer", None)
         if type(serializer).__name__ == "PickleSerializer":
             serializer = None
-        client = redis if redis is not None else Redis(**pool.connection_kwargs)
+        client = redis if redis is not None else client_of(pool)
         strategy = cls(client, prefix_str=getattr(backend, "prefix_str", None), serializer=serializer)
         # A client made here from the backend's settings is the strategy's to close.
         strategy._owns_redis = strategy._owns_redis or redis is None
@@ -203,11 +213,12 @@ class TaskiqStrategy(Connected):
             pipe.get(key)
             pipe.get(key + PROGRESS_SUFFIX)
             result, progress = await pipe.execute()
+        running = self._running(task_id, progress) if progress is not None else None
         if result is not None:
-            return self._ended(task_id, result)
-        if progress is not None:
-            return self._running(task_id, progress)
-        return JobState(job_id=task_id)
+            ended = self._ended(task_id, result)
+            # What the task reported of itself outlives its run.
+            return ended if running is None else replace(ended, meta=running.meta)
+        return running or JobState(job_id=task_id)
 
     def _load(self, raw: bytes) -> dict[str, Any] | None:
         try:
