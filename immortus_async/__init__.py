@@ -2,10 +2,15 @@
 
 >>> async with Tracker("redis://localhost:6379") as tracker:   # doctest: +SKIP
 ...     state = await tracker.completed(job_id, timeout=60)
+
+The arq adapter's names (``tracked``, ``track_worker``, ``ArqStrategy``) are here
+too, imported on first use: importing the package needs no queue installed.
 """
 
-from .arq import MAX_META_BYTES, JobContext, track_worker, tracked
-from .config import INFERRED_STRATEGIES, configure, strategy_for
+import importlib
+from typing import Any
+
+from .config import INFERRED_STRATEGIES, configure, queue_adapter, strategy_for
 from .embedded import RedisServer, find_redis_server
 from .exceptions import (
     ImmortusError,
@@ -20,14 +25,16 @@ from .exceptions import (
     TokenInvalid,
     TrackerClosed,
 )
+from .jobside import MAX_META_BYTES, UNOWNED, JobContext, JobOptions, Leftovers, begin_job
 from .keys import DEFAULT_PREFIX, Keys
 from .registry import ENTRY_POINT_GROUP, StrategySpec, register_strategy, resolve_strategy
 from .state import JobState, JobUpdate, apply_update, utcnow
 from .status import TERMINAL_STATUSES, JobStatus, is_forward
 from .strategies import (
-    ArqStrategy,
+    Heartbeats,
     MemoryStrategy,
     PushSource,
+    QueueRecords,
     RedisPubSubStrategy,
     StateReader,
     StateWriter,
@@ -38,6 +45,23 @@ from .tracker import Tracker
 
 __version__ = "0.1.0"
 
+# The names of an adapter kept here for its users: name -> the adapter's module.
+_ADAPTER_NAMES = {
+    "ArqStrategy": "immortus_async.adapters.arq",
+    "track_worker": "immortus_async.adapters.arq",
+    "tracked": "immortus_async.adapters.arq",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ADAPTER_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'immortus_async' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "DEFAULT_PREFIX",
     "ENTRY_POINT_GROUP",
@@ -45,18 +69,23 @@ __all__ = [
     "MAX_META_BYTES",
     "SECRET_ENV",
     "TERMINAL_STATUSES",
+    "UNOWNED",
     "ArqStrategy",
+    "Heartbeats",
     "ImmortusError",
     "InvalidStateError",
     "JobContext",
     "JobLost",
     "JobNotFound",
+    "JobOptions",
     "JobState",
     "JobStatus",
     "JobUpdate",
     "Keys",
+    "Leftovers",
     "MemoryStrategy",
     "PushSource",
+    "QueueRecords",
     "RedisPubSubStrategy",
     "RedisServer",
     "RedisUnavailable",
@@ -72,10 +101,12 @@ __all__ = [
     "TrackerClosed",
     "TrackingStrategy",
     "apply_update",
+    "begin_job",
     "configure",
     "find_redis_server",
     "is_forward",
     "mint_token",
+    "queue_adapter",
     "read_secret",
     "register_strategy",
     "resolve_strategy",

@@ -8,8 +8,12 @@ wins over the one inferred from the queue adapter.
 queue adapter  inferred strategy
 =============  ====================
 ``"arq"``      ``"redis_pub_sub"``
+``"taskiq"``   ``"redis_pub_sub"``
+``"streaq"``   ``"redis_pub_sub"``
 ``"memory"``   ``"memory"``
 =============  ====================
+
+(the table of :mod:`immortus_async.adapters`; ``"arq"`` when none is configured.)
 
 It also holds the process-wide retention of ``"redis_pub_sub"`` records
 (``configure(ttl=..., tombstone_ttl=..., active_ttl=...)``): the worker writes
@@ -22,11 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import adapters
 from .registry import StrategySpec, resolve_strategy
 
-__all__ = ["INFERRED_STRATEGIES", "configure", "strategy_for"]
+__all__ = ["INFERRED_STRATEGIES", "configure", "queue_adapter", "strategy_for"]
 
-INFERRED_STRATEGIES: dict[str, str] = {"arq": "redis_pub_sub", "memory": "memory"}
+INFERRED_STRATEGIES: dict[str, str] = {
+    name: entry.inferred_strategy for name, entry in adapters.ADAPTERS.items()
+}
 """The strategy inferred from each queue adapter."""
 
 _UNSET: Any = object()
@@ -53,7 +60,8 @@ class _Retention:
 
 _retention = _Retention()
 _global_strategy: StrategySpec | None = None
-_queue_adapter = "arq"
+# None until configure() chooses one: then the default adapter's, if installed.
+_queue_adapter: str | None = None
 # Function name (as the queue knows it) -> its inline strategy, filled by @tracked,
 # so that a waiter holding only a function name finds the job's strategy.
 _inline: dict[str, StrategySpec] = {}
@@ -83,8 +91,9 @@ def configure(
         tracking_strategy: the global strategy (a name, a ``"module:Class"``
             path, a class or an instance), or None to fall back to inference.
             It is resolved now, so a typo fails here rather than at first use.
-        queue_adapter: ``"arq"`` (default) or ``"memory"``; decides the inferred
-            strategy.
+        queue_adapter: ``"arq"`` (the default), ``"taskiq"``, ``"streaq"`` or
+            ``"memory"``: decides the inferred strategy and the queue whose own
+            records answer for jobs with no record of ours.
         ttl: seconds a job's record is kept after its terminal state (default
             3600, as long as arq keeps a result).
         tombstone_ttl: seconds a small tombstone outlives the record, so that
@@ -114,13 +123,19 @@ def configure(
             resolve_strategy(tracking_strategy)
         _global_strategy = tracking_strategy
     if queue_adapter is not _UNSET:
-        if queue_adapter not in INFERRED_STRATEGIES:
+        if queue_adapter not in adapters.ADAPTERS:
             raise ValueError(
                 f"unknown queue_adapter {queue_adapter!r}; "
-                f"choose one of {', '.join(sorted(INFERRED_STRATEGIES))}"
+                f"choose one of {', '.join(sorted(adapters.ADAPTERS))}"
             )
         _queue_adapter = queue_adapter
     _retention = retention
+
+
+def queue_adapter() -> str | None:
+    """The queue adapter :func:`configure` chose; None when it chose none (then
+    ``"arq"``'s strategy is inferred, and arq's records answer where arq is installed)."""
+    return _queue_adapter
 
 
 def set_inline_strategy(function_name: str, spec: StrategySpec) -> None:
@@ -151,5 +166,8 @@ def strategy_for(
     one. ``function`` is the job function or the name the queue knows it by.
     """
     return (
-        _inline_for(function) or override or _global_strategy or INFERRED_STRATEGIES[_queue_adapter]
+        _inline_for(function)
+        or override
+        or _global_strategy
+        or INFERRED_STRATEGIES[_queue_adapter or adapters.DEFAULT]
     )

@@ -6,6 +6,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from . import adapters
 from .exceptions import StrategyNotFound
 
 __all__ = ["ENTRY_POINT_GROUP", "StrategySpec", "register_strategy", "resolve_strategy"]
@@ -15,11 +16,17 @@ ENTRY_POINT_GROUP = "immortus_async.strategies"
 StrategySpec = str | type | object
 """What names a strategy: a name, a ``"package.module:Class"`` path, a class, or an instance."""
 
-# Built-ins are imported on first use, so importing the package stays cheap.
+# Built-ins are imported on first use, so importing the package stays cheap; each
+# queue adapter's reader of its own records is one (an ImportError with the install
+# command when its queue is missing).
 _registry: dict[str, type | str] = {
     "redis_pub_sub": "immortus_async.strategies.redis_pub_sub:RedisPubSubStrategy",
-    "arq": "immortus_async.strategies.arq:ArqStrategy",
     "memory": "immortus_async.strategies.memory:MemoryStrategy",
+    **{
+        entry.strategy[0]: entry.strategy[1]
+        for entry in adapters.ADAPTERS.values()
+        if entry.strategy
+    },
 }
 
 
@@ -52,9 +59,10 @@ def resolve_strategy(spec: StrategySpec) -> type | object:
     """Turn a spec into a strategy class or instance.
 
     A class or an instance is returned as is. A string is looked up, in order, in
-    the registry (:func:`register_strategy` and the built-ins ``redis_pub_sub``,
-    ``arq``, ``memory``), in the ``immortus_async.strategies`` entry-point group,
-    and finally, if it contains ``:``, imported as ``"package.module:Class"``.
+    the registry (:func:`register_strategy`; the built-ins ``redis_pub_sub`` and
+    ``memory``; each queue adapter's: ``arq``, ``taskiq``, ``streaq``), in the
+    ``immortus_async.strategies`` entry-point group, and finally, if it contains
+    ``:``, imported as ``"package.module:Class"``.
 
     Raises:
         StrategyNotFound: nothing matched; the message lists every place tried.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -11,7 +10,8 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from . import config
+from . import adapters
+from ._builder import StrategyBuilder
 from ._follow import poll, retrying
 from ._redis import UNREACHABLE, client_from
 from .config import strategy_for
@@ -20,7 +20,6 @@ from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate
 from .status import JobStatus
-from .strategies.arq import ArqStrategy
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_token, read_secret
 
@@ -40,13 +39,14 @@ class Tracker:
             need no Redis (``"memory"``).
         tracking_strategy: the strategy for jobs whose function has none of its
             own; defaults to :func:`~immortus_async.configure`'s, else the one
-            inferred from the queue adapter (``"redis_pub_sub"`` for arq).
+            inferred from the queue adapter (``"redis_pub_sub"`` for arq, taskiq
+            and streaQ).
         secret: the token signing secret; defaults to ``$IMMORTUS_SECRET``.
         prefix: the prefix of the strategy's Redis keys and channels.
         poll_interval: ``(min, max)`` seconds between reads for a strategy that
             cannot push; the interval grows from min to max while nothing changes.
-        queue_redis: the queue's (arq's) Redis when tracking lives on another one:
-            a ``redis.asyncio.Redis``, an arq pool (whose queue name and job
+        queue_redis: the queue's own Redis when tracking lives on another one:
+            a ``redis.asyncio.Redis`` (an arq pool, whose queue name and job
             deserializer are then used) or a URL (then owned and closed here).
             The strategy that reads the queue's own records (``"arq"``, and the
             fallback of ``"redis_pub_sub"``) is built on it. Default: ``redis``.
@@ -95,7 +95,12 @@ class Tracker:
                 f"poll_interval must be (min, max) with 0 < min <= max, got {poll_interval}"
             )
         self._poll_interval = poll_interval
-        self._built: dict[type, object] = {}
+        self._builder = StrategyBuilder(
+            self._redis,
+            queue_redis=self._queue_redis,
+            prefix=prefix,
+            unreachable_timeout=unreachable_timeout,
+        )
         self._closed = False
 
     @property
@@ -107,50 +112,20 @@ class Tracker:
     def healthy(self) -> bool:
         """False while any pub/sub connection of this Tracker has waiters and is
         down, or one of its long-lived tasks is restarting after it failed."""
-        return all(getattr(instance, "healthy", True) for instance in self._built.values())
+        return all(getattr(instance, "healthy", True) for instance in self._builder.instances())
 
     def strategy(self, function: Function = None) -> object:
         """The strategy instance that tracks jobs of ``function`` (see :func:`strategy_for`).
 
         A strategy given as a name or a class is built once per Tracker, with this
         Tracker's Redis client and prefix if its constructor takes ``redis`` and
-        ``prefix``; an instance is used as it is.
+        ``prefix`` (a reader of the queue's own records on ``queue_redis``), and the
+        queue adapter's reader as its ``fallback`` if it takes one; an instance is
+        used as it is.
         """
         if self._closed:
             raise TrackerClosed("this Tracker is closed")
-        found = resolve_strategy(strategy_for(function, override=self._override))
-        if not isinstance(found, type):
-            return found
-        return self._instance(found)
-
-    def _instance(self, cls: type) -> object:
-        instance = self._built.get(cls)
-        if instance is None:
-            instance = self._built[cls] = self._build(cls)
-        return instance
-
-    def _build(self, cls: type) -> object:
-        params = inspect.signature(cls).parameters
-        kwargs: dict[str, Any] = {}
-        if "redis" in params:
-            # What reads the queue's own records reads them where the queue is.
-            redis = self._redis
-            if issubclass(cls, ArqStrategy) and self._queue_redis is not None:
-                redis = self._queue_redis
-            if redis is None:
-                raise ValueError(
-                    f"{cls.__name__} needs Redis: create the Tracker with a Redis client or URL"
-                )
-            kwargs["redis"] = redis
-        if "prefix" in params:
-            kwargs["prefix"] = self._prefix
-        if "unreachable_timeout" in params:
-            kwargs["unreachable_timeout"] = self._unreachable_timeout
-        if "fallback" in params and config._queue_adapter == "arq":
-            # A job with no record of ours (enqueued and run by code that never heard
-            # of us), or one arq ended without calling it, still reports honestly.
-            kwargs["fallback"] = self._instance(ArqStrategy)
-        return cls(**kwargs)
+        return self._builder.get(strategy_for(function, override=self._override))
 
     async def status(self, job_id: str, *, function: Function = None) -> JobState:
         """The job's state now; an id never seen reads ``unknown``.
@@ -226,37 +201,44 @@ class Tracker:
                     await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
-    async def enqueue(self, pool: Any, function: str, *args: Any, **kwargs: Any) -> Any:
-        """Enqueue with arq and record the ``queued`` state; return arq's ``Job``.
+    async def enqueue(self, target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
 
-        ``pool`` is an ``arq.ArqRedis``; every argument, arq's underscore options
-        (``_job_id``, ``_defer_by``, ...) included, goes to ``pool.enqueue_job``.
-        The queued state is written after arq has the job, as attempt 0, so a
-        worker that already started it is never moved back. Returns None, and
-        writes nothing, when arq refuses a duplicate ``_job_id``.
+        ``target`` is what the queue enqueues on, and decides the adapter
+        (:func:`immortus_async.adapters.for_target`): an ``arq.ArqRedis`` pool,
+        with the function's name and every argument, arq's underscore options
+        (``_job_id``, ``_defer_by``, ...) included, going to ``pool.enqueue_job``;
+        the other adapters say what they take. The queued state is written after
+        the queue has the job, as attempt 0, so a worker that already started it
+        is never moved back. Returns None, and writes nothing, when the queue
+        refuses the job (arq: a duplicate ``_job_id``).
 
-        The job is enqueued once arq has it: if the tracking Redis cannot be
+        The job is enqueued once the queue has it: if the tracking Redis cannot be
         reached for the queued state, that is logged and the job returned all the
         same (raising would invite the caller to enqueue it twice); the worker's
-        own updates, and arq's records, tell the rest.
+        own updates, and the queue's records, tell the rest.
+
+        Raises:
+            TypeError: no queue adapter takes ``target``.
         """
-        job = await pool.enqueue_job(function, *args, **kwargs)
-        if job is None:
-            return None
+        adapter = adapters.for_target(target)
+        return await adapter.enqueue(target, function, args, kwargs, self._queued)
+
+    async def _queued(self, job_id: str, function: str | None) -> None:
+        """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
         strategy = self.strategy(function)
         try:
             if isinstance(strategy, StateWriter):
                 update = JobUpdate(
-                    job_id=job.job_id, status=JobStatus.QUEUED, attempt=0, function=function
+                    job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
                 )
                 await strategy.apply(update)
             elif callable(getattr(strategy, "job_enqueued", None)):
-                await strategy.job_enqueued(job.job_id)  # type: ignore[attr-defined]
+                await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
         except UNREACHABLE as exc:
             logger.warning(
-                "job %s is enqueued, but its queued state was not written: %s", job.job_id, exc
+                "job %s is enqueued, but its queued state was not written: %s", job_id, exc
             )
-        return job
 
     def token(self, job_id: str, *, ttl: float = 3600) -> str:
         """A signed token (JWT, HS256) that lets a browser follow ``job_id`` for ``ttl`` s.
@@ -275,8 +257,8 @@ class Tracker:
         if self._closed:
             return
         self._closed = True
-        closers = [getattr(instance, "aclose", None) for instance in self._built.values()]
-        self._built.clear()
+        closers = [getattr(instance, "aclose", None) for instance in self._builder.instances()]
+        self._builder.clear()
         if self._owns_redis and self._redis is not None:
             closers.append(self._redis.aclose)
         if self._owns_queue_redis and self._queue_redis is not None:

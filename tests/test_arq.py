@@ -478,7 +478,7 @@ async def test_tracking_redis_outage_leaves_the_job_alone(
     pool: ArqRedis, caplog: pytest.LogCaptureFixture, persistence: tuple[str, ...]
 ) -> None:
     """The tracking Redis stops 2 s mid-job: same result, final state once it is back."""
-    caplog.set_level(logging.WARNING, logger="immortus_async.arq")
+    caplog.set_level(logging.WARNING, logger="immortus_async.jobside")
     with RedisServer(args=persistence) as tracking:
         strategy = RedisPubSubStrategy(tracking.url)
 
@@ -502,7 +502,7 @@ async def test_tracking_redis_outage_leaves_the_job_alone(
             await worker
             assert await job.result(timeout=5) == "result-42"
             assert not tracking.running and not waiter.done()
-            warnings = [r for r in caplog.records if r.name == "immortus_async.arq"]
+            warnings = [r for r in caplog.records if r.name == "immortus_async.jobside"]
             assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
             # The outage itself: the test's Redis stays down for 2 s.
             await asyncio.sleep(max(0.0, 2.0 * SCALE - (time.monotonic() - stopped_at)))

@@ -17,7 +17,7 @@ from immortus_async import (
     TrackerClosed,
 )
 from immortus_async._buffer import StateBuffer
-from immortus_async.strategies._arq_poller import ArqPoller
+from immortus_async.adapters.arq._poller import ArqPoller
 
 from .utils import SCALE
 

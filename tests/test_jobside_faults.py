@@ -52,12 +52,12 @@ async def quick(ctx: dict[str, Any]) -> str:
 
 
 def job_side_tasks() -> list[asyncio.Task[Any]]:
-    """The tasks of immortus_async.arq still running (redeliveries, settles, heartbeats)."""
+    """The tasks of the job side still running (redeliveries, settles, heartbeats)."""
     running = []
     for task in asyncio.all_tasks():
         frame = getattr(task.get_coro(), "cr_frame", None)
         if not task.done() and frame is not None:
-            if frame.f_globals.get("__name__") == "immortus_async.arq":
+            if frame.f_globals.get("__name__") == "immortus_async.jobside":
                 running.append(task)
     return running
 
@@ -85,7 +85,7 @@ async def test_jobs_finish_while_redis_is_frozen_past_their_timeout(
     settings: Callable[[Callable[..., Any]], dict[str, Any]],
 ) -> None:
     """Redis SIGSTOPped as the job starts: the job returns within its 2 s timeout."""
-    caplog.set_level(logging.WARNING, logger="immortus_async.arq")
+    caplog.set_level(logging.WARNING, logger="immortus_async.jobside")
     pid = redis_server.pid
     assert pid is not None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from arq import Retry
 
-from ..arq import tracked
+from ..adapters.arq import tracked
 
 __all__ = ["FUNCTIONS", "JOBS", "flaky_sync", "import_csv", "send_invoice"]
 

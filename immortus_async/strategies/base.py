@@ -12,17 +12,27 @@ where the object has it (Immortus used ``respond_to?``; we use ``getattr``):
   (``status``: a whole :class:`~immortus_async.JobState`), :class:`StateWriter`
   (``apply``: one :class:`~immortus_async.JobUpdate`) and :class:`PushSource`
   (``watch``: push every change). A waiter uses push where the strategy has it and
-  polls ``completed``/``meta`` with backoff where it does not.
+  polls ``completed``/``meta`` with backoff where it does not;
+* what the job side and the builder look for: :class:`Heartbeats` (a writer whose
+  ``apply`` also beats) and :class:`QueueRecords` (a reader of a queue's own records,
+  built on the queue's Redis).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..state import JobState, JobUpdate
 
-__all__ = ["PushSource", "StateReader", "StateWriter", "TrackingStrategy"]
+__all__ = [
+    "Heartbeats",
+    "PushSource",
+    "QueueRecords",
+    "StateReader",
+    "StateWriter",
+    "TrackingStrategy",
+]
 
 
 @runtime_checkable
@@ -59,3 +69,34 @@ class PushSource(Protocol):
     def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:
         """Yield the current state, then every newer one, ending after a terminal one."""
         ...
+
+
+@runtime_checkable
+class Heartbeats(Protocol):
+    """A writer that records heartbeats: a running job's worker is alive.
+
+    A strategy with both methods is taken to be one: its ``apply`` must take
+    ``stalled_after``, with which a ``started`` update is a heartbeat too, in the
+    same write (the job side's first beat rides on its ``started``).
+    """
+
+    async def apply(
+        self, update: JobUpdate, *, stalled_after: float | None = None
+    ) -> JobState | None:
+        """Apply ``update``; with ``stalled_after``, a ``started`` one also beats."""
+        ...
+
+    async def heartbeat(self, job_id: str, attempt: int, *, stalled_after: float) -> bool:
+        """Refresh the running attempt's heartbeat; False when it is not running."""
+        ...
+
+
+@runtime_checkable
+class QueueRecords(Protocol):
+    """A strategy that reads a queue's own records (e.g. ``ArqStrategy``).
+
+    Built on the queue's Redis (a Tracker's ``queue_redis``) rather than the
+    tracking one; ``queue_adapter`` names the adapter whose records it reads.
+    """
+
+    queue_adapter: ClassVar[str]

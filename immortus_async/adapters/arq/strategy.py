@@ -32,7 +32,7 @@ import pickle
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from arq.constants import (
     default_queue_name,
@@ -44,17 +44,17 @@ from arq.constants import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from .._buffer import StateBuffer
-from .._describe import describe_error
-from .._follow import follow
-from ..state import JobState
-from ..status import JobStatus
-from ._arq_poller import ArqPoller
-from ._connected import Connected
+from ..._buffer import StateBuffer
+from ..._describe import describe_error
+from ..._follow import follow
+from ...state import JobState
+from ...status import JobStatus
+from ...strategies._connected import Connected
+from ._poller import ArqPoller
 
 __all__ = ["ArqStrategy"]
 
-logger = logging.getLogger("immortus_async.strategies.arq")
+logger = logging.getLogger("immortus_async.adapters.arq")
 
 _NEEDED_EVENTS = frozenset("g$x")
 # Without keyspace events, a quiet job's records are looked at this often at least.
@@ -168,6 +168,9 @@ class ArqStrategy(Connected):
             (at its first read or mid-wait) before it raises
             :class:`~immortus_async.RedisUnavailable`; None: for ever.
     """
+
+    queue_adapter: ClassVar[str] = "arq"
+    """Reads arq's records: built on arq's Redis (a Tracker's ``queue_redis``)."""
 
     def __init__(
         self,
@@ -337,7 +340,7 @@ class ArqStrategy(Connected):
         """
         if not await self.notifications_enabled():
             # One poller looks at every watched job in batches and nudges only
-            # the watchers whose job changed (see _arq_poller).
+            # the watchers whose job changed (see _poller).
             poller = self._poller()
             sink = _Nudge(buffer)
             try:

@@ -37,11 +37,11 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
-from ..exceptions import ImmortusError, RedisUnavailable, TrackerClosed
+from ...exceptions import ImmortusError, RedisUnavailable, TrackerClosed
 
 __all__ = ["ArqPoller"]
 
-logger = logging.getLogger("immortus_async.strategies.arq")
+logger = logging.getLogger("immortus_async.adapters.arq")
 
 # KEYS: the queue, then per job its result, in-progress, job and retry keys.
 # ARGV: the job ids. Returns one number per job: which records exist, and the tries.

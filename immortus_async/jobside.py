@@ -1,0 +1,601 @@
+"""The job side, whatever the queue: what a job reports while it runs, and how.
+
+A queue adapter integrates through its queue's own extension point (arq: a
+decorator and worker hooks; taskiq: a middleware; streaQ: its task middleware) and
+calls this small API; everything that is not about one queue lives here once:
+the :class:`JobContext` progress API, write deadlines, background redelivery,
+heartbeats, and the owner of the tasks a job leaves behind.
+
+**The API an adapter calls**::
+
+    from immortus_async.jobside import JobOptions, Leftovers, begin_job
+
+    options = JobOptions.checked(heartbeat_interval=5.0)  # validated once, at import
+    leftovers = Leftovers()        # one per worker; `await leftovers.aclose(grace)` on stop
+
+    # as a job starts (attempt 1 for its first run):
+    context = await begin_job(job_id, attempt, redis=redis, spec=spec, function="name",
+                          options=options, leftovers=leftovers, reader=records,
+                          queue="taskiq")
+    # ... the job runs; it calls `await context.update(progress, **meta)` ...
+    # as it ends, one of:
+    await context.finished()
+    await context.failed("ValueError: bad row")      # describe_error(exc)
+    await context.retrying("Retry: run again")       # the queue will run it again
+    await context.aborted("cancelled")
+    await context.settle(wait=0)   # the queue's records tell: read them (in the background)
+    # and on any way out (a `finally:`), so that no heartbeat outlives the attempt:
+    await context.stop()
+
+* :func:`begin_job` builds the strategy ``spec`` names on ``redis`` (the one builder,
+  once per client; ``config.strategy_for(function)`` is the usual spec), records
+  ``started`` and starts the heartbeat. It never raises for tracking: a strategy
+  that cannot be built leaves the job untracked, logged. ``redis`` None (a job
+  called outside a worker) gives a context that records nothing.
+* ``reader`` is the queue's own records (a
+  :class:`~immortus_async.strategies.base.StateReader`, the adapter's strategy),
+  used by :meth:`JobContext.settle` after an end the job side cannot see (a
+  cancellation, a job the adapter did not wrap): it polls the reader while it
+  still says ``started``, for up to ``wait`` seconds (default ``retry_for``), and
+  records what the queue made of the attempt (terminal or ``retrying``).
+* ``leftovers`` owns the background work of the job (redeliveries, settles,
+  heartbeats); without one, the job's work belongs to no worker and nothing awaits
+  it at shutdown (``UNOWNED``).
+* :attr:`JobContext.ended` is True once one of the ends (or :meth:`stop`) ran: a
+  worker hook that runs after the job leaves its end alone.
+
+**Heartbeats.** While a job runs, its worker refreshes the job's heartbeat every
+``heartbeat_interval`` seconds (default 5). A reader reports a ``started`` job
+``stalled=True`` once its last beat is older than ``stalled_after`` (default three
+intervals: 15 s), until the queue runs it again or gives up; a watcher sees the flag
+when that deadline passes, without polling. A strategy of the
+:class:`~immortus_async.strategies.base.Heartbeats` protocol takes the first beat
+with the ``started`` write; another with a ``heartbeat`` method beats before the
+job's body runs.
+
+**When Redis stops answering.** Tracking never fails a job, never changes its
+result, and never holds it longer than ``write_timeout`` seconds (default 1) per
+write: every tracking write (``started``, progress, the end, heartbeats) and every
+read of the queue's records made for tracking has that deadline. A write that
+misses it, or fails because Redis cannot be reached (refused, reset, SIGSTOPped
+server), is logged once (warning) and retried in the background with backoff (0.05
+s doubling to 1 s, each try with the same deadline) for up to ``retry_for`` seconds
+(default 30); the job goes on at once, and updates made meanwhile are merged into
+it (latest progress and status, meta key by key), so the final state lands once
+Redis is back. Any other tracking error is logged and dropped. A command cut short
+by the deadline costs its connection: redis-py (5.0.1 and later) closes a
+connection whose command was cancelled, and the next command opens a new one, so
+no reply is ever read by the wrong command. A write cut short may still be applied
+once a frozen Redis wakes up; its redelivered copy then changes nothing (a job only
+moves forward and a terminal state is never applied twice) or repeats a progress.
+
+**Shutdown.** :meth:`Leftovers.aclose` waits up to its grace for the writes left
+(redeliveries, settles), then cancels what is left, each lost state logged, and
+awaits it; heartbeats are cancelled at once. Heartbeats are also cancelled and
+awaited as each job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ._builder import StrategyBuilder
+from ._redis import UNREACHABLE
+from .registry import StrategySpec
+from .state import JobUpdate
+from .status import JobStatus
+from .strategies.base import Heartbeats, StateReader, StateWriter
+
+__all__ = ["MAX_META_BYTES", "UNOWNED", "JobContext", "JobOptions", "Leftovers", "begin_job"]
+
+logger = logging.getLogger("immortus_async.jobside")
+
+MAX_META_BYTES = 64 * 1024
+"""The largest ``meta`` one :meth:`JobContext.update` takes, encoded as JSON."""
+
+_BACKOFF = (0.05, 1.0)
+_SETTLE_POLL = 0.02
+
+# The builders of a worker's Redis, one per client: a dict keyed by the client would
+# keep it alive for ever, as each strategy refers to its client.
+_BUILDER = "_immortus_builder"
+
+
+class Leftovers:
+    """The tasks that jobs leave behind, owned by one worker and awaited when it stops.
+
+    A write (a redelivery, reading the queue's outcome after a cancellation) is
+    waited for within a grace period; a heartbeat is cancelled at once. Every task
+    is held here until it ends, so none is collected while it runs.
+    """
+
+    def __init__(self) -> None:
+        # Each running task, and whether shutdown waits for it (True) or cancels it.
+        self._tasks: dict[asyncio.Task[None], bool] = {}
+
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, None], *, name: str, wait: bool = True
+    ) -> asyncio.Task[None]:
+        """Run ``coroutine`` as a task of this worker; ``wait``: shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks[task] = wait
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def aclose(self, grace: float) -> None:
+        """Wait up to ``grace`` s for the writes; cancel what is left, and await it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        for task, wait in list(self._tasks.items()):
+            if not wait:
+                task.cancel()
+        # A write that ends may hand its update to another (a settle whose write
+        # goes to a redelivery): look again until none is left or the grace is over.
+        while writes := [task for task, wait in self._tasks.items() if wait]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(writes, timeout=remaining)
+        while self._tasks:
+            left = list(self._tasks)
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left)
+
+
+UNOWNED = Leftovers()
+"""The owner of the work of jobs that belong to no worker: nothing awaits it."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The job side's timings, in seconds; make them with :meth:`checked`."""
+
+    heartbeat_interval: float = 5.0
+    """Between heartbeats while the job runs."""
+    stalled_after: float = 15.0
+    """Without a heartbeat, after which readers report the job stalled."""
+    retry_for: float = 30.0
+    """How long a write is retried while Redis is unreachable."""
+    write_timeout: float = 1.0
+    """How long a tracking write (or a read of the queue's records) may hold the job."""
+
+    @classmethod
+    def checked(
+        cls,
+        heartbeat_interval: float = 5.0,
+        stalled_after: float | None = None,
+        retry_for: float = 30.0,
+        write_timeout: float = 1.0,
+    ) -> JobOptions:
+        """Validated options; ``stalled_after`` defaults to three ``heartbeat_interval``.
+
+        Raises:
+            ValueError: a timing out of range, with what it must be.
+        """
+        if heartbeat_interval <= 0:
+            raise ValueError(
+                f"heartbeat_interval must be positive seconds, got {heartbeat_interval!r}"
+            )
+        stalled = 3 * heartbeat_interval if stalled_after is None else stalled_after
+        if stalled <= heartbeat_interval:
+            raise ValueError(
+                f"stalled_after ({stalled!r}) must be longer than heartbeat_interval "
+                f"({heartbeat_interval!r}), or every job would read stalled between beats"
+            )
+        if retry_for < 0:
+            raise ValueError(f"retry_for must not be negative, got {retry_for!r}")
+        if not (write_timeout > 0 and math.isfinite(write_timeout)):
+            raise ValueError(
+                "write_timeout must be a positive, finite number of seconds, got "
+                f"{write_timeout!r}: it is how long a tracking write may hold the job"
+            )
+        return cls(heartbeat_interval, stalled, retry_for, write_timeout)
+
+    def why(self, exc: BaseException) -> str:
+        """What a write or read that raised one of UNREACHABLE ran into, for the log."""
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"Redis did not answer within {self.write_timeout:g}s"
+        return f"Redis is unreachable ({exc})"
+
+
+def _strategy_on(redis: Redis, spec: StrategySpec) -> object:
+    builder = redis.__dict__.get(_BUILDER)
+    if not isinstance(builder, StrategyBuilder):
+        # The job side only writes: its strategies need no reader of the queue.
+        builder = redis.__dict__[_BUILDER] = StrategyBuilder(redis, fallback=False)
+    return builder.get(spec)
+
+
+def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(meta, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta must be JSON-serialisable: {exc}") from None
+    size = len(encoded.encode())
+    if size > MAX_META_BYTES:
+        raise ValueError(
+            f"meta is {size} bytes as JSON, over the {MAX_META_BYTES}-byte limit: "
+            "keep large data elsewhere and put a reference to it in meta"
+        )
+    # A copy in JSON types: what the caller mutates later is not what was reported.
+    decoded: dict[str, Any] = json.loads(encoded)
+    return decoded
+
+
+def _merge(older: JobUpdate | None, newer: JobUpdate) -> JobUpdate:
+    """One update with the effect of ``older`` then ``newer`` (both of one attempt)."""
+    if older is None:
+        return newer
+    return JobUpdate(
+        job_id=newer.job_id,
+        status=newer.status,
+        attempt=max(older.attempt, newer.attempt),
+        progress=newer.progress if newer.progress is not None else older.progress,
+        meta={**(older.meta or {}), **(newer.meta or {})} or None,
+        error=newer.error or older.error,
+        function=newer.function or older.function,
+        at=older.at if older.status is newer.status else newer.at,
+    )
+
+
+def _callback(update: JobUpdate) -> tuple[str, tuple[Any, ...]]:
+    """The Immortus-style callback that reports ``update`` to a strategy without ``apply``."""
+    status = update.status
+    if status is JobStatus.STARTED and (update.progress is not None or update.meta):
+        return "job_progress", (update.progress, update.meta or {})
+    if status is JobStatus.RETRYING:
+        return "job_retrying", (update.error,)
+    if status in (JobStatus.FAILED, JobStatus.ABORTED):
+        return "job_failed", (update.error,)
+    names = {
+        JobStatus.QUEUED: "job_enqueued",
+        JobStatus.STARTED: "job_started",
+        JobStatus.FINISHED: "job_finished",
+    }
+    return names[status], ()
+
+
+class JobContext:
+    """What a tracked job reports progress and meta through (arq: ``ctx["immortus"]``).
+
+    An adapter creates one per attempt as the job starts, with :func:`begin_job`.
+    Created directly, ``JobContext(job_id)`` records nothing: it lets a test call a
+    job function without a worker.
+
+    Args:
+        job_id: the queue's job id.
+        attempt: which run of the job this is, 1 for the first.
+        function: the job function's name, as the queue knows it.
+
+    Writes are made in the order the job makes them. None holds the job longer
+    than the write deadline (``write_timeout``): past it, the update is written in
+    the background once Redis answers again (see the module's notes).
+    """
+
+    def __init__(self, job_id: str, attempt: int = 1, *, function: str | None = None) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.function = function
+        self._strategy: object | None = None
+        self._options = JobOptions()
+        self._leftovers = UNOWNED
+        self._reader: StateReader | None = None
+        self._queue = "the queue"
+        self._lock = asyncio.Lock()
+        self._backlog: JobUpdate | None = None
+        self._redelivery: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._ended = False
+
+    async def update(self, progress: float | None = None, **meta: Any) -> None:
+        """Report how far the job is and merge ``meta`` into its state; waiters get it at once.
+
+        Returns once the update is written, or after the write deadline
+        (``write_timeout``, default 1 s) with the update handed to the background
+        redelivery when Redis does not answer; at once while a redelivery is
+        pending (the update joins it).
+
+        Args:
+            progress: a number in [0, 1]; None leaves the progress as it was.
+            **meta: JSON-serialisable values, merged key by key into the job's meta;
+                at most :data:`MAX_META_BYTES` (64 KiB) encoded as JSON.
+
+        Raises:
+            ValueError: ``progress`` is not a number in [0, 1], or ``meta`` is not
+                JSON-serialisable or is too large. Tracking failures never raise
+                (see the module's notes on an unreachable Redis).
+        """
+        update = JobUpdate(
+            job_id=self.job_id,
+            status=JobStatus.STARTED,
+            attempt=self.attempt,
+            progress=progress,
+            meta=_checked_meta(meta) if meta else None,
+        )
+        if update.progress is not None or update.meta:
+            await self._send(update)
+
+    # The adapter's side
+
+    @property
+    def ended(self) -> bool:
+        """True once the attempt's end was recorded (or :meth:`stop` ran)."""
+        return self._ended
+
+    async def finished(self) -> None:
+        """The job returned: record ``finished``."""
+        await self._end(JobStatus.FINISHED)
+
+    async def failed(self, error: str) -> None:
+        """The job raised and will not run again: record ``failed`` with ``error``."""
+        await self._end(JobStatus.FAILED, error)
+
+    async def retrying(self, error: str) -> None:
+        """The attempt failed and the queue will run the job again: record ``retrying``."""
+        await self._end(JobStatus.RETRYING, error)
+
+    async def aborted(self, error: str | None = None) -> None:
+        """The queue cancelled the job for good: record ``aborted``."""
+        await self._end(JobStatus.ABORTED, error)
+
+    async def settle(self, *, wait: float | None = None, missing: str | None = None) -> None:
+        """Record, once the queue has written it, what the end of the attempt meant.
+
+        In the background (owned by the worker's :class:`Leftovers`), reading the
+        ``reader`` given to :func:`begin_job` for up to ``wait`` seconds (default
+        ``retry_for``) while it still says ``started``; then its terminal or
+        ``retrying`` state is recorded. A job the reader does not know records
+        ``failed`` with ``missing`` (default: the queue kept no record of it).
+        Stops the heartbeat at once. Without a reader, only that.
+        """
+        if self._reader is not None and self._strategy is not None:
+            error = missing or f"{self._queue} kept no record of the job, so its outcome is unknown"
+            self._leftovers.spawn(
+                self._settle(
+                    self._reader,
+                    wait=self._options.retry_for if wait is None else wait,
+                    error=error,
+                ),
+                name=f"immortus: {self._queue}'s outcome of job {self.job_id}",
+            )
+        await self.stop()
+
+    async def stop(self) -> None:
+        """The attempt is over: no more beats, and hooks leave its end to whoever ended it.
+
+        The heartbeat is cancelled and awaited, so no beat of this attempt comes later.
+        """
+        self._ended = True
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.cancel()
+            # wait() and not `await beat`: a cancelled task raises CancelledError
+            # in whoever awaits it, which would read as this job's own cancellation.
+            await asyncio.wait([beat])
+
+    async def _start(self) -> None:
+        await self._send(
+            JobUpdate(
+                job_id=self.job_id,
+                status=JobStatus.STARTED,
+                attempt=self.attempt,
+                function=self.function,
+            )
+        )
+        beat = getattr(self._strategy, "heartbeat", None)
+        if beat is not None:
+            if not isinstance(self._strategy, Heartbeats):
+                # The first beat before the job's body runs: a worker that dies at
+                # once must read stalled too (a Heartbeats rides on `started`).
+                await self._beat_once(beat)
+            self._heartbeat = self._leftovers.spawn(
+                self._beat(beat), name=f"immortus: heartbeat of job {self.job_id}", wait=False
+            )
+
+    async def _beat_once(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        try:
+            async with asyncio.timeout(self._options.write_timeout):
+                await beat(self.job_id, self.attempt, stalled_after=self._options.stalled_after)
+        except Exception as exc:
+            # A missed beat is what readers should see; the next one tries again.
+            logger.debug("heartbeat of job %s failed: %r", self.job_id, exc)
+
+    async def _beat(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(self._options.heartbeat_interval)
+            await self._beat_once(beat)
+
+    async def _end(self, status: JobStatus, error: str | None = None) -> None:
+        await self.stop()
+        await self._send(
+            JobUpdate(job_id=self.job_id, status=status, attempt=self.attempt, error=error)
+        )
+
+    async def _settle(self, reader: StateReader, *, wait: float, error: str) -> None:
+        """Record the outcome the queue holds for this attempt, waiting up to ``wait`` s.
+
+        A read Redis does not answer (within the write deadline) is tried again
+        with backoff for up to ``retry_for`` s.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        delay = _SETTLE_POLL
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._options.write_timeout):
+                        state = await reader.status(self.job_id)
+                except UNREACHABLE as exc:
+                    if loop.time() - began >= max(wait, self._options.retry_for):
+                        logger.warning(
+                            "cannot read %s's outcome of job %s: %s",
+                            self._queue,
+                            self.job_id,
+                            self._options.why(exc),
+                        )
+                        return
+                    delay = min(delay * 2, _BACKOFF[1])
+                else:
+                    if state.status is not JobStatus.STARTED or loop.time() - began >= wait:
+                        break
+                    delay = _SETTLE_POLL
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            logger.error(
+                "tracking job %s: the worker stopped before %s's outcome of it was recorded",
+                self.job_id,
+                self._queue,
+            )
+            raise
+        except Exception as exc:
+            logger.warning("cannot read %s's outcome of job %s: %s", self._queue, self.job_id, exc)
+            return
+        if state.status is JobStatus.UNKNOWN:
+            update = JobUpdate(
+                job_id=self.job_id, status=JobStatus.FAILED, attempt=self.attempt, error=error
+            )
+        elif state.completed or state.status is JobStatus.RETRYING:
+            update = JobUpdate.from_state(state)
+        else:
+            return
+        await self._send(update)
+
+    # Writing, whatever Redis does
+
+    async def _send(self, update: JobUpdate) -> None:
+        if self._strategy is None:
+            return
+        if self._redelivery is not None:
+            self._backlog = _merge(self._backlog, update)
+            return
+        async with self._lock:
+            if self._redelivery is not None:
+                self._backlog = _merge(self._backlog, update)
+                return
+            try:
+                async with asyncio.timeout(self._options.write_timeout):
+                    await self._deliver(update)
+            except UNREACHABLE as exc:
+                logger.warning(
+                    "tracking job %s: %s; the job goes on, its state is written once Redis "
+                    "is back (retrying for up to %ss)",
+                    self.job_id,
+                    self._options.why(exc),
+                    self._options.retry_for,
+                )
+                self._backlog = update
+                self._redelivery = self._leftovers.spawn(
+                    self._redeliver(), name=f"immortus: redelivery of job {self.job_id}"
+                )
+
+    async def _redeliver(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.retry_for
+        delay, longest = _BACKOFF
+        try:
+            while self._backlog is not None:
+                await asyncio.sleep(delay)
+                update, self._backlog = self._backlog, None
+                try:
+                    async with asyncio.timeout(self._options.write_timeout):
+                        await self._deliver(update)
+                except UNREACHABLE as exc:
+                    if self._backlog is not None:
+                        update = _merge(update, self._backlog)
+                    self._backlog = update
+                    if loop.time() >= deadline:
+                        logger.error(
+                            "tracking job %s: gave up writing its state after %ss: %s",
+                            self.job_id,
+                            self._options.retry_for,
+                            self._options.why(exc),
+                        )
+                        self._backlog = None
+                        return
+                    delay = min(delay * 2, longest)
+            logger.info("tracking job %s: Redis is back, its state is written", self.job_id)
+        except asyncio.CancelledError:
+            logger.error(
+                "tracking job %s: the worker stopped before its state could be written; "
+                "that state is lost",
+                self.job_id,
+            )
+            raise
+        finally:
+            self._redelivery = None
+
+    async def _deliver(self, update: JobUpdate) -> None:
+        strategy = self._strategy
+        try:
+            if isinstance(strategy, Heartbeats):
+                # A started (or progress) write is a heartbeat too: one round trip.
+                stalled_after = self._options.stalled_after
+                beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
+                await strategy.apply(update, stalled_after=stalled_after if beats else None)
+                return
+            if isinstance(strategy, StateWriter):
+                await strategy.apply(update)
+                return
+            name, args = _callback(update)
+            method = getattr(strategy, name, None)
+            if method is not None:
+                await method(update.job_id, *args)
+        except UNREACHABLE:
+            raise
+        except Exception:
+            logger.exception("tracking job %s failed; the job goes on without it", self.job_id)
+
+
+async def begin_job(
+    job_id: str,
+    attempt: int,
+    *,
+    redis: Redis | None,
+    spec: StrategySpec,
+    options: JobOptions,
+    function: str | None = None,
+    leftovers: Leftovers = UNOWNED,
+    reader: StateReader | None = None,
+    queue: str = "the queue",
+) -> JobContext:
+    """Begin an attempt of a job: record ``started``, start beating, return its context.
+
+    Args:
+        job_id: the queue's job id.
+        attempt: which run this is, 1 for the first.
+        redis: where the strategy ``spec`` names is built (once per client); None
+            (a job called outside a worker) records nothing.
+        spec: the job's strategy, usually ``config.strategy_for(function, ...)``.
+        options: the job side's timings.
+        function: the job function's name, as the queue knows it.
+        leftovers: the worker that owns the job's background work.
+        reader: the queue's own records, for :meth:`JobContext.settle`.
+        queue: the queue's name, for log messages (``"arq"``).
+
+    Never raises for tracking: a strategy that cannot be built is logged and the
+    job runs untracked; a write Redis does not take goes to the background.
+    """
+    context = JobContext(job_id, attempt, function=function)
+    context._options, context._leftovers = options, leftovers
+    context._reader, context._queue = reader, queue
+    if redis is None:
+        return context
+    try:
+        context._strategy = _strategy_on(redis, spec)
+    except Exception:
+        logger.exception("cannot build tracking strategy %r; job %s runs untracked", spec, job_id)
+        return context
+    await context._start()
+    return context
