@@ -31,74 +31,23 @@ Importing this module without taskiq installed raises ImportError with
 ``pip install 'immortus-async[taskiq]'``.
 """
 
-from __future__ import annotations
-
 from .. import require
 
+# Before anything imports taskiq: without it, the error says how to install it.
 require("taskiq")
 
-from collections.abc import Mapping  # noqa: E402
-from typing import Any  # noqa: E402
-
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask  # noqa: E402
-from taskiq.kicker import AsyncKicker  # noqa: E402
-
-from .. import Queued  # noqa: E402
+from .adapter import TaskiqAdapter  # noqa: E402
 from .middleware import TrackingMiddleware, attempt_of, tracking  # noqa: E402
 from .strategy import TaskiqStrategy  # noqa: E402
 
-__all__ = ["TaskiqStrategy", "TrackingMiddleware", "adapter", "attempt_of", "tracking"]
+__all__ = [
+    "TaskiqAdapter",
+    "TaskiqStrategy",
+    "TrackingMiddleware",
+    "adapter",
+    "attempt_of",
+    "tracking",
+]
 
-
-class _TaskiqAdapter:
-    """taskiq, as the core sees it (the :class:`~immortus_async.adapters.QueueAdapter`)."""
-
-    name = "taskiq"
-    inferred_strategy = "redis_pub_sub"
-    records = TaskiqStrategy
-
-    def accepts(self, target: object) -> bool:
-        """True for a taskiq broker."""
-        return isinstance(target, AsyncBroker)
-
-    async def enqueue(
-        self,
-        target: Any,
-        function: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        queued: Queued,
-    ) -> Any:
-        """``kiq()`` the task (a decorated task, a kicker or a task name) on the broker
-        ``target``, then record ``queued``; return taskiq's ``AsyncTaskiqTask``.
-
-        Raises:
-            TypeError: ``function`` is none of those.
-            taskiq.exceptions.SendTaskError: the broker did not take the task
-                (nothing is recorded).
-        """
-        kicker = _kicker(target, function)
-        task = await kicker.kiq(*args, **kwargs)
-        await queued(task.task_id, kicker.task_name)
-        return task
-
-
-def _kicker(broker: AsyncBroker, function: Any) -> AsyncKicker[Any, Any]:
-    if isinstance(function, AsyncKicker):
-        return function.with_broker(broker)
-    if isinstance(function, AsyncTaskiqDecoratedTask):
-        return function.kicker().with_broker(broker)
-    if isinstance(function, str):
-        found = broker.find_task(function)
-        if found is not None:
-            return found.kicker()
-        # A task this process does not import: the worker knows it by name.
-        return AsyncKicker(task_name=function, broker=broker, labels={})
-    raise TypeError(
-        "tracker.enqueue(broker, task, ...) takes a taskiq task, its kicker or its name, "
-        f"got {type(function).__name__}"
-    )
-
-
-adapter = _TaskiqAdapter()
-"""The taskiq adapter."""
+adapter = TaskiqAdapter()
+"""The taskiq adapter, as :func:`immortus_async.adapters.load` returns it."""

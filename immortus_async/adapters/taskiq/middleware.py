@@ -55,7 +55,7 @@ from taskiq.exceptions import NoResultError
 from ... import config
 from ..._describe import describe_error
 from ..._redis import client_from
-from ...jobside import JobContext, JobOptions, Leftovers, begin
+from ...jobside import JobContext, JobOptions, Leftovers, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import TaskiqStrategy, client_of
 
@@ -184,7 +184,7 @@ class TrackingMiddleware(TaskiqMiddleware):
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Record ``started`` and start the heartbeat, before the task runs."""
         function = message.task_name
-        context = await begin(
+        context = await begin_job(
             message.task_id,
             attempt_of(message),
             redis=self._client(),
@@ -237,7 +237,8 @@ class TrackingMiddleware(TaskiqMiddleware):
             await context.stop()
 
 
-def tracking(context: Context = TaskiqDepends()) -> JobContext:
+# A default that declares a dependency is how taskiq's injection is written.
+def tracking(context: Context = TaskiqDepends()) -> JobContext:  # noqa: B008
     """The running task's :class:`~immortus_async.jobside.JobContext`, for ``TaskiqDepends``.
 
     ``job: JobContext = TaskiqDepends(tracking)`` in a task's signature gives the

@@ -34,7 +34,7 @@ import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from redis.asyncio import ConnectionPool, Redis
 
@@ -87,7 +87,11 @@ def client_of(pool: Any) -> Redis:
     Not on that pool: taskiq-redis's pools are blocking ones, bounded, and a
     broker's listener holds its connections.
     """
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs))
+    return Redis(
+        connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, **pool.connection_kwargs
+        )
+    )
 
 
 def _seq(status: JobStatus, attempt: int) -> int:
@@ -150,6 +154,8 @@ class TaskiqStrategy(Connected):
     Use :meth:`from_backend` to read what a given ``RedisAsyncResultBackend`` writes.
     """
 
+    queue_adapter: ClassVar[str] = "taskiq"
+
     def __init__(
         self,
         redis: Redis | str,
@@ -191,7 +197,9 @@ class TaskiqStrategy(Connected):
         if type(serializer).__name__ == "PickleSerializer":
             serializer = None
         client = redis if redis is not None else client_of(pool)
-        strategy = cls(client, prefix_str=getattr(backend, "prefix_str", None), serializer=serializer)
+        strategy = cls(
+            client, prefix_str=getattr(backend, "prefix_str", None), serializer=serializer
+        )
         # A client made here from the backend's settings is the strategy's to close.
         strategy._owns_redis = strategy._owns_redis or redis is None
         return strategy
@@ -229,12 +237,10 @@ class TaskiqStrategy(Connected):
 
     def _ended(self, task_id: str, raw: bytes) -> JobState:
         data = self._load(raw)
+        error: str | None
         if data is None:
-            status, error, attempt = (
-                JobStatus.FAILED,
-                "taskiq's result record of the task could not be read",
-                1,
-            )
+            status, attempt = JobStatus.FAILED, 1
+            error = "taskiq's result record of the task could not be read"
         else:
             attempt = _attempt(data.get("labels"))
             status = JobStatus.FAILED if data.get("is_err") else JobStatus.FINISHED
