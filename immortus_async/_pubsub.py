@@ -59,11 +59,19 @@ def connection_factory(redis: Redis) -> Callable[[], Awaitable[AbstractConnectio
     """Open dedicated connections with ``redis``'s settings, fit for pub/sub.
 
     A subscribed connection stays silent between messages, so no read timeout; the
-    hub's own PING does the health check (redis-py's would read our messages).
+    hub's own PING does the health check (redis-py's would read our messages). It
+    speaks RESP2 whatever the client does: redis-py 8 defaults to RESP3, where
+    messages are push frames that ``read_response`` hands to a push handler rather
+    than return, and RESP2 is what every redis-py from 5.0.1 on reads the same way.
+    redis-py 8's maintenance notifications (which it refuses on RESP2) stay off.
     """
     pool = redis.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    kwargs.update(socket_timeout=None, health_check_interval=0, decode_responses=False)
+    kwargs = {
+        key: value
+        for key, value in pool.connection_kwargs.items()
+        if not key.startswith("maint_notifications")
+    }
+    kwargs.update(socket_timeout=None, health_check_interval=0, decode_responses=False, protocol=2)
 
     async def connect() -> AbstractConnection:
         conn: AbstractConnection = pool.connection_class(**kwargs)

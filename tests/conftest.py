@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
 from playwright.async_api import Browser, async_playwright
 from redis.asyncio import Redis
 
 import immortus_async.config as config
 from immortus_async import RedisServer, Tracker
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+NOT_INSTALLED = "not installed in this environment"
+"""Why a test of a queue that this environment lacks is skipped."""
 
 
 @pytest.fixture
@@ -33,6 +39,8 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 @pytest.fixture
 async def pool(redis_server: RedisServer) -> AsyncIterator[ArqRedis]:
     """An arq pool on the test's Redis server (arq's own client: enqueue_job, results)."""
+    connections = pytest.importorskip("arq.connections", reason=NOT_INSTALLED)
+    create_pool, RedisSettings = connections.create_pool, connections.RedisSettings
     arq_pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
     yield arq_pool
     await arq_pool.aclose()

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import asyncio
 import inspect
 import logging
@@ -13,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.cron import cron

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import asyncio
 import logging
 
-import pytest
 from arq.constants import default_queue_name, result_key_prefix
 from redis.asyncio import Redis
 

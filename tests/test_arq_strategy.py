@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import asyncio
 import sys
 import types
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import serialize_result

@@ -4,10 +4,9 @@ the process-wide retention of records."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 import immortus_async
@@ -21,13 +20,15 @@ from immortus_async import (
     configure,
     register_strategy,
     resolve_strategy,
-    tracked,
 )
 from immortus_async import config as config_module
 from immortus_async.config import set_inline_strategy
 
 from .strategies_for_tests import OnlyCompleted
 from .utils import run_worker
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
 
 HOUR, DAY = 3_600_000, 86_400_000  # in ms, as PTTL answers
 
@@ -39,9 +40,8 @@ def _restore_retention(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-@tracked
 async def settle(ctx: dict[str, Any]) -> str:
-    """A tracked job for the retention tests."""
+    """A job for the retention tests, tracked where the test runs it."""
     return "done"
 
 
@@ -180,7 +180,9 @@ async def test_configured_retention_holds_on_both_sides(pool: ArqRedis, redis: R
         assert job is not None
         record, tombstone = await ttls(redis, strategy, job.job_id)
         assert within(record, 600_000) and tombstone == -2
-        await run_worker(pool, [settle])
+        from immortus_async import tracked
+
+        await run_worker(pool, [tracked(settle)])
         assert (await tracker.status(job.job_id)).status is JobStatus.FINISHED
         record, tombstone = await ttls(redis, strategy, job.job_id)
     assert within(record, 120_000) and within(tombstone, 150_000)

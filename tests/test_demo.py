@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import os
 import shutil
 import sys
@@ -10,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 from playwright.async_api import Browser
 
 from immortus_async import JobStatus, RedisServer, Tracker

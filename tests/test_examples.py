@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import os
 import secrets
 import sqlite3
@@ -11,7 +18,6 @@ from contextlib import AsyncExitStack, closing
 from pathlib import Path
 
 import httpx
-import pytest
 from playwright.async_api import Browser
 from redis import Redis
 

@@ -3,6 +3,13 @@ tracking write is pending, and the options that bound both."""
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import asyncio
 import logging
 import os
@@ -10,7 +17,6 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from arq.connections import ArqRedis
 from arq.worker import func
 from redis.asyncio import Redis

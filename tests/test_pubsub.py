@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from immortus_async import (
@@ -28,6 +27,7 @@ from immortus_async import (
 from immortus_async._buffer import StateBuffer
 from immortus_async._pubsub import PubSubHub, connection_factory
 
+from .conftest import NOT_INSTALLED
 from .utils import SCALE, free_port, run_worker, wait_until
 
 S = JobStatus
@@ -261,8 +261,10 @@ async def test_queue_redis_reads_arq_records_on_their_own_redis(
 ) -> None:
     """Tracking on one Redis, arq on another: Tracker(queue_redis=) follows a plain arq
     job that a real worker runs on the queue's Redis to its end."""
+    connections = pytest.importorskip("arq.connections", reason=NOT_INSTALLED)
+    create_pool, RedisSettings = connections.create_pool, connections.RedisSettings
     with RedisServer() as queue_server:
-        arq_pool: ArqRedis = await create_pool(RedisSettings.from_dsn(queue_server.url))
+        arq_pool = await create_pool(RedisSettings.from_dsn(queue_server.url))
         try:
             job = await arq_pool.enqueue_job("plain")
             assert job is not None

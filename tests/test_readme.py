@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import os
 import re
 import shlex
@@ -11,8 +18,6 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from immortus_async import RedisServer
 from immortus_async.cli import build_parser

@@ -22,6 +22,7 @@ from immortus_async import (
     TrackerClosed,
 )
 
+from .conftest import NOT_INSTALLED
 from .strategies_for_tests import OnlyCompleted
 from .utils import SCALE, wait_until
 
@@ -302,8 +303,8 @@ async def test_arq_fallback_shares_the_one_pubsub_connection(
     redis: Redis, redis_server: RedisServer, writer: RedisPubSubStrategy
 ) -> None:
     """With keyspace events on, following an arq-only job and one of ours uses one connection."""
-    from arq import create_pool
-    from arq.connections import RedisSettings
+    connections = pytest.importorskip("arq.connections", reason=NOT_INSTALLED)
+    create_pool, RedisSettings = connections.create_pool, connections.RedisSettings
 
     await redis.config_set("notify-keyspace-events", "KEA")
     pool = await create_pool(RedisSettings.from_dsn(redis_server.url))

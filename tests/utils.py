@@ -11,10 +11,12 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from arq.connections import ArqRedis
-from arq.worker import Worker
+if TYPE_CHECKING:
+    # Only the arq tests run a worker; the environment without arq imports this too.
+    from arq.connections import ArqRedis
+    from arq.worker import Worker
 
 T = TypeVar("T")
 
@@ -52,6 +54,8 @@ async def wait_until(
 async def run_worker(pool: ArqRedis, functions: Sequence[Any], **settings: Any) -> Worker:
     """Run a real arq worker in this loop until its queue is empty (burst mode, as arq's
     own tests do) and return it; ``settings`` are more ``Worker`` arguments."""
+    from arq.worker import Worker
+
     worker = Worker(
         functions=functions,
         redis_pool=pool,

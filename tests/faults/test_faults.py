@@ -11,11 +11,16 @@ jobs and repeats each fault.
 
 from __future__ import annotations
 
+import pytest
+
+from ..conftest import NOT_INSTALLED
+
+# It runs arq (its workers, its pool, or a program that does): skipped where arq is not.
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
 import asyncio
 import os
 import signal
-
-import pytest
 
 from immortus_async import RedisServer
 

@@ -1,0 +1,1 @@
+"""The contract every queue adapter passes, with a real worker of each queue."""

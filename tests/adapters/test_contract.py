@@ -1,0 +1,201 @@
+"""The contract every queue adapter passes: real workers of its queue, a real Redis.
+
+Each case runs once per adapter of :data:`tests.adapters.drivers.DRIVERS`; what a
+queue cannot do is skipped with its reason, and an adapter whose queue this
+environment lacks is skipped as not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+
+from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, mint_token
+from immortus_async.adapters import installed
+from immortus_async.bridge import serve
+
+from ..conftest import NOT_INSTALLED
+from ..utils import SCALE
+from .drivers import (
+    ABORT,
+    DRIVERS,
+    FAIL,
+    FINISH,
+    HANG_ONCE,
+    MISSING,
+    NEVER_RUN,
+    PLAIN,
+    PROGRESS,
+    RETRY,
+    RUN_AGAIN,
+    WAIT,
+    Driver,
+)
+
+S = JobStatus
+SECRET = "contract-suite-secret-0123456789abcdef"
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+async def driver(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[Driver]:
+    """The driver of one adapter on the test's Redis; its workers stopped at the end."""
+    adapter: str = request.param
+    if not installed(adapter):
+        pytest.skip(f"{adapter}: {NOT_INSTALLED}")
+    made = DRIVERS[adapter](redis_server.url)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+@pytest.fixture
+async def tracker(driver: Driver) -> AsyncIterator[Tracker]:
+    """The driver's Tracker, closed at the end."""
+    async with driver.tracker() as made:
+        yield made
+
+
+def cannot(driver: Driver, case: str) -> None:
+    """Skip, with the reason, a case that the driver's queue cannot do."""
+    if case in driver.cannot:
+        pytest.skip(f"{driver.adapter} cannot: {driver.cannot[case]}")
+
+
+async def states_until(states: AsyncIterator[JobState], timeout: float = 30) -> list[JobState]:
+    """Every state ``states`` yields up to its end (a terminal state)."""
+    seen = []
+    async with asyncio.timeout(timeout * SCALE):
+        async for state in states:
+            seen.append(state)
+    return seen
+
+
+async def test_finished(driver: Driver, tracker: Tracker) -> None:
+    """A job that returns ends finished, on attempt 1."""
+    job_id = await driver.enqueue(tracker, FINISH)
+    assert (await tracker.status(job_id)).status is S.QUEUED
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.attempt, state.error) == (S.FINISHED, 1, None)
+
+
+async def test_failed_with_its_error_text(driver: Driver, tracker: Tracker) -> None:
+    """A job that raises ends failed, with the exception's class and message."""
+    job_id = await driver.enqueue(tracker, FAIL)
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.error) == (S.FAILED, "ValueError: bad row")
+
+
+async def test_retried_then_finished(driver: Driver, tracker: Tracker) -> None:
+    """A job its queue runs again reads retrying between the runs, then finishes on 2."""
+    job_id = await driver.enqueue(tracker, RETRY)
+    watching = asyncio.create_task(states_until(tracker.watch(job_id)))
+    await driver.start_worker()
+    seen = await watching
+    assert S.RETRYING in [state.status for state in seen]
+    assert (seen[-1].status, seen[-1].attempt) == (S.FINISHED, 2)
+
+
+async def test_aborted(driver: Driver, tracker: Tracker) -> None:
+    """A running job its queue cancels for good ends aborted."""
+    cannot(driver, ABORT)
+    job_id = await driver.enqueue(tracker, WAIT)
+    states = tracker.watch(job_id)
+    await driver.start_worker()
+    async with asyncio.timeout(30 * SCALE):
+        async for state in states:
+            if state.status is S.STARTED and state.progress == 0.1:
+                break
+    await driver.abort(job_id)
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.ABORTED
+
+
+async def test_progress_and_meta_in_order(driver: Driver, tracker: Tracker) -> None:
+    """A watcher subscribed before the worker starts sees progress only grow, meta
+    merged, and the end with the last of both."""
+    job_id = await driver.enqueue(tracker, PROGRESS)
+    watching = asyncio.create_task(states_until(tracker.watch(job_id)))
+    # The snapshot is read once subscribed: the queued state is the first one.
+    await driver.start_worker()
+    seen = await watching
+    progress = [state.progress for state in seen if state.progress is not None]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert [state.seq for state in seen] == sorted({state.seq for state in seen})
+    assert (seen[-1].status, seen[-1].meta) == (S.FINISHED, {"rows": 2})
+
+
+async def test_a_job_the_queue_ends_unrun(driver: Driver, tracker: Tracker) -> None:
+    """A job of a function no worker has is ended by the queue, unrun: a waiter sees it."""
+    cannot(driver, NEVER_RUN)
+    job_id = await driver.enqueue(tracker, MISSING)
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.FAILED and state.error
+
+
+async def test_a_job_of_code_that_never_heard_of_us(driver: Driver, tracker: Tracker) -> None:
+    """Enqueued by the queue's own API, run by an untracked function: still followed."""
+    job_id = await driver.enqueue_untracked(PLAIN)
+    waiter = asyncio.create_task(tracker.completed(job_id, timeout=30 * SCALE))
+    await driver.start_worker()
+    assert (await waiter).status is S.FINISHED
+
+
+async def test_an_unknown_id_is_not_found_at_once(driver: Driver, tracker: Tracker) -> None:
+    """An id that no one has: JobNotFound, without waiting."""
+    with pytest.raises(JobNotFound):
+        await tracker.completed("no-such-job", timeout=5 * SCALE)
+
+
+async def test_a_killed_worker_stalls_its_job_then_the_queue_decides(
+    driver: Driver, tracker: Tracker
+) -> None:
+    """SIGKILL a worker mid-job: its job reads stalled (no heartbeat), and then what the
+    queue does with it: run again by the next worker, and finished."""
+    job_id = await driver.enqueue(tracker, HANG_ONCE)
+    states = tracker.watch(job_id)
+    await driver.start_worker()
+    async with asyncio.timeout(30 * SCALE):
+        async for state in states:
+            if state.status is S.STARTED and state.progress == 0.1:
+                break
+        await driver.kill_worker()
+        async for state in states:
+            if state.stalled:
+                break
+    assert (state.status, state.attempt) == (S.STARTED, 1)
+    cannot(driver, RUN_AGAIN)
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.attempt, state.stalled) == (S.FINISHED, 2, False)
+
+
+async def test_waiting_through_the_bridge(
+    driver: Driver, tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """A websocket client of the bridge, subscribed before the worker starts, gets every
+    state frame up to finished."""
+    job_id = await driver.enqueue(tracker, FINISH)
+    async with serve(redis_server.url, "127.0.0.1", 0, secret=SECRET) as bridge:
+        async with connect(bridge.url) as client:
+            token = mint_token(job_id, SECRET, ttl=60)
+            await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+            frames = []
+            async with asyncio.timeout(30 * SCALE):
+                while not frames or not frames[-1].get("completed"):
+                    frame = json.loads(await client.recv())
+                    if frame.get("type") == "state":
+                        frames.append(frame)
+                    if len(frames) == 1:
+                        await driver.start_worker()
+    assert frames[0]["status"] == "queued"
+    assert frames[-1]["status"] == "finished"
