@@ -15,19 +15,24 @@ dependency injection::
 
 **What is recorded.** ``started`` before the task runs (``attempt`` is one more
 than the runs taskiq counted before it: the ``_retries`` label its retry
-middlewares stamp, plus the ``X-Taskiq-requeue`` label of ``Context.requeue``);
+middlewares stamp, plus the ``X-Taskiq-requeue`` label of ``Context.requeue``; and
+one more than an attempt our record says began and never ended, the task of a
+killed worker that an acknowledging broker hands to the next);
 after it, ``finished``, ``failed`` with the error text (``"ValueError: bad row"``),
 or ``retrying`` with it when taskiq will run the task again. Tracking never changes
 the task's result or what taskiq does next.
 
 **How a retry is told from a failure.** Not by guessing the retry middleware's
 rules: a retry middleware (``SimpleRetryMiddleware``, ``SmartRetryMiddleware``, or
-``Context.requeue``) sends the task again with the same id before the attempt's
-end is recorded, and this middleware sees that send (``post_send``). A
-``SmartRetryMiddleware`` with a ``schedule_source`` schedules instead of sending;
-it is still seen when it stores no result of the attempt (``no_result_on_retry``,
-its default). A task that raises ``NoResultError`` itself ends ``finished``: it
-asked taskiq to keep no result, not to fail.
+``Context.requeue``) sends the task again with the same id while the attempt is
+still in this worker, and this middleware sees that send (``pre_send``) and
+records ``retrying`` before the broker has the task, so the next attempt's
+``started`` always comes after it (that attempt may start in this very worker
+before the failed one's last hook has run). A ``SmartRetryMiddleware`` with a
+``schedule_source`` schedules instead of sending; it is still seen when it stores
+no result of the attempt (``no_result_on_retry``, its default). A task that raises
+``NoResultError`` itself ends ``finished``: it asked taskiq to keep no result, not
+to fail.
 
 **Which strategy, which Redis.** ``strategy`` given here, else
 :func:`~immortus_async.configure`'s, else ``"redis_pub_sub"``; a name or a class is
@@ -38,12 +43,14 @@ write deadline, redelivery while Redis is unreachable). The background work the
 tasks leave belongs to the worker: the broker's shutdown waits up to
 ``shutdown_grace`` seconds for it, then cancels what is left and awaits it.
 
-Middleware order does not matter: the end is recorded in ``post_execute``, which
-taskiq calls after every middleware's ``on_error``.
+Middleware order does not matter: in a worker the middleware moves itself last
+in the broker's list (see :meth:`TrackingMiddleware.startup`), and the end is
+recorded in ``post_execute``, which taskiq calls after every ``on_error``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +62,10 @@ from taskiq.exceptions import NoResultError
 from ... import config
 from ..._describe import describe_error
 from ..._redis import client_from
-from ...jobside import JobContext, JobOptions, Leftovers, begin_job
+from ...jobside import JobContext, JobOptions, Leftovers, _strategy_on, begin_job
 from ...registry import StrategySpec, resolve_strategy
+from ...status import JobStatus
+from ...strategies.base import StateReader
 from .strategy import TaskiqStrategy, client_of
 
 __all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
@@ -79,8 +88,12 @@ def attempt_of(message: TaskiqMessage) -> int:
 class _Run:
     """One attempt running in this worker."""
 
+    message: TaskiqMessage
     context: JobContext
+    # taskiq's count of the runs as the attempt began (Context.requeue raises it).
+    counted: int = 1
     error: BaseException | None = None
+    # The task was sent again while this attempt ran: its end is recorded (retrying).
     sent_again: bool = False
 
 
@@ -139,9 +152,11 @@ class TrackingMiddleware(TaskiqMiddleware):
         self._owns_redis = False
         self._reader: TaskiqStrategy | None = None
         self._leftovers = Leftovers()
-        # task id -> its attempt running here (taskiq runs a task id once at a time:
-        # a retry is sent after the attempt has failed).
-        self._runs: dict[str, _Run] = {}
+        # id(message) -> its attempt running here. The receiver hands one message
+        # object to every hook of an attempt and to the task's Context; a task id
+        # alone is not enough: a retry may start here before its failed attempt's
+        # last hook has run.
+        self._runs: dict[int, _Run] = {}
 
     # The broker's life
 
@@ -160,9 +175,19 @@ class TrackingMiddleware(TaskiqMiddleware):
         return self._redis
 
     async def startup(self) -> None:
-        """In a worker: open the tracking client and the reader of taskiq's results."""
+        """In a worker: go last among the broker's middlewares; open the tracking
+        client and the reader of taskiq's results.
+
+        Last, so that taskiq calls this ``on_error`` before any retry middleware's
+        (it calls them in reverse order): the error text is known when the retry
+        middleware sends the task again. The others keep their order.
+        """
         if not self.broker.is_worker_process:
             return
+        middlewares = self.broker.middlewares
+        if self in middlewares and middlewares[-1] is not self:
+            middlewares.remove(self)
+            middlewares.append(self)
         redis = self._client()
         backend = self.broker.result_backend
         if redis is not None and hasattr(backend, "redis_pool"):
@@ -184,52 +209,97 @@ class TrackingMiddleware(TaskiqMiddleware):
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Record ``started`` and start the heartbeat, before the task runs."""
         function = message.task_name
+        redis = self._client()
+        spec = config.strategy_for(function, override=self._strategy)
         context = await begin_job(
             message.task_id,
-            attempt_of(message),
-            redis=self._client(),
-            spec=config.strategy_for(function, override=self._strategy),
+            await self._attempt(message, redis, spec),
+            redis=redis,
+            spec=spec,
             options=self._options,
             function=function,
             leftovers=self._leftovers,
             reader=self._reader,
             queue="taskiq",
         )
-        self._runs[message.task_id] = _Run(context)
+        self._runs[id(message)] = _Run(message, context, attempt_of(message))
         return message
+
+    async def _attempt(
+        self, message: TaskiqMessage, redis: Redis | None, spec: StrategySpec
+    ) -> int:
+        """Which attempt this run is: taskiq's count, or one more than an attempt that
+        began and never ended.
+
+        A broker that acknowledges (``RedisStreamBroker``) hands the task of a
+        worker that died to another one, with the labels it had: taskiq's count
+        says the same attempt again. Our record, where it is readable, says that
+        attempt began; this run is then the next one.
+        """
+        counted = attempt_of(message)
+        if redis is None:
+            return counted
+        try:
+            # The instance begin_job then writes with (one per client and spec).
+            strategy = _strategy_on(redis, spec)
+            if not isinstance(strategy, StateReader):
+                return counted
+            async with asyncio.timeout(self._options.write_timeout):
+                state = await strategy.status(message.task_id)
+        except Exception as exc:
+            # The worst outcome is taskiq's own count: never hold the task for it.
+            logger.debug("cannot read the record of task %s: %r", message.task_id, exc)
+            return counted
+        if state.status is JobStatus.STARTED and state.attempt >= counted:
+            return state.attempt + 1
+        return counted
 
     def context_for(self, message: TaskiqMessage) -> JobContext | None:
         """The context of the attempt running ``message`` here, if this middleware began it."""
-        run = self._runs.get(message.task_id)
-        return run.context if run is not None else None
+        run = self._runs.get(id(message))
+        return run.context if run is not None and run.message is message else None
 
-    def post_send(self, message: TaskiqMessage) -> None:
-        """A task sent while one of the same id runs here: taskiq will run it again."""
-        run = self._runs.get(message.task_id)
-        if run is not None:
-            run.sent_again = True
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        """A task sent while an attempt of the same id runs here will run again:
+        record that attempt ``retrying`` now, before the broker has the task, so that
+        its next attempt's ``started`` comes after it."""
+        for run in self._runs.values():
+            if run.message.task_id == message.task_id and not run.sent_again:
+                run.sent_again = True
+                # No error yet: the task itself sent its message again.
+                why = "sent again" if run.error is None else describe_error(run.error)
+                await run.context.retrying(why)
+        return message
 
     def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         """Keep the task's own exception: a retry middleware may replace the result's."""
-        run = self._runs.get(message.task_id)
+        run = self._runs.get(id(message))
         if run is not None:
             run.error = exception
 
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         """Record how the attempt ended (every ``on_error`` has run by now)."""
-        run = self._runs.pop(message.task_id, None)
+        run = self._runs.pop(id(message), None)
         if run is None:
             return
         context = run.context
         try:
             error = run.error if run.error is not None else result.error
-            if not result.is_err or (isinstance(error, NoResultError) and not run.sent_again):
+            if run.sent_again:
+                pass  # recorded as it was sent again
+            elif attempt_of(message) > run.counted:
+                # Context.requeue: it counts the run on the message, sends it again
+                # (straight to the broker, no middleware sees it) and ends this one.
+                await context.retrying("requeued")
+            elif not result.is_err or isinstance(error, NoResultError):
                 await context.finished()
             elif error is None:
                 await context.failed("the task failed")
-            elif run.sent_again or isinstance(result.error, NoResultError):
+            elif isinstance(result.error, NoResultError):
+                # A retry middleware kept no result of the attempt: it will run the
+                # task again, without sending it now (a schedule source).
                 await context.retrying(describe_error(error))
             else:
                 await context.failed(describe_error(error))
