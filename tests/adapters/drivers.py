@@ -135,7 +135,8 @@ class ArqDriver:
 class TaskiqDriver:
     """taskiq: workers are ``taskiq worker tests.adapters.taskiq_worker:broker`` (one
     worker process each), on taskiq-redis's ``RedisStreamBroker``, which hands the
-    task of a killed worker to the next one."""
+    task of a killed worker to the next one (``broker="list"``: ``ListQueueBroker``),
+    with our middleware (``tracked=False``: without)."""
 
     adapter = "taskiq"
     cannot: Mapping[str, str] = {
@@ -151,17 +152,18 @@ class TaskiqDriver:
         ),
     }
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, broker: str = "stream", tracked: bool = True) -> None:
         from . import taskiq_worker
 
         self._url = url
         self._env = {
             **os.environ,
             "IMMORTUS_TEST_REDIS": url,
-            "IMMORTUS_TEST_BROKER": "stream",
+            "IMMORTUS_TEST_BROKER": broker,
+            "IMMORTUS_TEST_TRACKED": "1" if tracked else "0",
         }
-        # The web process's broker: it sends tasks by name, and runs none.
-        self._broker = taskiq_worker.make_broker(url, "stream", tracked=False)
+        # The web process's broker: it sends tasks, and runs none.
+        self._broker = taskiq_worker.make_broker(url, broker, tracked=False)
         # The tasks by name, labels and all: taskiq's retry middleware reads a task's
         # retry_on_error from the message, so the sender must know the task.
         self._tasks = taskiq_worker.broker.get_all_tasks()
@@ -169,7 +171,8 @@ class TaskiqDriver:
         self._killed = False
         self._workers: list[Spawned] = []
 
-    async def _client(self) -> Any:
+    async def client(self) -> Any:
+        """The broker tasks are sent with (the web process's), started on first use."""
         if not self._started:
             # Creates the stream's consumer group: tasks sent from now on reach workers.
             await self._broker.startup()
@@ -181,11 +184,11 @@ class TaskiqDriver:
         return Tracker(self._url)
 
     async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        task = await tracker.enqueue(await self._client(), self._tasks.get(kind, kind))
+        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind))
         return str(task.task_id)
 
     async def enqueue_untracked(self, kind: str) -> str:
-        kicker = self._tasks[kind].kicker().with_broker(await self._client())
+        kicker = self._tasks[kind].kicker().with_broker(await self.client())
         return str((await kicker.kiq()).task_id)
 
     async def start_worker(self) -> None:

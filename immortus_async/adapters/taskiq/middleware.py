@@ -64,8 +64,9 @@ from ..._describe import describe_error
 from ..._redis import client_from
 from ...jobside import JobContext, JobOptions, Leftovers, _strategy_on, begin_job
 from ...registry import StrategySpec, resolve_strategy
+from ...state import JobUpdate
 from ...status import JobStatus
-from ...strategies.base import StateReader
+from ...strategies.base import StateReader, StateWriter
 from .strategy import TaskiqStrategy, client_of
 
 __all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
@@ -73,15 +74,19 @@ __all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
 logger = logging.getLogger("immortus_async.adapters.taskiq")
 
 
+_REQUEUES = "X-Taskiq-requeue"
+
+
+def _count(message: TaskiqMessage, label: str) -> int:
+    try:
+        return max(int(message.labels.get(label) or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def attempt_of(message: TaskiqMessage) -> int:
     """Which run of its task ``message`` is: 1, plus each retry and requeue taskiq counted."""
-    runs = 1
-    for label in ("_retries", "X-Taskiq-requeue"):
-        try:
-            runs += max(int(message.labels.get(label) or 0), 0)
-        except (TypeError, ValueError):
-            pass
-    return runs
+    return 1 + _count(message, "_retries") + _count(message, _REQUEUES)
 
 
 @dataclass(slots=True)
@@ -90,8 +95,8 @@ class _Run:
 
     message: TaskiqMessage
     context: JobContext
-    # taskiq's count of the runs as the attempt began (Context.requeue raises it).
-    counted: int = 1
+    # Context.requeue's count as the attempt began (it raises it as it requeues).
+    requeues: int = 0
     error: BaseException | None = None
     # The task was sent again while this attempt ran: its end is recorded (retrying).
     sent_again: bool = False
@@ -222,36 +227,51 @@ class TrackingMiddleware(TaskiqMiddleware):
             reader=self._reader,
             queue="taskiq",
         )
-        self._runs[id(message)] = _Run(message, context, attempt_of(message))
+        self._runs[id(message)] = _Run(message, context, _count(message, _REQUEUES))
         return message
 
     async def _attempt(
         self, message: TaskiqMessage, redis: Redis | None, spec: StrategySpec
     ) -> int:
-        """Which attempt this run is: taskiq's count, or one more than an attempt that
-        began and never ended.
+        """Which attempt this run is, and the end of the one before where it is missing.
 
-        A broker that acknowledges (``RedisStreamBroker``) hands the task of a
-        worker that died to another one, with the labels it had: taskiq's count
-        says the same attempt again. Our record, where it is readable, says that
-        attempt began; this run is then the next one.
+        taskiq's count, or one more than an attempt that began and never ended: a
+        broker that acknowledges (``RedisStreamBroker``) hands the task of a worker
+        that died to another one with the labels it had, so taskiq's count says the
+        same attempt again, while our record says that attempt began.
+
+        An earlier attempt still ``started`` in our record when a later one begins
+        was run again without a send we saw (``Context.requeue`` kicks the broker
+        itself; a retry scheduled elsewhere): it is recorded ``retrying`` first, so
+        the watchers see it before the new attempt's ``started``.
+
+        Reads and writes here have the write deadline; past it, or on any error,
+        taskiq's own count is used and the task goes on.
         """
         counted = attempt_of(message)
         if redis is None:
             return counted
+        task_id = message.task_id
         try:
             # The instance begin_job then writes with (one per client and spec).
             strategy = _strategy_on(redis, spec)
             if not isinstance(strategy, StateReader):
                 return counted
             async with asyncio.timeout(self._options.write_timeout):
-                state = await strategy.status(message.task_id)
+                state = await strategy.status(task_id)
+                if state.status is not JobStatus.STARTED:
+                    return counted
+                if state.attempt >= counted:
+                    return state.attempt + 1
+                if isinstance(strategy, StateWriter):
+                    why = "requeued" if _count(message, _REQUEUES) else "run again"
+                    update = JobUpdate(
+                        job_id=task_id, status=JobStatus.RETRYING, attempt=state.attempt, error=why
+                    )
+                    await strategy.apply(update)
         except Exception as exc:
             # The worst outcome is taskiq's own count: never hold the task for it.
-            logger.debug("cannot read the record of task %s: %r", message.task_id, exc)
-            return counted
-        if state.status is JobStatus.STARTED and state.attempt >= counted:
-            return state.attempt + 1
+            logger.debug("cannot read the record of task %s: %r", task_id, exc)
         return counted
 
     def context_for(self, message: TaskiqMessage) -> JobContext | None:
@@ -289,7 +309,7 @@ class TrackingMiddleware(TaskiqMiddleware):
             error = run.error if run.error is not None else result.error
             if run.sent_again:
                 pass  # recorded as it was sent again
-            elif attempt_of(message) > run.counted:
+            elif _count(message, _REQUEUES) > run.requeues:
                 # Context.requeue: it counts the run on the message, sends it again
                 # (straight to the broker, no middleware sees it) and ends this one.
                 await context.retrying("requeued")

@@ -87,11 +87,9 @@ def client_of(pool: Any) -> Redis:
     Not on that pool: taskiq-redis's pools are blocking ones, bounded, and a
     broker's listener holds its connections.
     """
-    return Redis(
-        connection_pool=ConnectionPool(
-            connection_class=pool.connection_class, **pool.connection_kwargs
-        )
-    )
+    own = ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+    # from_pool: closing the client closes the pool too.
+    return Redis.from_pool(own)
 
 
 def _seq(status: JobStatus, attempt: int) -> int:
