@@ -27,12 +27,8 @@ from taskiq.depends.progress_tracker import TaskProgress, TaskState
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
 from immortus_async import JobState, JobStatus, RedisServer, Tracker
-from immortus_async.adapters.taskiq import (
-    TaskiqStrategy,
-    TrackingMiddleware,
-    attempt_of,
-    tracking,
-)
+from immortus_async.adapters.taskiq import TaskiqStrategy, TrackingMiddleware, tracking
+from immortus_async.adapters.taskiq.middleware import attempt_of
 
 from ..utils import SCALE
 from .drivers import TaskiqDriver

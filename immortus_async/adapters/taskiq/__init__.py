@@ -37,7 +37,7 @@ from .. import require
 require("taskiq")
 
 from .adapter import TaskiqAdapter  # noqa: E402
-from .middleware import TrackingMiddleware, attempt_of, tracking  # noqa: E402
+from .middleware import TrackingMiddleware, tracking  # noqa: E402
 from .strategy import TaskiqStrategy  # noqa: E402
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "TaskiqStrategy",
     "TrackingMiddleware",
     "adapter",
-    "attempt_of",
     "tracking",
 ]
 
