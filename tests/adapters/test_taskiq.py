@@ -8,9 +8,12 @@ and :class:`TaskiqStrategy` on records that taskiq-redis's own backend writes.
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -30,10 +33,11 @@ from immortus_async import JobState, JobStatus, RedisServer, Tracker
 from immortus_async.adapters.taskiq import TaskiqStrategy, TrackingMiddleware, tracking
 from immortus_async.adapters.taskiq.middleware import attempt_of
 
-from ..utils import SCALE
-from .drivers import TaskiqDriver
+from ..utils import SCALE, Spawned
+from .drivers import TaskiqDriver, kill_tree
 
 S = JobStatus
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "taskiq_basic"
 
 
 @pytest.fixture
@@ -172,6 +176,44 @@ async def test_enqueue_takes_a_task_its_name_or_its_kicker_only(tracked: TaskiqD
     async with tracked.tracker() as tracker:
         with pytest.raises(TypeError, match="taskiq task, its kicker or its name"):
             await tracker.enqueue(await tracked.client(), 42)
+
+
+# The example
+
+
+async def test_the_example_enqueues_follows_and_prints_the_final_state(
+    redis_server: RedisServer,
+) -> None:
+    """examples/taskiq_basic, run as its README says: the worker runs the task, the
+    script prints its progress, its final state and taskiq's result."""
+    folder = EXAMPLE
+    env = {**os.environ, "REDIS_URL": redis_server.url}
+    worker = await Spawned.start(
+        sys.executable,
+        "-m",
+        "taskiq",
+        "worker",
+        "tasks:broker",
+        "--workers",
+        "1",
+        cwd=folder,
+        env=env,
+    )
+    try:
+        script = await Spawned.start(sys.executable, "enqueue.py", cwd=folder, env=env)
+        async with script:
+            async with asyncio.timeout(30 * SCALE):
+                await script.process.wait()
+            # It has ended: stop() sends nothing, it reads the rest of its output.
+            assert await script.stop() == 0, script.output
+    finally:
+        await kill_tree(worker)
+    first, *progress, final_json, result = script.lines
+    assert first.startswith("enqueued ")
+    assert progress and all(line.startswith("started ") for line in progress)
+    final = JobState.from_json(final_json)
+    assert (final.status, final.progress, final.meta) == (S.FINISHED, 1.0, {"rows_done": 20})
+    assert result == "result: 20"
 
 
 # The middleware and the dependency, without a worker
