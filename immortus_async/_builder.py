@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
-from . import adapters, config
 from .registry import StrategySpec, resolve_strategy
 from .strategies.base import QueueRecords
 
-__all__ = ["StrategyBuilder"]
+__all__ = ["Records", "StrategyBuilder"]
+
+Records = Callable[[], Callable[[Redis], object] | None]
+"""Asked when a strategy takes a ``fallback``: the maker of the queue's reader of its
+own records (a class is built like any strategy), or None for a queue without."""
 
 
 class StrategyBuilder:
@@ -21,15 +25,15 @@ class StrategyBuilder:
     instance is used as it is. The constructor gets ``redis`` if it takes it (the
     queue's Redis, ``queue_redis``, for a strategy that reads a queue's own
     records: :class:`~immortus_async.strategies.base.QueueRecords`), each of
-    ``options`` it takes (``prefix``, ``unreachable_timeout``), and, with
-    ``fallback=True``, a ``fallback``: the configured queue adapter's reader of its
-    own records, so that a job with no record of ours still reports honestly.
+    ``options`` it takes (``prefix``, ``unreachable_timeout``), and, given
+    ``records``, a ``fallback``: the queue's reader of its own records, so that a
+    job with no record of ours still reports honestly.
 
     Args:
         redis: the tracking Redis, or None for a builder of Redis-less strategies.
         queue_redis: the queue's own Redis when it is not ``redis``.
-        fallback: give the queue's reader to the strategies that take one; the job
-            side, which only writes, goes without.
+        records: what makes the fallback (the Tracker's: the configured queue
+            adapter's); the job side, which only writes, goes without.
         **options: other constructor arguments, passed where they are taken.
     """
 
@@ -38,12 +42,12 @@ class StrategyBuilder:
         redis: Redis | None,
         *,
         queue_redis: Redis | None = None,
-        fallback: bool = True,
+        records: Records | None = None,
         **options: Any,
     ) -> None:
         self._redis = redis
         self._queue_redis = queue_redis
-        self._fallback = fallback
+        self._records_of = records
         self._options = options
         self._built: dict[Any, object] = {}
 
@@ -83,21 +87,16 @@ class StrategyBuilder:
                     f"{cls.__name__} needs Redis: create the Tracker with a Redis client or URL"
                 )
             kwargs["redis"] = redis
-        if "fallback" in params and self._fallback:
+        if "fallback" in params and self._records_of is not None:
             records = self._records()
             if records is not None:
                 kwargs["fallback"] = records
         return cls(**kwargs)
 
     def _records(self) -> object | None:
-        """The configured queue adapter's reader of its own records, if it has one."""
-        name = config.queue_adapter()
-        if name is None:
-            # Nothing configured: the default adapter, if its queue is installed here.
-            name = adapters.DEFAULT
-            if not adapters.installed(name):
-                return None
-        factory = adapters.load(name).records
+        """The queue's reader of its own records, built once, if the queue has one."""
+        assert self._records_of is not None
+        factory = self._records_of()
         if factory is None:
             return None
         if isinstance(factory, type):
@@ -105,7 +104,6 @@ class StrategyBuilder:
         redis = self._queue_redis or self._redis
         if redis is None:
             return None
-        key = ("records", name)
-        if key not in self._built:
-            self._built[key] = factory(redis)
-        return self._built[key]
+        if factory not in self._built:
+            self._built[factory] = factory(redis)
+        return self._built[factory]

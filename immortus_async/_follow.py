@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
 from ._buffer import RESYNC, StateBuffer, _Resync
-from ._redis import UNREACHABLE
+from ._redis import REFUSED, UNREACHABLE
 from .exceptions import JobLost, RedisUnavailable
 from .state import JobState
 from .status import JobStatus
@@ -32,23 +32,31 @@ async def retrying(
         RedisUnavailable: Redis could not be reached, or did not answer, for
             ``unreachable_timeout`` seconds (None: never raised, the outage is
             waited out).
+        redis.exceptions.AuthenticationError, NoPermissionError: at once, when
+            Redis refuses (see :data:`~immortus_async._redis.REFUSED`).
     """
     loop = asyncio.get_running_loop()
     give_up_at = None if unreachable_timeout is None else loop.time() + unreachable_timeout
     delay = 0.05
+    # What Redis last did wrong: the deadline's own TimeoutError says nothing of it.
+    cause: BaseException | None = None
     while True:
         try:
             # A server that stops answering (SIGSTOP) raises nothing: the deadline
             # bounds a read that hangs as well as one that fails.
             async with asyncio.timeout_at(give_up_at):
                 return await read()
+        except REFUSED:
+            raise
         except UNREACHABLE as exc:
             left = None if give_up_at is None else give_up_at - loop.time()
             if left is not None and left <= 0:
+                cause = cause if isinstance(exc, TimeoutError) and cause is not None else exc
                 raise RedisUnavailable(
                     f"cannot reach {where} for {unreachable_timeout:g}s to read job "
-                    f"{job_id!r}: {str(exc) or type(exc).__name__}"
-                ) from exc
+                    f"{job_id!r}: {str(cause) or type(cause).__name__}"
+                ) from cause
+            cause = exc
             logger.info("reading job %s failed (%s); retrying in %.2fs", job_id, exc, delay)
             await asyncio.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, 2.0)

@@ -31,6 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._redis import REFUSED
 from .exceptions import (
     ImmortusError,
     InvalidStateError,
@@ -415,6 +416,12 @@ class PubSubHub:
                 if not lost_logged:
                     logger.warning("pub/sub connection to Redis failed (%s); retrying", exc)
                     lost_logged = True
+                if isinstance(exc, REFUSED):
+                    # Reached, and refused (a wrong password): the waiters are told
+                    # now; later ones are told at each attempt, until it is mended.
+                    refused = SubscriptionRefused(f"Redis refused the connection: {_short(exc)}")
+                    for channel in list(self._sinks):
+                        self._fail(channel, refused)
                 self._lost(exc)
                 await asyncio.sleep(min(delay, self._give_up()))
                 delay = min(delay * 2, self._backoff_max)

@@ -7,9 +7,15 @@ import builtins
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConnectionError,
+    NoPermissionError,
+    TimeoutError,
+)
 
-__all__ = ["UNREACHABLE", "client_from"]
+__all__ = ["REFUSED", "UNREACHABLE", "client_from"]
 
 UNREACHABLE = (
     ConnectionError,
@@ -20,6 +26,12 @@ UNREACHABLE = (
 )
 """What a command raises when Redis cannot be reached; redis-py's own errors do not
 derive from the built-in ones."""
+
+REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)
+"""What Redis answers when it is reached and says no (a wrong password, an ACL user
+without the command or key): waiting it out would not help, so it is raised at
+once. redis-py derives the first two from its ConnectionError, so every handler of
+:data:`UNREACHABLE` that waits must let these through first."""
 
 
 def client_from(redis: Redis | str) -> tuple[Redis, bool]:

@@ -20,6 +20,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import __version__
 from .bridge import cli as bridge_cli
 from .commands import status, watch
 from .commands._shared import (
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="immortus-async")
     log_help = "(default: WARNING for status and watch, INFO for the others)"
     parser.add_argument("--log-level", choices=_LOG_LEVELS, help=log_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # After the subcommand, --log-level sets the level only when given, so that it
     # does not undo one given before.
     common = _Parser(add_help=False)

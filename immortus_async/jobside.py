@@ -214,7 +214,7 @@ def _strategy_on(redis: Redis, spec: StrategySpec) -> object:
     builder = redis.__dict__.get(_BUILDER)
     if not isinstance(builder, StrategyBuilder):
         # The job side only writes: its strategies need no reader of the queue.
-        builder = redis.__dict__[_BUILDER] = StrategyBuilder(redis, fallback=False)
+        builder = redis.__dict__[_BUILDER] = StrategyBuilder(redis)
     return builder.get(spec)
 
 

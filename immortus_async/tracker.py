@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from . import adapters
+from . import adapters, config
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
 from ._redis import UNREACHABLE, client_from
@@ -98,6 +98,9 @@ class Tracker:
         self._builder = StrategyBuilder(
             self._redis,
             queue_redis=self._queue_redis,
+            # Read when a strategy that takes a fallback is built: configure() may
+            # come after the Tracker.
+            records=lambda: adapters.records_of(config.queue_adapter()),
             prefix=prefix,
             unreachable_timeout=unreachable_timeout,
         )

@@ -11,6 +11,7 @@ from .conftest import NOT_INSTALLED
 pytest.importorskip("arq", reason=NOT_INSTALLED)
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -144,6 +145,16 @@ async def test_help_lists_every_command() -> None:
     for command, module in COMMANDS.items():
         summary = (module.__doc__ or "").split()[:3]
         assert re.search(rf"^    {command} +{' '.join(summary)}", out.decode(), re.MULTILINE)
+
+
+async def test_version_is_the_installed_package_s() -> None:
+    """--version prints the version the installed package declares, and exits 0."""
+    process = await cli("--version")
+    out, _ = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert (process.returncode, out.decode().strip()) == (
+        0,
+        f"immortus-async {importlib.metadata.version('immortus-async')}",
+    )
 
 
 async def test_status_of_real_arq_jobs(

@@ -104,6 +104,17 @@ async def test_page_runs_every_job_to_the_end_then_ctrl_c_stops_everything(
         assert flaky["history"].endswith("started retrying started finished"), flaky
         assert flaky["detail"] == "synced on attempt 2, after arq's retry"
         assert {job["detail"] for job in jobs if job["kind"] == "csv"} == {"60 rows imported"}
+        assert all(job["history"].startswith("queued started") for job in jobs), jobs
+        bars = await page.eval_on_selector_all(
+            ".track", "(bars) => bars.map((bar) => [bar.role, bar.ariaValueNow])"
+        )
+        assert bars == [["progressbar", "100"]] * 4
+        for width in (390, 1280):
+            # A phone and a desktop: the page never scrolls sideways.
+            await page.set_viewport_size({"width": width, "height": 900})
+            await page.screenshot(path=str(ARTIFACTS / f"demo-{width}px.png"), full_page=True)
+            fits = "document.documentElement.scrollWidth <= window.innerWidth"
+            assert await page.evaluate(fits), f"horizontal scroll at {width} px"
         await context.close()
         await assert_stops_cleanly(demo)
 

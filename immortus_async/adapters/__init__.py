@@ -45,6 +45,7 @@ __all__ = [
     "for_target",
     "installed",
     "load",
+    "records_of",
     "require",
 ]
 
@@ -179,6 +180,22 @@ def load(name: str) -> QueueAdapter:
     entry = _entry(name)
     require(name)
     return cast(QueueAdapter, importlib.import_module(entry.module).adapter)
+
+
+def records_of(name: str | None) -> Callable[[Redis], object] | None:
+    """What makes the reader of the records of adapter ``name``'s queue (None: the
+    queue keeps none). For ``name`` None (none configured), the default adapter's,
+    if its queue is installed here, else None.
+
+    Raises:
+        ValueError: no adapter has that name.
+        ImportError: its queue is not installed (the message has the install command).
+    """
+    if name is None:
+        name = DEFAULT
+        if not installed(name):
+            return None
+    return load(name).records
 
 
 def for_target(target: object) -> QueueAdapter:

@@ -202,8 +202,8 @@ class Bridge:
     Args:
         redis: a Redis URL (the bridge opens a bounded pool and closes it) or a
             ``redis.asyncio.Redis`` it uses as is.
-        queue_redis: the queue's (arq's) Redis when tracking lives on another
-            one: a URL, a ``redis.asyncio.Redis`` or an arq pool, passed to the
+        queue_redis: the queue's own Redis when tracking lives on another
+            one: a URL or a ``redis.asyncio.Redis`` (an arq pool), passed to the
             bridge's :class:`~immortus_async.Tracker` (its ``queue_redis``).
             Default: ``redis``.
         host: the interface to listen on; loopback by default.

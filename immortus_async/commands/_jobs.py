@@ -28,7 +28,7 @@ _EXIT_CODES = {
 
 def add_job_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float) -> None:
     """The job id and where to find it."""
-    parser.add_argument("job_id", help="the job's id (arq's job id)")
+    parser.add_argument("job_id", help="the job's id, as its queue gave it")
     add_redis_arguments(parser, redis_timeout=redis_timeout)
     parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help="key and channel prefix (%(default)s)"

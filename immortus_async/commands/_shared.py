@@ -90,7 +90,7 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float
         type=redis_url,
         default=os.environ.get(QUEUE_REDIS_URL_ENV) or None,
         metavar="URL",
-        help=f"the queue's (arq's) own Redis, when tracking lives on another one "
+        help=f"the queue's own Redis, when tracking lives on another one "
         f"(default: ${QUEUE_REDIS_URL_ENV}, else the same as --redis)",
     )
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,21 @@ _hubs: weakref.WeakKeyDictionary[Redis, dict[float | None, _SharedHub]] = (
 )
 
 
+# The reads of all strategies on one client, at most half its pool's connections at
+# once: redis-py 8's pools hold 100 by default and refuse one more
+# (MaxConnectionsError) rather than wait for it, so a thousand waiters reading their
+# snapshots together would leave none to the application that shares the client.
+_reads: weakref.WeakKeyDictionary[Redis, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _read_slots(redis: Redis) -> asyncio.Semaphore:
+    slots = _reads.get(redis)
+    if slots is None:
+        most = getattr(redis.connection_pool, "max_connections", 2**31)
+        slots = _reads[redis] = asyncio.Semaphore(max(1, most // 2))
+    return slots
+
+
 class Connected:
     """Holds a strategy's Redis client and the pub/sub hub all its waiters share.
 
@@ -72,6 +88,15 @@ class Connected:
         self._decode = decode
         self.unreachable_timeout = unreachable_timeout
         self._shared: _SharedHub | None = None
+
+    @property
+    def reading(self) -> asyncio.Semaphore:
+        """Held for one round trip of a read: bounds this client's reads in flight.
+
+        Never held across another read, so readers on one client (a strategy and
+        its fallback) cannot wait on each other.
+        """
+        return _read_slots(self.redis)
 
     @property
     def where(self) -> str:

@@ -169,7 +169,8 @@ class RedisPubSubStrategy(Connected):
             default 3600, 86400 and 3600: a finished job is kept an hour, as
             arq keeps its result).
         fallback: a strategy to answer from for a job with no record of ours (the
-            arq strategy, for jobs enqueued by code that never heard of us).
+            queue adapter's reader of the queue's own records, for jobs enqueued
+            by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
             oldest go first; the latest and the terminal one are always kept).
         unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
@@ -287,7 +288,7 @@ class RedisPubSubStrategy(Connected):
 
     async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         record = self.keys.record(job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record, ["state", "meta", "hb"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
@@ -308,7 +309,7 @@ class RedisPubSubStrategy(Connected):
         if state.status is not JobStatus.STARTED:
             return None
         record = self.keys.record(state.job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(record, "hb")
             pipe.pttl(record)
             beat, ttl_left = await pipe.execute()

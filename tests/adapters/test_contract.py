@@ -78,6 +78,15 @@ async def states_until(states: AsyncIterator[JobState], timeout: float = 30) -> 
     return seen
 
 
+async def until_running(states: AsyncIterator[JobState]) -> JobState:
+    """Read ``states`` until the job's body has reported its first progress (0.1)."""
+    async with asyncio.timeout(30 * SCALE):
+        async for state in states:
+            if state.status is S.STARTED and state.progress == 0.1:
+                return state
+    raise AssertionError("the job ended before it ran")
+
+
 async def test_finished(driver: Driver, tracker: Tracker) -> None:
     """A job that returns ends finished, on attempt 1."""
     job_id = await driver.enqueue(tracker, FINISH)
@@ -109,12 +118,8 @@ async def test_aborted(driver: Driver, tracker: Tracker) -> None:
     """A running job its queue cancels for good ends aborted."""
     cannot(driver, ABORT)
     job_id = await driver.enqueue(tracker, WAIT)
-    states = tracker.watch(job_id)
     await driver.start_worker()
-    async with asyncio.timeout(30 * SCALE):
-        async for state in states:
-            if state.status is S.STARTED and state.progress == 0.1:
-                break
+    await until_running(tracker.watch(job_id))
     await driver.abort(job_id)
     state = await tracker.completed(job_id, timeout=30 * SCALE)
     assert state.status is S.ABORTED
@@ -166,11 +171,9 @@ async def test_a_killed_worker_stalls_its_job_then_the_queue_decides(
     job_id = await driver.enqueue(tracker, HANG_ONCE)
     states = tracker.watch(job_id)
     await driver.start_worker()
+    await until_running(states)
+    await driver.kill_worker()
     async with asyncio.timeout(30 * SCALE):
-        async for state in states:
-            if state.status is S.STARTED and state.progress == 0.1:
-                break
-        await driver.kill_worker()
         async for state in states:
             if state.stalled:
                 break

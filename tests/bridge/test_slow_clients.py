@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
-from immortus_async.bridge import serve
+from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE, wait_until
 from .helpers import (
@@ -102,13 +102,7 @@ async def test_a_client_blocked_past_send_timeout_is_closed(
         write_limit=1024,
     ) as bridge:
         slow = await _stalled_client(bridge)
-        await slow.send(subscribe("stuck"))
-        await wait_until(lambda: bridge.statistics().subscriptions == 1, message="the subscribe")
-        for n in range(5000):
-            if bridge.statistics().connections == 0:
-                break
-            await advance(strategy, "stuck", S.STARTED, meta={"n": n, "pad": PADDING})
-        await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
+        await _flood_until_closed(bridge, slow, strategy)
         slow.transport.abort()
     assert any("read nothing" in record.getMessage() for record in caplog.records)
 
@@ -121,6 +115,19 @@ def _server_side(bridge_port: int, client_port: int) -> list[str]:
         if conn.laddr and conn.laddr.port == bridge_port and conn.raddr
         if conn.raddr.port == client_port
     ]
+
+
+async def _flood_until_closed(
+    bridge: Bridge, slow: ClientConnection, strategy: RedisPubSubStrategy
+) -> None:
+    """Follow a job on ``slow`` and update it until the bridge gives up on the client."""
+    await slow.send(subscribe("stuck"))
+    await wait_until(lambda: bridge.statistics().subscriptions == 1, message="the subscribe")
+    for n in range(5000):
+        if bridge.statistics().connections == 0:
+            break
+        await advance(strategy, "stuck", S.STARTED, meta={"n": n, "pad": PADDING})
+    await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
 
 
 @pytest.mark.timeout(60)
@@ -139,13 +146,7 @@ async def test_a_slow_client_is_reset_not_left_in_fin_wait(
     ) as bridge:
         slow = await _stalled_client(bridge)
         client_port = slow.local_address[1]
-        await slow.send(subscribe("stuck"))
-        await wait_until(lambda: bridge.statistics().subscriptions == 1, message="the subscribe")
-        for n in range(5000):
-            if bridge.statistics().connections == 0:
-                break
-            await advance(strategy, "stuck", S.STARTED, meta={"n": n, "pad": PADDING})
-        await wait_until(lambda: bridge.statistics().connections == 0, message="the close")
+        await _flood_until_closed(bridge, slow, strategy)
         # A FIN queued behind megabytes the client never reads keeps the socket in
         # FIN-WAIT-1 for minutes; a reset frees it at once.
         await wait_until(

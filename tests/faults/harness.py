@@ -305,6 +305,21 @@ class BridgeProcess:
             self.logs.extend(self.process.lines)
             self.process = None
 
+    async def healthy(self) -> bool:
+        """True if ``GET /healthz`` answers 200 (Redis and the pub/sub connection up)."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status = await asyncio.wait_for(reader.readline(), 5)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+        return status.split(b" ")[1:2] == [b"200"]
+
     def output(self) -> list[str]:
         """Every line the bridge processes printed."""
         return self.logs + (self.process.lines if self.process is not None else [])
@@ -534,8 +549,9 @@ class Run:
             self.notes.append(f"only {self.answered()} answers at the cue of {fraction:.0%}")
 
     async def pubsub_back(self) -> bool:
-        """True once both trackers and the bridge have their pub/sub connection."""
-        return len(await self.redis.client_list(_type="pubsub")) >= 3
+        """True once both trackers and the bridge serve their waiters again: each hub
+        is connected, or has no channel left to serve (its waiters have all ended)."""
+        return self.waiting.healthy and self.watching.healthy and await self.bridge.healthy()
 
     def fault_over(self) -> None:
         """Mark the end of the (last) fault: recovery is counted from here."""

@@ -203,7 +203,7 @@ class ArqStrategy(Connected):
 
     async def status(self, job_id: str) -> JobState:
         """The job's state as arq's records tell it; ``unknown`` when arq has none."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.reading, self.redis.pipeline(transaction=True) as pipe:
             pipe.get(result_key_prefix + job_id)
             pipe.exists(in_progress_key_prefix + job_id)
             pipe.get(job_key_prefix + job_id)
