@@ -111,7 +111,8 @@ def _broker_redis(broker: Any) -> Redis | None:
     return client_of(pool)
 
 
-class TrackingMiddleware(TaskiqMiddleware):
+# Where taskiq is not installed (arq's environment), mypy sees TaskiqMiddleware as Any.
+class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
     """Tracks every task a taskiq worker runs; see the module for what it records.
 
     Args:
