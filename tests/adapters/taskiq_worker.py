@@ -159,3 +159,9 @@ async def requeue_once(context: Context = TaskiqDepends()) -> str:
     if not context.message.labels.get("X-Taskiq-requeue"):
         await context.requeue()
     return "done"
+
+
+@broker.task(task_name="too_slow", timeout=0.2)
+async def too_slow(context: Context = TaskiqDepends()) -> None:
+    """Waits at its gate, past its taskiq timeout."""
+    await _gate(context.message.task_id)

@@ -103,6 +103,19 @@ async def test_a_requeued_task_reads_retrying_then_runs_as_the_next_attempt(
     assert (seen[-1].status, seen[-1].attempt) == (S.FINISHED, 2)
 
 
+async def test_a_task_past_its_timeout_fails_saying_so(tracked: TaskiqDriver) -> None:
+    """taskiq's ``timeout`` label ends a task with a bare TimeoutError: the error text
+    says it was the timeout."""
+    async with tracked.tracker() as tracker:
+        job_id = await tracked.enqueue(tracker, "too_slow")
+        await tracked.start_worker()
+        state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.error) == (
+        S.FAILED,
+        "TimeoutError: the task ran past its timeout (0.2s)",
+    )
+
+
 async def test_a_list_worker_stops_gracefully_with_the_middleware(
     redis_server: RedisServer,
 ) -> None:

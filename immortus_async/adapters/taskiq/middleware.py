@@ -19,8 +19,9 @@ middlewares stamp, plus the ``X-Taskiq-requeue`` label of ``Context.requeue``; a
 one more than an attempt our record says began and never ended, the task of a
 killed worker that an acknowledging broker hands to the next);
 after it, ``finished``, ``failed`` with the error text (``"ValueError: bad row"``),
-or ``retrying`` with it when taskiq will run the task again. Tracking never changes
-the task's result or what taskiq does next.
+or ``retrying`` with it when taskiq will run the task again (a task past taskiq's
+``timeout`` label fails with ``"TimeoutError: the task ran past its timeout
+(5s)"``). Tracking never changes the task's result or what taskiq does next.
 
 **How a retry is told from a failure.** Not by guessing the retry middleware's
 rules: a retry middleware (``SimpleRetryMiddleware``, ``SmartRetryMiddleware``, or
@@ -82,6 +83,14 @@ def _count(message: TaskiqMessage, label: str) -> int:
         return max(int(message.labels.get(label) or 0), 0)
     except (TypeError, ValueError):
         return 0
+
+
+def _error_text(message: TaskiqMessage, error: BaseException) -> str:
+    """``"ValueError: bad row"``; taskiq's timeout (a bare ``TimeoutError``) says so."""
+    timeout = message.labels.get("timeout")
+    if isinstance(error, TimeoutError) and not str(error) and timeout is not None:
+        return describe_error(error, default=f"the task ran past its timeout ({timeout}s)")
+    return describe_error(error)
 
 
 def attempt_of(message: TaskiqMessage) -> int:
@@ -288,7 +297,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
             if run.message.task_id == message.task_id and not run.sent_again:
                 run.sent_again = True
                 # No error yet: the task itself sent its message again.
-                why = "sent again" if run.error is None else describe_error(run.error)
+                why = "sent again" if run.error is None else _error_text(message, run.error)
                 await run.context.retrying(why)
         return message
 
@@ -321,9 +330,9 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
             elif isinstance(result.error, NoResultError):
                 # A retry middleware kept no result of the attempt: it will run the
                 # task again, without sending it now (a schedule source).
-                await context.retrying(describe_error(error))
+                await context.retrying(_error_text(message, error))
             else:
-                await context.failed(describe_error(error))
+                await context.failed(_error_text(message, error))
         finally:
             await context.stop()
 
