@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ from ...registry import StrategySpec, resolve_strategy
 from ...state import JobUpdate
 from ...status import JobStatus
 from ...strategies.base import StateReader, StateWriter
-from .strategy import TaskiqStrategy, client_of
+from .strategy import client_of
 
 __all__ = ["TrackingMiddleware", "attempt_of", "tracking"]
 
@@ -156,8 +157,11 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         self._options = JobOptions.checked(
             heartbeat_interval, stalled_after, retry_for, write_timeout
         )
-        if not shutdown_grace >= 0:
-            raise ValueError(f"shutdown_grace must not be negative, got {shutdown_grace!r}")
+        if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
+            raise ValueError(
+                f"shutdown_grace must be a finite number of seconds, not negative, got "
+                f"{shutdown_grace!r}"
+            )
         if strategy is not None:
             resolve_strategy(strategy)
         self._strategy = strategy
@@ -165,7 +169,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         self._given = redis
         self._redis: Redis | None = None
         self._owns_redis = False
-        self._reader: TaskiqStrategy | None = None
+        self._looked = False
         self._leftovers = Leftovers()
         # id(message) -> its attempt running here. The receiver hands one message
         # object to every hook of an attempt and to the task's Context; a task id
@@ -176,7 +180,9 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
     # The broker's life
 
     def _client(self) -> Redis | None:
-        if self._redis is None:
+        """The tracking client, made on first use; None (said once) when there is none."""
+        if not self._looked:
+            self._looked = True
             if self._given is not None:
                 self._redis, self._owns_redis = client_from(self._given)
             else:
@@ -190,8 +196,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         return self._redis
 
     async def startup(self) -> None:
-        """In a worker: go last among the broker's middlewares; open the tracking
-        client and the reader of taskiq's results.
+        """In a worker: go last among the broker's middlewares.
 
         Last, so that taskiq calls this ``on_error`` before any retry middleware's
         (it calls them in reverse order): the error text is known when the retry
@@ -203,18 +208,11 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         if self in middlewares and middlewares[-1] is not self:
             middlewares.remove(self)
             middlewares.append(self)
-        redis = self._client()
-        backend = self.broker.result_backend
-        if redis is not None and hasattr(backend, "redis_pool"):
-            # Reads what the worker's own backend writes, after an end we cannot see.
-            self._reader = TaskiqStrategy.from_backend(backend)
 
     async def shutdown(self) -> None:
         """Wait up to ``shutdown_grace`` for the tasks' pending writes; close what we opened."""
         await self._leftovers.aclose(self._grace)
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.aclose()
+        self._looked = False
         redis, self._redis = self._redis, None
         if redis is not None and self._owns_redis:
             await redis.aclose()
@@ -234,7 +232,8 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
             options=self._options,
             function=function,
             leftovers=self._leftovers,
-            reader=self._reader,
+            # No reader of taskiq's records: taskiq calls post_execute after every
+            # run, cancelled or timed out too, so no end goes unseen here.
             queue="taskiq",
         )
         self._runs[id(message)] = _Run(message, context, _count(message, _REQUEUES))
