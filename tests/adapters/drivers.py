@@ -136,7 +136,8 @@ class TaskiqDriver:
     """taskiq: workers are ``taskiq worker tests.adapters.taskiq_worker:broker`` (one
     worker process each), on taskiq-redis's ``RedisStreamBroker``, which hands the
     task of a killed worker to the next one (``broker="list"``: ``ListQueueBroker``),
-    with our middleware (``tracked=False``: without)."""
+    with our middleware (``tracked=False``: without), tracking on the queue's Redis
+    (``tracking_url``: on another)."""
 
     adapter = "taskiq"
     cannot: Mapping[str, str] = {
@@ -152,7 +153,14 @@ class TaskiqDriver:
         ),
     }
 
-    def __init__(self, url: str, *, broker: str = "stream", tracked: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        broker: str = "stream",
+        tracked: bool = True,
+        tracking_url: str | None = None,
+    ) -> None:
         from . import taskiq_worker
 
         self._url = url
@@ -161,6 +169,7 @@ class TaskiqDriver:
             "IMMORTUS_TEST_REDIS": url,
             "IMMORTUS_TEST_BROKER": broker,
             "IMMORTUS_TEST_TRACKED": "1" if tracked else "0",
+            "IMMORTUS_TEST_TRACKING_REDIS": tracking_url or "",
         }
         # The web process's broker: it sends tasks, and runs none.
         self._broker = taskiq_worker.make_broker(url, broker, tracked=False)

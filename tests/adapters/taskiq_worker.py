@@ -36,12 +36,14 @@ from .drivers import HEARTBEAT_INTERVAL, READY, STALLED_AFTER
 URL = os.environ.get("IMMORTUS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 KIND = os.environ.get("IMMORTUS_TEST_BROKER", "stream")
 TRACKED = os.environ.get("IMMORTUS_TEST_TRACKED", "1") == "1"
+# Where the middleware tracks; default the broker's own Redis.
+TRACKING_URL = os.environ.get("IMMORTUS_TEST_TRACKING_REDIS") or None
 IDLE_MS = 1000
 """How long the stream broker leaves a task a worker took unacknowledged before the
 next worker takes it (taskiq-redis's default is 10 minutes)."""
 
 
-def make_broker(url: str, kind: str, *, tracked: bool) -> AsyncBroker:
+def make_broker(url: str, kind: str, *, tracked: bool, tracking: str | None = None) -> AsyncBroker:
     """The broker of this app on ``url``: the workers' and, to send tasks, the tests'."""
     queue: AsyncBroker
     if kind == "stream":
@@ -58,12 +60,14 @@ def make_broker(url: str, kind: str, *, tracked: bool) -> AsyncBroker:
     middlewares: list[Any] = [SimpleRetryMiddleware(default_retry_count=3)]
     if tracked:
         middlewares.append(
-            TrackingMiddleware(heartbeat_interval=HEARTBEAT_INTERVAL, stalled_after=STALLED_AFTER)
+            TrackingMiddleware(
+                tracking, heartbeat_interval=HEARTBEAT_INTERVAL, stalled_after=STALLED_AFTER
+            )
         )
     return queue.with_middlewares(*middlewares)
 
 
-broker = make_broker(URL, KIND, tracked=TRACKED)
+broker = make_broker(URL, KIND, tracked=TRACKED, tracking=TRACKING_URL)
 
 
 @broker.on_event(TaskiqEvents.WORKER_STARTUP)

@@ -25,7 +25,7 @@ if not installed("taskiq"):
     pytest.skip(f"taskiq: {NOT_INSTALLED}", allow_module_level=True)
 
 from redis.asyncio import Redis
-from taskiq import Context, InMemoryBroker, TaskiqMessage, TaskiqResult
+from taskiq import AsyncTaskiqTask, Context, InMemoryBroker, TaskiqMessage, TaskiqResult
 from taskiq.depends.progress_tracker import TaskProgress, TaskState
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
@@ -130,6 +130,28 @@ async def test_a_list_worker_stops_gracefully_with_the_middleware(
         assert await driver._workers[-1].stop(signal.SIGTERM) == 0
     finally:
         await driver.aclose()
+
+
+async def test_a_frozen_tracking_redis_holds_no_task(redis_server: RedisServer) -> None:
+    """With the tracking Redis frozen (SIGSTOP: it answers nothing), tasks still run and
+    taskiq stores their results: every tracking read and write has its deadline."""
+    with RedisServer() as tracking:
+        driver = TaskiqDriver(redis_server.url, broker="list", tracking_url=tracking.url)
+        assert tracking.pid is not None
+        os.kill(tracking.pid, signal.SIGSTOP)
+        try:
+            job_ids = [await driver.enqueue_untracked(kind) for kind in ("finish", "fail")]
+            await driver.start_worker()
+            backend = (await driver.client()).result_backend
+            results = [
+                await AsyncTaskiqTask(job_id, backend).wait_result(timeout=30 * SCALE)
+                for job_id in job_ids
+            ]
+        finally:
+            os.kill(tracking.pid, signal.SIGCONT)
+            await driver.aclose()
+    assert results[0].return_value == "done"
+    assert isinstance(results[1].error, ValueError)
 
 
 # A worker that never heard of us
