@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import psutil
+
 from immortus_async import Tracker, configure
 
 from ..utils import Spawned
@@ -243,8 +245,6 @@ class TaskiqDriver:
 
 async def kill_tree(spawned: Spawned) -> None:
     """SIGKILL a process and every process under it, children first; await its end."""
-    import psutil
-
     if spawned.process.returncode is None:
         with contextlib.suppress(psutil.NoSuchProcess):
             for child in psutil.Process(spawned.process.pid).children(recursive=True):
