@@ -224,6 +224,10 @@ class TaskiqDriver:
             # a busy queue always has one; the test sends one.
             await self.enqueue_untracked("plain")
 
+    async def stop_worker(self) -> int:
+        """SIGTERM the running worker, as a deployment stops it; its exit status."""
+        return await self._workers[-1].stop(signal.SIGTERM)
+
     async def kill_worker(self) -> None:
         self._killed = True
         # taskiq's worker is a manager and its worker process: both go, the one

@@ -127,7 +127,7 @@ async def test_a_list_worker_stops_gracefully_with_the_middleware(
             job_id = await driver.enqueue(tracker, "finish")
             await driver.start_worker()
             assert (await tracker.completed(job_id, timeout=30 * SCALE)).status is S.FINISHED
-        assert await driver._workers[-1].stop(signal.SIGTERM) == 0
+        assert await driver.stop_worker() == 0
     finally:
         await driver.aclose()
 
