@@ -206,6 +206,27 @@ async def test_enqueue_records_queued_and_returns_taskiqs_task(tracked: TaskiqDr
     assert result.return_value == "done"
 
 
+async def test_a_broker_with_the_middleware_records_its_own_sends_queued(
+    redis_server: RedisServer, tracked: TaskiqDriver
+) -> None:
+    """A web process whose broker carries the middleware records every ``kiq()`` as
+    queued, with no tracker.enqueue; its worker takes it from there."""
+    from . import taskiq_worker
+
+    web = taskiq_worker.make_broker(redis_server.url, "stream", tracked=True)
+    await web.startup()
+    try:
+        task = await taskiq_worker.finish.kicker().with_broker(web).kiq()
+        async with tracked.tracker() as tracker:
+            state = await tracker.status(task.task_id)
+            assert (state.status, state.function) == (S.QUEUED, "finish")
+            await tracked.start_worker()
+            state = await tracker.completed(task.task_id, timeout=30 * SCALE)
+        assert (state.status, state.attempt) == (S.FINISHED, 1)
+    finally:
+        await web.shutdown()
+
+
 async def test_enqueue_takes_a_task_its_name_or_its_kicker_only(tracked: TaskiqDriver) -> None:
     """Anything else than a task, its name or its kicker is a TypeError, nothing sent."""
     async with tracked.tracker() as tracker:

@@ -13,7 +13,10 @@ dependency injection::
             ...
             await job.update(progress=(i + 1) / n, rows=i + 1)
 
-**What is recorded.** ``started`` before the task runs (``attempt`` is one more
+**What is recorded.** ``queued`` as a process whose broker carries the middleware
+sends a task (``task.kiq()``: a web process records its tasks with no change to
+its code; ``tracker.enqueue(broker, task, ...)`` does the same for any broker);
+``started`` before the task runs (``attempt`` is one more
 than the runs taskiq counted before it: the ``_retries`` label its retry
 middlewares stamp, plus the ``X-Taskiq-requeue`` label of ``Context.requeue``; and
 one more than an attempt our record says began and never ended, the task of a
@@ -299,6 +302,35 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
                 why = "sent again" if run.error is None else _error_text(message, run.error)
                 await run.context.retrying(why)
         return message
+
+    async def post_send(self, message: TaskiqMessage) -> None:
+        """The broker has a new task: record it ``queued`` (a send made here as a
+        retry is not one: its attempt's end is already recorded).
+
+        So a web process whose broker carries the middleware records every
+        ``kiq()`` it makes, with no change to its code. The write has the write
+        deadline; past it, or if Redis cannot be reached, it is logged and dropped
+        (the task is sent all the same, and its worker records the rest).
+        """
+        task_id = message.task_id
+        if any(run.message.task_id == task_id for run in self._runs.values()):
+            return
+        redis = self._client()
+        if redis is None:
+            return
+        function = message.task_name
+        try:
+            strategy = _strategy_on(redis, config.strategy_for(function, override=self._strategy))
+            if isinstance(strategy, StateWriter):
+                update = JobUpdate(
+                    job_id=task_id, status=JobStatus.QUEUED, attempt=0, function=function
+                )
+                async with asyncio.timeout(self._options.write_timeout):
+                    await strategy.apply(update)
+        except Exception as exc:
+            logger.warning(
+                "task %s is sent, but its queued state was not written: %r", task_id, exc
+            )
 
     def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
