@@ -9,12 +9,16 @@ To add a queue, write its driver and put it in :data:`DRIVERS`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from immortus_async import Tracker
+import psutil
+
+from immortus_async import Tracker, configure
 
 from ..utils import Spawned
 
@@ -36,6 +40,7 @@ READY = "contract worker ready"
 ABORT = "abort"
 NEVER_RUN = "never_run"
 RUN_AGAIN = "run_again"
+UNSEEN_QUEUED = "unseen_queued"  # see a queued job that code that never heard of us enqueued
 
 
 class Driver(Protocol):
@@ -146,8 +151,6 @@ class StreaqDriver:
         self._workers: list[Spawned] = []
 
     def tracker(self) -> Tracker:
-        from immortus_async import configure
-
         configure(queue_adapter="streaq")
         return Tracker(self._url)
 
@@ -180,5 +183,131 @@ class StreaqDriver:
             await worker.stop(signal.SIGTERM)
 
 
-DRIVERS: dict[str, Callable[[str], Driver]] = {"arq": ArqDriver, "streaq": StreaqDriver}
+class TaskiqDriver:
+    """taskiq: workers are ``taskiq worker tests.adapters.taskiq_worker:broker`` (one
+    worker process each), on taskiq-redis's ``RedisStreamBroker``, which hands the
+    task of a killed worker to the next one (``broker="list"``: ``ListQueueBroker``),
+    with our middleware (``tracked=False``: without), tracking on the queue's Redis
+    (``tracking_url``: on another)."""
+
+    adapter = "taskiq"
+    cannot: Mapping[str, str] = {
+        ABORT: "taskiq has no way to cancel a task, queued or running",
+        NEVER_RUN: (
+            "a task of a name no worker knows is acknowledged and dropped by taskiq's "
+            "receiver, which calls no middleware and stores no result: nothing records it"
+        ),
+        UNSEEN_QUEUED: (
+            "taskiq keeps no record of a queued task by its id (only the broker's stream "
+            "or list, in which a task is found by reading every message): a task "
+            "enqueued by code that never heard of us is unknown until a worker starts it"
+        ),
+    }
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        broker: str = "stream",
+        tracked: bool = True,
+        tracking_url: str | None = None,
+    ) -> None:
+        from . import taskiq_worker
+
+        self._url = url
+        self._env = {
+            **os.environ,
+            "IMMORTUS_TEST_REDIS": url,
+            "IMMORTUS_TEST_BROKER": broker,
+            "IMMORTUS_TEST_TRACKED": "1" if tracked else "0",
+            "IMMORTUS_TEST_TRACKING_REDIS": tracking_url or "",
+        }
+        # The web process's broker: it sends tasks, and runs none.
+        self._broker = taskiq_worker.make_broker(url, broker, tracked=False)
+        # The tasks by name, labels and all: taskiq's retry middleware reads a task's
+        # retry_on_error from the message, so the sender must know the task.
+        self._tasks = taskiq_worker.broker.get_all_tasks()
+        self._started = False
+        self._killed = False
+        self._workers: list[Spawned] = []
+
+    async def client(self) -> Any:
+        """The broker tasks are sent with (the web process's), started on first use."""
+        if not self._started:
+            # Creates the stream's consumer group: tasks sent from now on reach workers.
+            await self._broker.startup()
+            self._started = True
+        return self._broker
+
+    def tracker(self) -> Tracker:
+        configure(queue_adapter="taskiq")
+        return Tracker(self._url)
+
+    async def enqueue(self, tracker: Tracker, kind: str) -> str:
+        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind))
+        return str(task.task_id)
+
+    async def enqueue_untracked(self, kind: str) -> str:
+        kicker = self._tasks[kind].kicker().with_broker(await self.client())
+        return str((await kicker.kiq()).task_id)
+
+    async def start_worker(self) -> None:
+        worker = await Spawned.start(
+            sys.executable,
+            "-m",
+            "taskiq",
+            "worker",
+            "tests.adapters.taskiq_worker:broker",
+            "--workers",
+            "1",
+            # A task that hangs holds the worker's shutdown no longer than this.
+            "--wait-tasks-timeout",
+            "1",
+            env=self._env,
+        )
+        self._workers.append(worker)
+        await worker.expect(READY)
+        if self._killed:
+            # taskiq-redis's stream broker looks for the tasks a dead worker left
+            # only after it reads a new one (an idle stream never hands them over):
+            # a busy queue always has one; the test sends one.
+            await self.enqueue_untracked("plain")
+
+    async def stop_worker(self) -> int:
+        """SIGTERM the running worker, as a deployment stops it; its exit status."""
+        return await self._workers[-1].stop(signal.SIGTERM)
+
+    async def kill_worker(self) -> None:
+        self._killed = True
+        # taskiq's worker is a manager and its worker process: both go, the one
+        # running the task first (the manager would start another).
+        await kill_tree(self._workers[-1])
+
+    async def abort(self, job_id: str) -> None:
+        raise NotImplementedError(self.cannot[ABORT])
+
+    async def aclose(self) -> None:
+        for worker in self._workers:
+            # Killed, not stopped: taskiq-redis 1.2's stream worker does not end on
+            # SIGTERM (its listener stops prefetching and hangs there, our middleware
+            # or not). tests/adapters/test_taskiq.py stops list workers gracefully.
+            await kill_tree(worker)
+        if self._started:
+            await self._broker.shutdown()
+
+
+async def kill_tree(spawned: Spawned) -> None:
+    """SIGKILL a process and every process under it, children first; await its end."""
+    if spawned.process.returncode is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(spawned.process.pid).children(recursive=True):
+                child.kill()
+    await spawned.stop(signal.SIGKILL)
+
+
+DRIVERS: dict[str, Callable[[str], Driver]] = {
+    "arq": ArqDriver,
+    "streaq": StreaqDriver,
+    "taskiq": TaskiqDriver,
+}
 """Adapter name -> its driver, made with the test's Redis URL."""

@@ -32,6 +32,7 @@ from .drivers import (
     PROGRESS,
     RETRY,
     RUN_AGAIN,
+    UNSEEN_QUEUED,
     WAIT,
     Driver,
 )
@@ -149,6 +150,7 @@ async def test_a_job_the_queue_ends_unrun(driver: Driver, tracker: Tracker) -> N
 
 async def test_a_job_of_code_that_never_heard_of_us(driver: Driver, tracker: Tracker) -> None:
     """Enqueued by the queue's own API, run by an untracked function: still followed."""
+    cannot(driver, UNSEEN_QUEUED)
     job_id = await driver.enqueue_untracked(PLAIN)
     waiter = asyncio.create_task(tracker.completed(job_id, timeout=30 * SCALE))
     await driver.start_worker()
