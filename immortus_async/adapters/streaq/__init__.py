@@ -23,7 +23,7 @@ from .. import require
 # Before anything imports streaQ: without it, the error says how to install it.
 require("streaq")
 
-from .adapter import StreaqAdapter  # noqa: E402
+from ._adapter import StreaqAdapter  # noqa: E402
 from .strategy import StreaqStrategy  # noqa: E402
 from .worker import job_context, track_worker  # noqa: E402
 

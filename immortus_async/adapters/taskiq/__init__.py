@@ -36,7 +36,7 @@ from .. import require
 # Before anything imports taskiq: without it, the error says how to install it.
 require("taskiq")
 
-from .adapter import TaskiqAdapter  # noqa: E402
+from ._adapter import TaskiqAdapter  # noqa: E402
 from .middleware import TrackingMiddleware, tracking  # noqa: E402
 from .strategy import TaskiqStrategy  # noqa: E402
 
