@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from immortus_async import Tracker
 from immortus_async.adapters import ADAPTERS, installed, load
 
 from .conftest import NOT_INSTALLED
@@ -116,3 +117,10 @@ def test_an_adapter_without_its_queue_says_how_to_install_it(adapter: str) -> No
     if importlib.util.find_spec(module) is not None:
         with pytest.raises(ImportError, match=re.escape(command)):
             importlib.import_module(module)
+
+
+async def test_enqueue_on_something_no_adapter_takes_says_what_to_pass() -> None:
+    """Tracker.enqueue on an object of no queue: a TypeError naming what each queue takes."""
+    async with Tracker(None) as tracker:
+        with pytest.raises(TypeError, match="an arq pool, a taskiq broker or a streaQ worker"):
+            await tracker.enqueue(object(), "some_function")

@@ -199,7 +199,7 @@ def records_of(name: str | None) -> Callable[[Redis], object] | None:
 
 
 def for_target(target: object) -> QueueAdapter:
-    """The adapter whose queue ``target`` belongs to (an arq pool, a taskiq task...).
+    """The adapter whose queue ``target`` belongs to (an arq pool, a taskiq broker...).
 
     Only adapters whose queue this process has already imported are asked: an
     object of a queue comes from an imported module, and no other queue is imported.
@@ -214,5 +214,5 @@ def for_target(target: object) -> QueueAdapter:
                 return adapter
     raise TypeError(
         f"no queue adapter takes {type(target).__name__!r}: pass an arq pool, a taskiq "
-        "task or a streaQ task"
+        "broker or a streaQ worker (with its queue installed)"
     )
