@@ -49,10 +49,14 @@ async def test_client_follows_a_job_from_snapshot_to_finished(
         await client.send(subscribe("job-1"))
         snapshot = await receive(client)
         assert (snapshot["type"], snapshot["status"], snapshot["seq"]) == ("state", "queued", 1)
+        # Each change is awaited before the next: a client that reads late is sent
+        # only the newest of several non-terminal states (the outbox coalesces them).
         await advance(strategy, "job-1", S.STARTED)
+        frames = [await receive(client)]
         await advance(strategy, "job-1", S.STARTED, progress=0.5, meta={"rows": 5})
+        frames.append(await receive(client))
         await advance(strategy, "job-1", S.FINISHED)
-        frames = await receive_until_completed(client, "job-1")
+        frames += await receive_until_completed(client, "job-1")
     assert [f["status"] for f in frames] == ["started", "started", "finished"]
     assert [f["seq"] for f in frames] == [2, 3, 4]
     assert frames[1]["progress"] == 0.5 and frames[1]["meta"] == {"rows": 5}
