@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ._redis import Client, is_cluster
 from .registry import StrategySpec, resolve_strategy
 from .strategies.base import QueueRecords
 
@@ -39,9 +40,9 @@ class StrategyBuilder:
 
     def __init__(
         self,
-        redis: Redis | None,
+        redis: Client | None,
         *,
-        queue_redis: Redis | None = None,
+        queue_redis: Client | None = None,
         records: Records | None = None,
         **options: Any,
     ) -> None:
@@ -97,12 +98,14 @@ class StrategyBuilder:
         """The queue's reader of its own records, built once, if the queue has one."""
         assert self._records_of is not None
         factory = self._records_of()
-        if factory is None:
+        redis = self._queue_redis or self._redis
+        if factory is None or (redis is not None and is_cluster(redis)):
+            # A queue's own records are on one server, which a Tracker that
+            # tracks on a cluster names as queue_redis: without it, no fallback.
             return None
         if isinstance(factory, type):
             return self._instance(factory)
-        redis = self._queue_redis or self._redis
-        if redis is None:
+        if not isinstance(redis, Redis):
             return None
         if factory not in self._built:
             self._built[factory] = factory(redis)

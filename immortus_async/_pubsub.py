@@ -40,7 +40,7 @@ from .exceptions import (
     TrackerClosed,
 )
 
-__all__ = ["PubSubHub", "Sink", "connection_factory"]
+__all__ = ["PubSubHub", "Sink", "connection_factory", "dedicated"]
 
 logger = logging.getLogger("immortus_async.pubsub")
 
@@ -67,15 +67,23 @@ def connection_factory(redis: Redis) -> Callable[[], Awaitable[AbstractConnectio
     redis-py 8's maintenance notifications (which it refuses on RESP2) stay off.
     """
     pool = redis.connection_pool
+    return dedicated(pool.connection_class, pool.connection_kwargs)
+
+
+def dedicated(
+    connection_class: type[AbstractConnection], connection_kwargs: dict[str, Any]
+) -> Callable[[], Awaitable[AbstractConnection]]:
+    """Open pub/sub connections of ``connection_class`` with ``connection_kwargs``
+    made fit as :func:`connection_factory` says (a cluster node's, too)."""
     kwargs = {
         key: value
-        for key, value in pool.connection_kwargs.items()
+        for key, value in connection_kwargs.items()
         if not key.startswith("maint_notifications")
     }
     kwargs.update(socket_timeout=None, health_check_interval=0, decode_responses=False, protocol=2)
 
     async def connect() -> AbstractConnection:
-        conn: AbstractConnection = pool.connection_class(**kwargs)
+        conn: AbstractConnection = connection_class(**kwargs)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:
@@ -124,6 +132,12 @@ class PubSubHub:
     command and, once each is confirmed, asks its sinks to resync: messages
     published meanwhile are gone, the sinks re-read the state instead.
     """
+
+    # What the hub sends and what Redis answers; a cluster node's hub
+    # (immortus_async._sharded) speaks the sharded ones: SSUBSCRIBE, smessage.
+    _SUBSCRIBE = ("SUBSCRIBE", b"subscribe")
+    _UNSUBSCRIBE = ("UNSUBSCRIBE", b"unsubscribe")
+    _MESSAGE = b"message"
 
     def __init__(
         self,
@@ -453,9 +467,25 @@ class PubSubHub:
         self._resync_on_confirm = set(channels) if resync else set()
         self._conn = conn
         if channels:
-            sent = [_Sent(b"subscribe", tuple(channels), len(channels))]
-            await self._send(conn, [("SUBSCRIBE", *channels)], sent)
+            await self._send(conn, *self._subscribe_commands(channels))
         self.connected.set()
+
+    def _groups(self, channels: list[str]) -> list[list[str]]:
+        """The channels one command may name together: all of them, on one server."""
+        return [channels] if channels else []
+
+    def _batches(self, channels: list[str]) -> list[list[str]]:
+        """How ``channels`` are split into SUBSCRIBE commands: a channel refused in a
+        batch before goes alone."""
+        batches = [[c] for c in channels if c in self._solo]
+        batches.extend(self._groups([c for c in channels if c not in self._solo]))
+        return batches
+
+    def _subscribe_commands(self, channels: list[str]) -> tuple[list[tuple[str, ...]], list[_Sent]]:
+        name, kind = self._SUBSCRIBE
+        batches = self._batches(channels)
+        sent = [_Sent(kind, tuple(batch), len(batch)) for batch in batches]
+        return [(name, *batch) for batch in batches], sent
 
     async def _read(self, conn: AbstractConnection) -> None:
         awaiting_pong = False
@@ -494,13 +524,14 @@ class PubSubHub:
         if not self._sent:
             raise RedisError(f"an error reply to no command on the pub/sub connection: {exc}")
         command = self._sent.popleft()
-        if command.kind != b"subscribe":
+        if command.kind != self._SUBSCRIBE[1]:
             logger.error("Redis refused a pub/sub command: %s", exc)
             return
         # One refused channel refuses its whole command: a batch is tried again one
         # channel a command, so that only the channels refused on their own fail.
         batch = len(command.channels) > 1
-        if not batch:
+        redirected = self._redirected(exc)
+        if not batch and redirected is None:
             logger.warning("Redis refused to subscribe to %s: %s", command.channels[0], exc)
         for channel in command.channels:
             left = self._inflight.get(channel, 1) - 1
@@ -510,7 +541,9 @@ class PubSubHub:
             self._inflight.pop(channel, None)
             if channel not in self._sinks:
                 continue
-            if batch:
+            if redirected is not None:
+                self._fail(channel, redirected)
+            elif batch:
                 self._solo.add(channel)
                 self._to_subscribe.add(channel)
                 self._dirty.set()
@@ -529,13 +562,33 @@ class PubSubHub:
             self._answered(b"pong")
         elif len(message) < 3:
             return
-        elif kind == b"message":
+        elif kind == self._MESSAGE:
             self._deliver(_text(message[1]), message[2])
-        elif kind == b"unsubscribe":
-            self._answered(kind)
-        elif kind == b"subscribe":
+        elif kind == self._UNSUBSCRIBE[1]:
+            if self._answers(kind, _text(message[1])):
+                self._answered(kind)
+            else:
+                self._pushed_unsubscribe(_text(message[1]))
+        elif kind == self._SUBSCRIBE[1]:
             self._answered(kind)
             self._confirmed(_text(message[1]))
+
+    def _answers(self, kind: bytes, channel: str) -> bool:
+        """True if a reply of ``kind`` for ``channel`` is the next one expected."""
+        if not self._sent or self._sent[0].kind != kind:
+            return False
+        command = self._sent[0]
+        return command.channels[len(command.channels) - command.left] == channel
+
+    def _pushed_unsubscribe(self, channel: str) -> None:
+        """An unsubscribe no command asked for: never on one server, so nothing
+        that follows can be trusted (a cluster node's hub takes it as a moved slot)."""
+        raise RedisError(f"unexpected unsubscribe from {channel!r} on the pub/sub connection")
+
+    def _redirected(self, exc: ResponseError) -> BaseException | None:
+        """What a refused SUBSCRIBE's channels fail with when Redis sent them
+        elsewhere (a cluster node's MOVED); None: it is a refusal."""
+        return None
 
     def _deliver(self, channel: str, payload: bytes) -> None:
         sinks = self._sinks.get(channel)
@@ -587,14 +640,12 @@ class PubSubHub:
             sent: list[_Sent] = []
             for channel in subscribe:
                 self._inflight[channel] = self._inflight.get(channel, 0) + 1
-            batches = [[c] for c in subscribe if c in self._solo]
-            batches.append([c for c in subscribe if c not in self._solo])
-            for batch in filter(None, batches):
-                commands.append(("SUBSCRIBE", *batch))
-                sent.append(_Sent(b"subscribe", tuple(batch), len(batch)))
-            if unsubscribe:
-                commands.append(("UNSUBSCRIBE", *unsubscribe))
-                sent.append(_Sent(b"unsubscribe", tuple(unsubscribe), len(unsubscribe)))
+            if subscribe:
+                commands, sent = self._subscribe_commands(subscribe)
+            name, kind = self._UNSUBSCRIBE
+            for group in self._groups(unsubscribe):
+                commands.append((name, *group))
+                sent.append(_Sent(kind, tuple(group), len(group)))
             if not commands:
                 continue
             try:

@@ -5,17 +5,28 @@ from __future__ import annotations
 import builtins
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
+    ClusterError,
     ConnectionError,
     NoPermissionError,
+    RedisClusterException,
     TimeoutError,
+    TryAgainError,
 )
 
-__all__ = ["REFUSED", "UNREACHABLE", "client_from"]
+__all__ = ["CLUSTER_SCHEMES", "REFUSED", "UNREACHABLE", "Client", "client_from", "is_cluster"]
+
+Client = Redis | RedisCluster
+"""A tracking Redis: one server, or a Redis Cluster."""
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""URL schemes that name a Redis Cluster (any one of its nodes) rather than one server."""
 
 UNREACHABLE = (
     ConnectionError,
@@ -23,9 +34,16 @@ UNREACHABLE = (
     builtins.ConnectionError,
     builtins.TimeoutError,
     OSError,
+    # A Redis Cluster mid-migration or mid-failover: ASK/TRYAGAIN past redis-py's
+    # redirections, CLUSTERDOWN, "TTL exhausted" (ClusterError), a slot no node
+    # serves yet and no node answering at all (RedisClusterException).
+    ClusterError,
+    AskError,
+    TryAgainError,
+    RedisClusterException,
 )
-"""What a command raises when Redis cannot be reached; redis-py's own errors do not
-derive from the built-in ones."""
+"""What a command raises when Redis cannot be reached, or a cluster cannot serve it
+for now; redis-py's own errors do not derive from the built-in ones."""
 
 REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)
 """What Redis answers when it is reached and says no (a wrong password, an ACL user
@@ -34,16 +52,30 @@ once. redis-py derives the first two from its ConnectionError, so every handler 
 :data:`UNREACHABLE` that waits must let these through first."""
 
 
-def client_from(redis: Redis | str) -> tuple[Redis, bool]:
+def is_cluster(redis: Client) -> bool:
+    """True for a Redis Cluster client: the one test that picks sharded pub/sub
+    (``SPUBLISH``/``SSUBSCRIBE``) over plain ``PUBLISH``/``SUBSCRIBE``."""
+    return isinstance(redis, RedisCluster)
+
+
+def client_from(redis: Client | str) -> tuple[Client, bool]:
     """Return ``(client, owned)``: a given client as is, or a new one for a URL.
 
-    A client we create retries a command a few times on a dropped connection, so
-    the first command after a Redis restart does not fail on a stale pooled socket.
+    A ``redis+cluster://host:port`` URL (``rediss+cluster://`` for TLS) makes a
+    ``RedisCluster`` that discovers the cluster from that node. A client we create
+    retries a command a few times on a dropped connection, so the first command
+    after a Redis restart does not fail on a stale pooled socket.
     """
-    if isinstance(redis, Redis):
+    if isinstance(redis, Redis | RedisCluster):
         return redis, False
+    if isinstance(redis, str) and redis.startswith(CLUSTER_SCHEMES):
+        scheme, rest = redis.split("+cluster://", 1)
+        return RedisCluster.from_url(f"{scheme}://{rest}"), True
     if isinstance(redis, str):
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), retries=3)
         client = Redis.from_url(redis, retry=retry, retry_on_error=[ConnectionError, TimeoutError])
         return client, True
-    raise TypeError(f"expected a redis.asyncio.Redis or a Redis URL, got {type(redis).__name__}")
+    raise TypeError(
+        "expected a redis.asyncio.Redis, a redis.asyncio.cluster.RedisCluster or a Redis URL, "
+        f"got {type(redis).__name__}"
+    )

@@ -85,10 +85,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ._builder import StrategyBuilder
-from ._redis import UNREACHABLE
+from ._redis import UNREACHABLE, Client
 from .registry import StrategySpec
 from .state import JobUpdate
 from .status import JobStatus
@@ -210,7 +208,7 @@ class JobOptions:
         return f"Redis is unreachable ({exc})"
 
 
-def _strategy_on(redis: Redis, spec: StrategySpec) -> object:
+def _strategy_on(redis: Client, spec: StrategySpec) -> object:
     builder = redis.__dict__.get(_BUILDER)
     if not isinstance(builder, StrategyBuilder):
         # The job side only writes: its strategies need no reader of the queue.
@@ -562,7 +560,7 @@ async def begin_job(
     job_id: str,
     attempt: int,
     *,
-    redis: Redis | None,
+    redis: Client | None,
     spec: StrategySpec,
     options: JobOptions,
     function: str | None = None,

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from . import adapters, config
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
-from ._redis import UNREACHABLE, client_from
+from ._redis import UNREACHABLE, Client, client_from
 from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
 from .keys import DEFAULT_PREFIX
@@ -34,9 +34,11 @@ class Tracker:
     """Tells where jobs are and wakes whoever waits on them, without polling.
 
     Args:
-        redis: a ``redis.asyncio.Redis`` (an arq pool is one), a Redis URL (the
-            Tracker then owns and closes the client), or None for strategies that
-            need no Redis (``"memory"``).
+        redis: a ``redis.asyncio.Redis`` (an arq pool is one), a
+            ``redis.asyncio.cluster.RedisCluster``, a Redis URL
+            (``redis+cluster://host:port`` for a cluster; the Tracker then owns
+            and closes the client), or None for strategies that need no Redis
+            (``"memory"``). On a cluster, the queue's own Redis is ``queue_redis``.
         tracking_strategy: the strategy for jobs whose function has none of its
             own; defaults to :func:`~immortus_async.configure`'s, else the one
             inferred from the queue adapter (``"redis_pub_sub"`` for arq, taskiq
@@ -62,7 +64,7 @@ class Tracker:
 
     def __init__(
         self,
-        redis: Redis | str | None = None,
+        redis: Client | str | None = None,
         *,
         tracking_strategy: StrategySpec | None = None,
         secret: str | bytes | None = None,
@@ -77,11 +79,11 @@ class Tracker:
                 f"got {unreachable_timeout!r}"
             )
         self._unreachable_timeout = unreachable_timeout
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._owns_redis = False
         if redis is not None:
             self._redis, self._owns_redis = client_from(redis)
-        self._queue_redis: Redis | None = None
+        self._queue_redis: Client | None = None
         self._owns_queue_redis = False
         if queue_redis is not None:
             self._queue_redis, self._owns_queue_redis = client_from(queue_redis)
@@ -107,7 +109,7 @@ class Tracker:
         self._closed = False
 
     @property
-    def redis(self) -> Redis | None:
+    def redis(self) -> Client | None:
         """The Redis client this Tracker uses (None for a Redis-less Tracker)."""
         return self._redis
 

@@ -10,13 +10,18 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .._pubsub import PubSubHub, connection_factory
-from .._redis import client_from
+from .._redis import Client, client_from, is_cluster
+from .._sharded import ShardedHub
 
 __all__ = ["Connected", "address"]
 
 
-def address(redis: Redis) -> str:
-    """Where ``redis`` connects, for messages: ``redis://host:port/db``, never a password."""
+def address(redis: Client) -> str:
+    """Where ``redis`` connects, for messages: ``redis://host:port/db``, never a password
+    (``redis+cluster://host:port`` for a cluster, one node it discovers it from)."""
+    if not isinstance(redis, Redis):
+        node = next(iter(redis.nodes_manager.startup_nodes.values()))
+        return f"redis+cluster://{node.host}:{node.port}"
     kwargs = redis.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
@@ -27,19 +32,24 @@ def address(redis: Redis) -> str:
 class _SharedHub:
     """A hub and how many strategies use it."""
 
-    def __init__(self, redis: Redis, unreachable_timeout: float | None) -> None:
-        self.hub = PubSubHub(
-            connection_factory(redis),
-            unreachable_timeout=unreachable_timeout,
-            where=f"Redis at {address(redis)}",
-        )
+    def __init__(self, redis: Client, unreachable_timeout: float | None) -> None:
+        where = f"Redis at {address(redis)}"
+        self.hub: PubSubHub | ShardedHub
+        if is_cluster(redis):
+            assert not isinstance(redis, Redis)
+            self.hub = ShardedHub(redis, unreachable_timeout=unreachable_timeout, where=where)
+        else:
+            assert isinstance(redis, Redis)
+            self.hub = PubSubHub(
+                connection_factory(redis), unreachable_timeout=unreachable_timeout, where=where
+            )
         self.users = 0
 
 
 # Strategies on one client (a Tracker's redis_pub_sub and its arq fallback) share
 # one pub/sub connection, per unreachable timeout (it is the hub's); the last one
 # closed closes it.
-_hubs: weakref.WeakKeyDictionary[Redis, dict[float | None, _SharedHub]] = (
+_hubs: weakref.WeakKeyDictionary[Client, dict[float | None, _SharedHub]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -48,13 +58,17 @@ _hubs: weakref.WeakKeyDictionary[Redis, dict[float | None, _SharedHub]] = (
 # once: redis-py 8's pools hold 100 by default and refuse one more
 # (MaxConnectionsError) rather than wait for it, so a thousand waiters reading their
 # snapshots together would leave none to the application that shares the client.
-_reads: weakref.WeakKeyDictionary[Redis, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_reads: weakref.WeakKeyDictionary[Client, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-def _read_slots(redis: Redis) -> asyncio.Semaphore:
+def _read_slots(redis: Client) -> asyncio.Semaphore:
     slots = _reads.get(redis)
     if slots is None:
-        most = getattr(redis.connection_pool, "max_connections", 2**31)
+        if isinstance(redis, Redis):
+            most = getattr(redis.connection_pool, "max_connections", 2**31)
+        else:
+            # A cluster client's limit is per node (RedisCluster(max_connections=...)).
+            most = redis.get_connection_kwargs().get("max_connections", 2**31)
         slots = _reads[redis] = asyncio.Semaphore(max(1, most // 2))
     return slots
 
@@ -74,7 +88,7 @@ class Connected:
 
     def __init__(
         self,
-        redis: Redis | str,
+        redis: Client | str,
         decode: Callable[[bytes], Any],
         *,
         unreachable_timeout: float | None = 30.0,
@@ -85,6 +99,12 @@ class Connected:
                 f"got {unreachable_timeout!r}"
             )
         self.redis, self._owns_redis = client_from(redis)
+        queue = getattr(self, "queue_adapter", None)
+        if queue is not None and is_cluster(self.redis):
+            raise TypeError(
+                f"{type(self).__name__} reads {queue}'s own records, which live on one Redis "
+                "server, not on a Redis Cluster: give the queue's Redis (Tracker(queue_redis=...))"
+            )
         self._decode = decode
         self.unreachable_timeout = unreachable_timeout
         self._shared: _SharedHub | None = None
@@ -109,7 +129,7 @@ class Connected:
         is restarting a failed task."""
         return self._shared is None or self._shared.hub.healthy
 
-    def _pubsub(self) -> PubSubHub:
+    def _pubsub(self) -> PubSubHub | ShardedHub:
         if self._shared is None:
             hubs = _hubs.setdefault(self.redis, {})
             shared = hubs.get(self.unreachable_timeout)

@@ -10,11 +10,10 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
-
 from .. import config
 from .._buffer import StateBuffer
 from .._follow import follow
+from .._redis import Client, is_cluster
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
 from ..state import JobState, JobUpdate
@@ -25,6 +24,13 @@ from .base import StateReader
 __all__ = ["RedisPubSubStrategy"]
 
 _SCRIPT = resources.files(__package__).joinpath("redis_pub_sub.lua").read_text()
+
+# On a Redis Cluster the same script publishes with SPUBLISH: the job's channel is
+# in its keys' slot (keys.py), so only that shard's subscribers are sent the state.
+# A plain PUBLISH there would cross the cluster bus to every node, for every change.
+_PUBLISH = "redis.call('PUBLISH', ARGV[1], wire)"
+assert _SCRIPT.count(_PUBLISH) == 1, "redis_pub_sub.lua must publish the state once"
+_SHARDED_SCRIPT = _SCRIPT.replace(_PUBLISH, "redis.call('SPUBLISH', ARGV[1], wire)")
 
 # The heartbeat rides on the job's own hash: a field "<attempt>:<stalled_after ms>:
 # <TTL ms>" and the hash's TTL, refreshed together. Time since the last beat is then
@@ -141,6 +147,12 @@ class RedisPubSubStrategy(Connected):
     :class:`~immortus_async.Tracker` builds one instance), with each job's channel
     subscribed once however many wait on it.
 
+    On a Redis Cluster (a ``redis.asyncio.cluster.RedisCluster``, or a
+    ``redis+cluster://`` URL) a job's keys and channel share one slot: each change
+    is published with ``SPUBLISH`` to that shard alone, and waiters share one
+    connection per master (``SSUBSCRIBE``), following the slots as they migrate
+    or fail over.
+
     Heartbeats: a running job's worker calls :meth:`heartbeat` every few seconds
     (``@tracked`` does, every ``heartbeat_interval``). A ``started`` job whose last
     beat is older than the ``stalled_after`` its worker announced reads
@@ -157,7 +169,9 @@ class RedisPubSubStrategy(Connected):
     fallback, growing by half with each read that finds nothing new, up to 2 s.
 
     Args:
-        redis: a ``redis.asyncio.Redis`` (an arq pool is one) or a URL.
+        redis: a ``redis.asyncio.Redis`` (an arq pool is one), a
+            ``redis.asyncio.cluster.RedisCluster``, or a URL
+            (``redis+cluster://host:port`` for a cluster).
         prefix: the prefix of every key and channel.
         ttl: seconds a terminal job's record is kept.
         active_ttl: seconds a job's record is kept after its last change while it
@@ -180,7 +194,7 @@ class RedisPubSubStrategy(Connected):
 
     def __init__(
         self,
-        redis: Redis | str,
+        redis: Client | str,
         *,
         prefix: str = DEFAULT_PREFIX,
         # Retention
@@ -206,8 +220,10 @@ class RedisPubSubStrategy(Connected):
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
-        self._script = self.redis.register_script(_SCRIPT)
-        self._beat = self.redis.register_script(_HEARTBEAT)
+        # redis-py types register_script for Redis alone; RedisCluster has it too.
+        client: Any = self.redis
+        self._script = client.register_script(_SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
+        self._beat = client.register_script(_HEARTBEAT)
         self._fallback = fallback
         self._buffer_size = buffer_size
 

@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from arq.constants import (
     default_queue_name,
@@ -219,7 +219,7 @@ class ArqStrategy(Connected):
     def _poller(self) -> ArqPoller:
         if self._arq_poller is None:
             self._arq_poller = ArqPoller(
-                self.redis,
+                cast(Redis, self.redis),  # one server: Connected refuses a cluster
                 self.queue_name,
                 interval=self.poll_interval,
                 max_interval=_POLL_MAX,

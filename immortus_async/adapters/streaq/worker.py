@@ -257,6 +257,8 @@ def track_worker(
     if strategy is not None:
         resolve_strategy(strategy)
     client, owned = client_from(redis)
+    if not isinstance(client, Redis):  # streaQ's records live on one server
+        raise TypeError("track_worker takes the streaQ worker's own Redis, not a Redis Cluster")
     tracking = _Tracking(worker, client, owned, strategy, options, shutdown_grace)
     tracking.registered = worker.middleware(tracking.middleware)
     worker.lifespan = _Lifespan(worker.lifespan, tracking)

@@ -66,7 +66,7 @@ from taskiq.exceptions import NoResultError
 
 from ... import config
 from ..._describe import describe_error
-from ..._redis import client_from
+from ..._redis import Client, client_from
 from ...jobside import JobContext, JobOptions, Leftovers, _strategy_on, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from ...state import JobUpdate
@@ -170,7 +170,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         self._strategy = strategy
         self._grace = shutdown_grace
         self._given = redis
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._owns_redis = False
         self._looked = False
         self._leftovers = Leftovers()
@@ -182,7 +182,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
 
     # The broker's life
 
-    def _client(self) -> Redis | None:
+    def _client(self) -> Client | None:
         """The tracking client, made on first use; None (said once) when there is none."""
         if not self._looked:
             self._looked = True
@@ -243,7 +243,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         return message
 
     async def _attempt(
-        self, message: TaskiqMessage, redis: Redis | None, spec: StrategySpec
+        self, message: TaskiqMessage, redis: Client | None, spec: StrategySpec
     ) -> int:
         """Which attempt this run is, and the end of the one before where it is missing.
 
