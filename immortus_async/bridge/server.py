@@ -21,9 +21,11 @@ from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import CONNECTING, OPEN
 
+from .._redis import CLUSTER_SCHEMES, Client, client_from
 from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..registry import StrategySpec
+from ..strategies._connected import address
 from ..tracker import Tracker
 from .auth import Gatekeeper
 from .http import HttpRoutes
@@ -275,8 +277,10 @@ class Bridge:
     The protocol, its error codes and close codes are in ``docs/protocol.md``.
 
     Args:
-        redis: a Redis URL (the bridge opens a bounded pool and closes it) or a
-            ``redis.asyncio.Redis`` it uses as is.
+        redis: a Redis URL (the bridge opens a bounded pool and closes it), a
+            ``redis+cluster://host:port`` URL (a Redis Cluster client, closed
+            with the bridge), or a ``redis.asyncio.Redis`` or
+            ``redis.asyncio.cluster.RedisCluster`` it uses as is.
         queue_redis: the queue's own Redis when tracking lives on another
             one: a URL or a ``redis.asyncio.Redis`` (an arq pool), passed to the
             bridge's :class:`~immortus_async.Tracker` (its ``queue_redis``).
@@ -316,7 +320,7 @@ class Bridge:
 
     def __init__(
         self,
-        redis: Redis | str = DEFAULT_REDIS_URL,
+        redis: Client | str = DEFAULT_REDIS_URL,
         host: str = "127.0.0.1",
         port: int = 8765,
         *,
@@ -372,7 +376,8 @@ class Bridge:
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
         self._redis_timeout = redis_timeout
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
+        self._owns_cluster = False
         self._pool: BlockingConnectionPool | None = None
         self._tracker: Tracker | None = None
         self._server: Server | None = None
@@ -413,7 +418,10 @@ class Bridge:
         """
         if self._server is not None:
             return self
-        if isinstance(self._redis_spec, str):
+        if isinstance(self._redis_spec, str) and self._redis_spec.startswith(CLUSTER_SCHEMES):
+            # A cluster client: a pool per node, closed with it.
+            self._redis, self._owns_cluster = client_from(self._redis_spec)
+        elif isinstance(self._redis_spec, str):
             # Bounded, so that a thousand clients subscribing at once queue for a
             # connection instead of opening a thousand.
             self._pool = BlockingConnectionPool.from_url(
@@ -518,6 +526,8 @@ class Bridge:
             assert self._redis is not None
             await self._redis.aclose()
             await self._pool.disconnect()
+        if self._owns_cluster and self._redis is not None:
+            await self._redis.aclose()
 
     async def wait_closed(self) -> None:
         """Return once :meth:`aclose` has been called (from elsewhere)."""
@@ -538,7 +548,7 @@ class Bridge:
         await self.aclose()
 
 
-def _describe(redis: Redis | str) -> str:
+def _describe(redis: Client | str) -> str:
     """Where ``redis`` points, for a message: its URL or address without a password."""
     if isinstance(redis, str):
         parts = urlsplit(redis)
@@ -546,6 +556,8 @@ def _describe(redis: Redis | str) -> str:
             return redis
         netloc = parts.netloc.rpartition("@")[2]
         return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+    if not isinstance(redis, Redis):
+        return address(redis)
     options = redis.connection_pool.connection_kwargs
     if "path" in options:
         return f"unix://{options['path']}"

@@ -45,9 +45,10 @@ QUEUE_REDIS_URL_ENV = "QUEUE_REDIS_URL"
 
 
 def redis_url(text: str) -> str:
-    """An argparse type: ``text`` if redis-py can parse it as a Redis URL."""
+    """An argparse type: ``text`` if redis-py can parse it as a Redis URL
+    (``redis+cluster://host:port``: a Redis Cluster, from one of its nodes)."""
     try:
-        parse_url(text)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        parse_url(text.replace("+cluster://", "://", 1))  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
     return text
@@ -82,8 +83,8 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float
         type=redis_url,
         default=os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL,
         metavar="URL",
-        help=f"the Redis that holds the tracking records (default: ${REDIS_URL_ENV}, "
-        f"else {DEFAULT_REDIS_URL})",
+        help=f"the Redis that holds the tracking records; redis+cluster://HOST:PORT "
+        f"for a Redis Cluster (default: ${REDIS_URL_ENV}, else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
         "--queue-redis",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from redis import Redis as SyncRedis
+from redis.crc import key_slot
 
 from immortus_async import RedisServer
 
@@ -79,10 +80,16 @@ class LocalCluster:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            # A replica takes over however long ago it last heard its master.
+            "--cluster-replica-validity-factor", "0",
+            # Replicas sync at once, not 5 s after they ask (the default delay).
+            "--repl-diskless-sync-delay", "0",
         )  # fmt: skip
         self.nodes = {
             server.port: server
-            for server in (RedisServer(port=cluster_port(), args=args) for _ in range(masters * (1 + replicas)))
+            for server in (
+                RedisServer(port=cluster_port(), args=args) for _ in range(masters * (1 + replicas))
+            )
         }
 
     @property
@@ -102,16 +109,10 @@ class LocalCluster:
         try:
             for server in self.nodes.values():
                 server.start()
-            subprocess.run(
-                [
-                    "redis-cli", "--cluster", "create",
-                    *(f"127.0.0.1:{port}" for port in self.nodes),
-                    "--cluster-replicas", str(self.replicas), "--cluster-yes",
-                ],  # fmt: skip
-                check=True,
-                capture_output=True,
-                timeout=self.timeout,
-            )
+            nodes = [f"127.0.0.1:{port}" for port in self.nodes]
+            create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"]
+            create += ["--cluster-replicas", str(self.replicas)]
+            subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
             self.wait_ok()
         except BaseException:
             self.close()
@@ -135,7 +136,17 @@ class LocalCluster:
                 for port in live
             )
 
+        def synced() -> bool:
+            # A replica that has not synced yet would take over empty.
+            for port in live:
+                with self.client(port) as client:
+                    replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False
+            return True
+
         _wait(ok, self.timeout, "cluster_state:ok on every node")
+        _wait(synced, self.timeout, "every replica in sync with its master")
 
     def live(self) -> list[int]:
         return [port for port, server in self.nodes.items() if server.running]
@@ -179,6 +190,26 @@ class LocalCluster:
                     return int(fields[1].split("@")[0].rsplit(":", 1)[1])
         raise LookupError(f"no replica of {master}")
 
+    def begin_migration(self, slot: int, source: int, target: int) -> None:
+        """Leave ``slot`` half moved, as a reshard does: IMPORTING on ``target``,
+        MIGRATING on ``source``."""
+        with self.client(target) as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        with self.client(source) as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+
+    def finish_migration(self, slot: int, source: int, target: int) -> None:
+        """Move the keys of ``slot`` left on ``source`` and give the slot to ``target``
+        (the target told first, then the source, then every other master)."""
+        with self.client(source) as client:
+            while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        target_id = self.node_id(target)
+        others = [port for port in self.masters() if port not in (source, target)]
+        for port in (target, source, *others):
+            with self.client(port) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``."""
         self.nodes[port].stop(kill=True)
@@ -198,3 +229,11 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def job_in_slot(slot: int, tag: str = "job") -> str:
+    """A job id whose keys and channel hash to ``slot`` (its hash tag is the id)."""
+    i = 0
+    while key_slot(f"{tag}-{i}".encode()) != slot:
+        i += 1
+    return f"{tag}-{i}"
