@@ -181,6 +181,12 @@ class LocalCluster:
                     return int(master[1])
         raise LookupError(slot)
 
+    def first_slot_of(self, master: int) -> int:
+        """The lowest slot ``master`` serves."""
+        with self.client(self.live()[0]) as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        return min(int(start) for start, _, owner, *_ in ranges if int(owner[1]) == master)
+
     def replica_of(self, master: int) -> int:
         master_id = self.node_id(master)
         with self.client(master) as client:
