@@ -109,10 +109,15 @@ class LocalCluster:
         try:
             for server in self.nodes.values():
                 server.start()
-            nodes = [f"127.0.0.1:{port}" for port in self.nodes]
-            create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"]
-            create += ["--cluster-replicas", str(self.replicas)]
-            subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
+            if len(self.nodes) == 1:
+                # redis-cli creates clusters of 3 masters or more: one node, by hand.
+                with self.client(self.ports[0]) as client:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            else:
+                nodes = [f"127.0.0.1:{port}" for port in self.nodes]
+                create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"]
+                create += ["--cluster-replicas", str(self.replicas)]
+                subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
             self.wait_ok()
         except BaseException:
             self.close()
