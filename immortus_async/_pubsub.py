@@ -113,7 +113,39 @@ class _Sent:
     left: int  # replies still expected: one per channel, one for a PING
 
 
-class PubSubHub:
+class _Hub:
+    """What every hub offers on top of its ``subscribe`` and ``unsubscribe``."""
+
+    _closed: bool
+
+    async def subscribe(self, channel: str, sink: Sink, decode: Callable[[bytes], Any]) -> None:
+        raise NotImplementedError
+
+    def unsubscribe(self, channel: str, sink: Sink) -> None:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self, channel: str, sink: Sink, decode: Callable[[bytes], Any]
+    ) -> AsyncIterator[None]:
+        """Subscribe ``sink`` to ``channel`` for the duration of the block.
+
+        Entering returns once Redis has confirmed the channel's SUBSCRIBE, so a
+        state read after that cannot miss a message published after it.
+        """
+        await self.subscribe(channel, sink, decode)
+        try:
+            yield
+        finally:
+            self.unsubscribe(channel, sink)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+
+class PubSubHub(_Hub):
     """Delivers each channel's messages to every sink subscribed to it.
 
     Args:
@@ -177,21 +209,6 @@ class PubSubHub:
 
     # Public API
 
-    @contextlib.asynccontextmanager
-    async def subscription(
-        self, channel: str, sink: Sink, decode: Callable[[bytes], Any]
-    ) -> AsyncIterator[None]:
-        """Subscribe ``sink`` to ``channel`` for the duration of the block.
-
-        Entering returns once Redis has confirmed the channel's SUBSCRIBE, so a
-        state read after that cannot miss a message published after it.
-        """
-        await self.subscribe(channel, sink, decode)
-        try:
-            yield
-        finally:
-            self.unsubscribe(channel, sink)
-
     async def subscribe(self, channel: str, sink: Sink, decode: Callable[[bytes], Any]) -> None:
         """Add ``sink`` to ``channel``; return when Redis has confirmed the channel.
 
@@ -243,11 +260,6 @@ class PubSubHub:
             self._forget(channel)
             self._to_unsubscribe.add(channel)
             self._dirty.set()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` was called."""
-        return self._closed
 
     @property
     def channels(self) -> int:

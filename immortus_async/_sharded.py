@@ -20,9 +20,8 @@ between is in it: subscribe, snapshot, newer seq only, as on one server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -30,7 +29,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
-from ._pubsub import _LOST, PubSubHub, Sink, _short, dedicated
+from ._pubsub import _LOST, PubSubHub, Sink, _Hub, _short, dedicated
 from ._redis import REFUSED
 from .exceptions import ImmortusError, RedisUnavailable, SubscriptionRefused, TrackerClosed
 
@@ -121,7 +120,7 @@ class _Channel:
         self._router._failed(self, error)
 
 
-class ShardedHub:
+class ShardedHub(_Hub):
     """Delivers each shard channel's messages to every sink subscribed to it.
 
     The interface of :class:`~immortus_async._pubsub.PubSubHub` (which waiters
@@ -177,18 +176,6 @@ class ShardedHub:
 
     # Public API, as PubSubHub's
 
-    @contextlib.asynccontextmanager
-    async def subscription(
-        self, channel: str, sink: Sink, decode: Callable[[bytes], Any]
-    ) -> AsyncIterator[None]:
-        """Subscribe ``sink`` to ``channel`` for the duration of the block; entering
-        returns once the master serving its slot has confirmed it."""
-        await self.subscribe(channel, sink, decode)
-        try:
-            yield
-        finally:
-            self.unsubscribe(channel, sink)
-
     async def subscribe(self, channel: str, sink: Sink, decode: Callable[[bytes], Any]) -> None:
         """Add ``sink`` to ``channel``; return when its master has confirmed it.
 
@@ -224,11 +211,6 @@ class ShardedHub:
             self._drop(entry)
             if not entry.ready.done():
                 entry.ready.cancel()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` was called."""
-        return self._closed
 
     @property
     def channels(self) -> int:

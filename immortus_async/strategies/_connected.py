@@ -110,6 +110,13 @@ class Connected:
         self._shared: _SharedHub | None = None
 
     @property
+    def _standalone(self) -> Redis:
+        """The client of a strategy that reads a queue's own records: one server
+        (``__init__`` refuses a cluster to them)."""
+        assert isinstance(self.redis, Redis), "a queue's records are on one server"
+        return self.redis
+
+    @property
     def reading(self) -> asyncio.Semaphore:
         """Held for one round trip of a read: bounds this client's reads in flight.
 

@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from arq.constants import (
     default_queue_name,
@@ -131,7 +131,7 @@ class ArqStrategy(Connected):
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
         # A keyspace event carries only the command's name: any one means "re-read".
         super().__init__(redis, decode=bytes, unreachable_timeout=unreachable_timeout)
-        if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if self._standalone.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("ArqStrategy needs a Redis client with decode_responses=False, as arq")
         pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
         self.queue_name = queue_name or pool_queue
@@ -219,7 +219,7 @@ class ArqStrategy(Connected):
     def _poller(self) -> ArqPoller:
         if self._arq_poller is None:
             self._arq_poller = ArqPoller(
-                cast(Redis, self.redis),  # one server: Connected refuses a cluster
+                self._standalone,
                 self.queue_name,
                 interval=self.poll_interval,
                 max_interval=_POLL_MAX,
@@ -294,7 +294,7 @@ class ArqStrategy(Connected):
             return
         hub = self._pubsub()
         nudge = _Nudge(buffer)
-        db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        db = self._standalone.connection_pool.connection_kwargs.get("db", 0)
         async with contextlib.AsyncExitStack() as stack:
             for prefix in _PREFIXES:
                 channel = f"__keyspace@{db}__:{prefix}{job_id}"

@@ -175,7 +175,7 @@ class StreaqStrategy(Connected):
                 "give one of them"
             )
         super().__init__(redis, decode=bytes, unreachable_timeout=unreachable_timeout)
-        if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if self._standalone.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError(
                 "StreaqStrategy needs a Redis client with decode_responses=False: "
                 "streaQ's records are pickles"

@@ -166,7 +166,7 @@ class TaskiqStrategy(Connected):
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
         super().__init__(redis, decode=bytes, unreachable_timeout=unreachable_timeout)
-        if self.redis.connection_pool.connection_kwargs.get("decode_responses"):
+        if self._standalone.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError(
                 "TaskiqStrategy needs a Redis client with decode_responses=False: "
                 "taskiq's records are bytes"
