@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError, NoScriptError
+
 from .. import config
 from .._buffer import StateBuffer
 from .._follow import follow
@@ -93,6 +96,17 @@ class _Recheck:
         if self.poll is not None and not beating:
             waits.append(min(self.poll * 1.5**self.reads, max(self.poll, _POLL_MAX)))
         return min(waits, default=None)
+
+
+async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    """Run ``script`` by its SHA; whole where the node does not know it."""
+    try:
+        return await script(keys=keys, args=args)
+    except NoScriptError:
+        # A replica promoted since never saw the SCRIPT LOAD (it is not replicated),
+        # and redis-py's own reload may go where the slot no longer is.
+        client: Any = script.registered_client
+        return await client.eval(script.script, len(keys), *keys, *args)
 
 
 def _now() -> float:
@@ -242,9 +256,10 @@ class RedisPubSubStrategy(Connected):
         if update.meta:
             body["meta"] = {key: json.dumps(value) for key, value in update.meta.items()}
         job_id = update.job_id
-        wire = await self._script(
-            keys=[self.keys.record(job_id), self.keys.tombstone(job_id)],
-            args=[
+        wire = await _run(
+            self._script,
+            [self.keys.record(job_id), self.keys.tombstone(job_id)],
+            [
                 self.keys.channel(job_id),
                 job_id,
                 json.dumps(body),
@@ -283,8 +298,8 @@ class RedisPubSubStrategy(Connected):
         the job is not ``started`` at that attempt (it ended, or was never started).
         """
         beat = self._beat_field(attempt, stalled_after)
-        written = await self._beat(
-            keys=[self.keys.record(job_id)], args=[attempt, beat, self._active_ttl_ms]
+        written = await _run(
+            self._beat, [self.keys.record(job_id)], [attempt, beat, self._active_ttl_ms]
         )
         return bool(written)
 
@@ -308,7 +323,7 @@ class RedisPubSubStrategy(Connected):
             pipe.hmget(record, ["state", "meta", "hb"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
-            (stored_state, stored_meta, beat), ttl_left, tombstone = await pipe.execute()
+            (stored_state, stored_meta, beat), ttl_left, tombstone = await self._execute(pipe)
         if stored_state is not None:
             state = JobState.from_dict(_decode_state(stored_state, stored_meta))
             state, _ = _heartbeat(state, beat, ttl_left)
@@ -320,6 +335,17 @@ class RedisPubSubStrategy(Connected):
             state = await self._catch_up(state, self._fallback)
         return state
 
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            replies: list[Any] = await pipe.execute()
+        except AttributeError as exc:
+            if not is_cluster(self.redis):
+                raise
+            # redis-py's cluster client may close a node's connections (on a
+            # topology change) while this pipeline opens one: a lost connection.
+            raise ConnectionError(f"the cluster client lost its connection: {exc}") from exc
+        return replies
+
     async def _stale_in(self, state: JobState) -> float | None:
         """Seconds until a started job's heartbeat goes stale (None: it has none)."""
         if state.status is not JobStatus.STARTED:
@@ -328,7 +354,7 @@ class RedisPubSubStrategy(Connected):
         async with self.reading, self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(record, "hb")
             pipe.pttl(record)
-            beat, ttl_left = await pipe.execute()
+            beat, ttl_left = await self._execute(pipe)
         return _heartbeat(state, beat, ttl_left)[1]
 
     async def _catch_up(self, state: JobState, fallback: StateReader) -> JobState:

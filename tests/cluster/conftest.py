@@ -23,6 +23,8 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 async def cluster_client(cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
     """A ``RedisCluster`` client of the test's cluster."""
-    client = RedisCluster.from_url(cluster.url)
+    # Bounded reads: a frozen node (SIGSTOP) would hold a rediscovery of the slots
+    # for ever, and every command behind it.
+    client = RedisCluster.from_url(cluster.url, socket_timeout=2, socket_connect_timeout=2)
     yield client
     await client.aclose()

@@ -157,11 +157,15 @@ class LocalCluster:
         return [port for port, server in self.nodes.items() if server.running]
 
     def masters(self) -> list[int]:
-        """Ports of the live masters, as the first live node sees them."""
-        return [port for port, role in self.roles().items() if role == "master"]
-
-    def roles(self) -> dict[int, str]:
+        """Ports of the masters serving slots, as the first live node sees them (its
+        CLUSTER NODES may still call a new replica master for a moment)."""
         with self.client(self.live()[0]) as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        return sorted({int(owner[1]) for _, _, owner, *_ in ranges})
+
+    def roles(self, ask: int | None = None) -> dict[int, str]:
+        """Each answering node's role, as ``ask`` (default: the first live node) sees it."""
+        with self.client(self.live()[0] if ask is None else ask) as client:
             raw = client.execute_command("CLUSTER", "NODES")
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         roles = {}
@@ -193,13 +197,13 @@ class LocalCluster:
         return min(int(start) for start, _, owner, *_ in ranges if int(owner[1]) == master)
 
     def replica_of(self, master: int) -> int:
-        master_id = self.node_id(master)
+        """The port of a replica in sync with ``master`` (as the master says)."""
         with self.client(master) as client:
-            for line in client.execute_command("CLUSTER", "NODES").decode().splitlines():
-                fields = line.split()
-                if fields[3] == master_id:
-                    return int(fields[1].split("@")[0].rsplit(":", 1)[1])
-        raise LookupError(f"no replica of {master}")
+            replication = client.info("replication")
+        replica = replication.get("slave0")
+        if not isinstance(replica, dict) or replica.get("state") != "online":
+            raise LookupError(f"no replica of {master} in sync: {replication}")
+        return int(replica["port"])
 
     def begin_migration(self, slot: int, source: int, target: int) -> None:
         """Leave ``slot`` half moved, as a reshard does: IMPORTING on ``target``,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -140,6 +142,30 @@ async def test_a_master_killed_under_load_loses_nothing(
     await asyncio.to_thread(cluster.wait_ok)
     await load.rounds_past(3)
     await load.finish()
+
+
+async def test_a_frozen_master_is_left_when_its_ping_goes_unanswered(
+    cluster: LocalCluster, cluster_client: RedisCluster, tracker: Tracker
+) -> None:
+    """SIGSTOP of a master: its connections stay open and silent; the hub's unanswered
+    PING gives it up, and its channels move to the promoted replica."""
+    load = await Load(tracker, cluster_client, 60, tag="frozen").start()
+    master = cluster.masters()[0]
+    replica = cluster.replica_of(master)
+    await load.rounds_past(3)
+    frozen = cluster.nodes[master].pid
+    assert frozen is not None
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        await wait_until(
+            lambda: cluster.roles(ask=replica).get(replica) == "master",
+            timeout=30,
+            message="the replica's promotion",
+        )
+        await load.rounds_past(3)
+        await load.finish()
+    finally:
+        os.kill(frozen, signal.SIGCONT)
 
 
 async def test_a_write_into_a_slot_left_migrating_is_delivered(
