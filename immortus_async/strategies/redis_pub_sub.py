@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
@@ -98,15 +98,30 @@ class _Recheck:
         return min(waits, default=None)
 
 
+@contextlib.contextmanager
+def _raced(cluster: bool) -> Iterator[None]:
+    """redis-py's cluster client may close a node's connections (on a topology
+    change) while another command opens one, which then fails on a socket gone
+    (AttributeError): that is a lost connection, retried as one."""
+    try:
+        yield
+    except AttributeError as exc:
+        if not cluster:
+            raise
+        raise ConnectionError(f"the cluster client lost its connection: {exc}") from exc
+
+
 async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
     """Run ``script`` by its SHA; whole where the node does not know it."""
     try:
-        return await script(keys=keys, args=args)
+        with _raced(is_cluster(script.registered_client)):
+            return await script(keys=keys, args=args)
     except NoScriptError:
         # A replica promoted since never saw the SCRIPT LOAD (it is not replicated),
         # and redis-py's own reload may go where the slot no longer is.
         client: Any = script.registered_client
-        return await client.eval(script.script, len(keys), *keys, *args)
+        with _raced(is_cluster(client)):
+            return await client.eval(script.script, len(keys), *keys, *args)
 
 
 def _now() -> float:
@@ -336,14 +351,8 @@ class RedisPubSubStrategy(Connected):
         return state
 
     async def _execute(self, pipe: Any) -> list[Any]:
-        try:
+        with _raced(is_cluster(self.redis)):
             replies: list[Any] = await pipe.execute()
-        except AttributeError as exc:
-            if not is_cluster(self.redis):
-                raise
-            # redis-py's cluster client may close a node's connections (on a
-            # topology change) while this pipeline opens one: a lost connection.
-            raise ConnectionError(f"the cluster client lost its connection: {exc}") from exc
         return replies
 
     async def _stale_in(self, state: JobState) -> float | None:
