@@ -87,6 +87,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from . import metrics, tracing
 from ._builder import StrategyBuilder
 from ._redis import UNREACHABLE
 from .registry import StrategySpec
@@ -298,6 +299,7 @@ class JobContext:
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._ended = False
+        self._span: Any = None  # the attempt's OpenTelemetry span (see tracing)
 
     async def update(self, progress: float | None = None, **meta: Any) -> None:
         """Report how far the job is and merge ``meta`` into its state; waiters get it at once.
@@ -378,6 +380,8 @@ class JobContext:
         The heartbeat is cancelled and awaited, so no beat of this attempt comes later.
         """
         self._ended = True
+        span, self._span = self._span, None
+        tracing.finish(span)
         beat, self._heartbeat = self._heartbeat, None
         if beat is not None:
             beat.cancel()
@@ -418,6 +422,8 @@ class JobContext:
             await self._beat_once(beat)
 
     async def _end(self, status: JobStatus, error: str | None = None) -> None:
+        span, self._span = self._span, None
+        tracing.finish(span, status.value, error)
         await self.stop()
         await self._send(
             JobUpdate(job_id=self.job_id, status=status, attempt=self.attempt, error=error)
@@ -508,6 +514,7 @@ class JobContext:
             while self._backlog is not None:
                 await asyncio.sleep(delay)
                 update, self._backlog = self._backlog, None
+                metrics.write_retried()
                 try:
                     async with asyncio.timeout(self._options.write_timeout):
                         await self._deliver(update)
@@ -523,6 +530,7 @@ class JobContext:
                             self._options.why(exc),
                         )
                         self._backlog = None
+                        metrics.write_given_up()
                         return
                     delay = min(delay * 2, longest)
             logger.info("tracking job %s: Redis is back, its state is written", self.job_id)
@@ -597,5 +605,7 @@ async def begin_job(
     except Exception:
         logger.exception("cannot build tracking strategy %r; job %s runs untracked", spec, job_id)
         return context
+    context._span = tracing.processing(job_id, attempt, queue=queue, function=function)
     await context._start()
+    await tracing.link(context._span, context._strategy, job_id, timeout=options.write_timeout)
     return context

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from . import adapters, config
+from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
 from ._redis import UNREACHABLE, client_from
@@ -188,16 +188,20 @@ class Tracker:
             TimeoutError: ``timeout`` seconds passed first.
             ImmortusError: any other documented failure of :meth:`watch`.
         """
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(timeout), tracing.waiting(job_id) as span:
             states = self.watch(job_id, function=function)
             try:
                 first = True
                 async for state in states:
                     if first and state.status is JobStatus.UNKNOWN:
                         raise JobNotFound(job_id)
-                    first = False
+                    if first:
+                        await tracing.link(span, self.strategy(function), job_id, timeout=1.0)
                     if state.completed:
+                        if not first:  # it waited: the push woke it
+                            metrics.woke(state.finished_at)
                         return state
+                    first = False
             finally:
                 close = getattr(states, "aclose", None)
                 if close is not None:
@@ -225,7 +229,8 @@ class Tracker:
             TypeError: no queue adapter takes ``target``.
         """
         adapter = adapters.for_target(target)
-        return await adapter.enqueue(target, function, args, kwargs, self._queued)
+        with tracing.publishing(adapter.name, function):
+            return await adapter.enqueue(target, function, args, kwargs, self._queued)
 
     async def _queued(self, job_id: str, function: str | None) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
@@ -236,6 +241,7 @@ class Tracker:
                     job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
                 )
                 await strategy.apply(update)
+                await tracing.carry(strategy, job_id)
             elif callable(getattr(strategy, "job_enqueued", None)):
                 await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
         except UNREACHABLE as exc:
