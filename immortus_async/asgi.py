@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from . import metrics
 from .bridge.auth import Authorize, Gatekeeper
 from .bridge.http import Answer, EventStream, HttpRoutes
 from .bridge.logs import RedactingLogger
@@ -374,6 +375,8 @@ class _Transport:
         """Close with ``code``, once; give up after the close timeout."""
         if self._closed:
             return
+        if code is CloseCode.SLOW_CLIENT:
+            metrics.slow_client_closed()
         last = self._last(code, reason)
         try:
             await self._push(last, self._close_timeout)

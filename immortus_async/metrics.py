@@ -23,9 +23,9 @@ metric                                            what it counts
 ``immortus_connections_total{transport}``         websocket connections and event streams
                                                   opened (``transport``: ``websocket``,
                                                   ``events``)
-``immortus_connections{transport}``               open now
+``immortus_connections_open{transport}``          open now
 ``immortus_subscriptions_total``                  subscriptions to a job made by clients
-``immortus_subscriptions``                        followed now
+``immortus_subscriptions_open``                   followed now
 ``immortus_frames_sent_total``                    frames (states, errors) sent to clients
 ``immortus_states_coalesced_total``               states a slow client skipped: a newer one
                                                   replaced them before they were sent
@@ -87,13 +87,13 @@ class _Metrics:
             "connections", "Connections opened by clients.", ["transport"], ns, registry=registry
         )
         self.connections = Gauge(
-            "connections", "Connections open now.", ["transport"], ns, registry=registry
+            "connections_open", "Connections open now.", ["transport"], ns, registry=registry
         )
         self.subscriptions_total = Counter(
             "subscriptions", "Subscriptions to a job made by clients.", (), ns, registry=registry
         )
         self.subscriptions = Gauge(
-            "subscriptions", "Jobs followed by clients now.", (), ns, registry=registry
+            "subscriptions_open", "Jobs followed by clients now.", (), ns, registry=registry
         )
         self.frames_sent = Counter(
             "frames_sent", "Frames sent to clients.", (), ns, registry=registry

@@ -211,8 +211,8 @@ class _Connection(ServerConnection):
             self._send_timeout,
             self.remote_address,
         )
-        metrics.slow_client_closed()
         if self.protocol.state is OPEN:
+            metrics.slow_client_closed()  # once: the session's own timeout may have closed it
             # The close frame goes in the buffer behind everything else: a client
             # that starts reading now still learns why.
             self.protocol.fail(CloseCode.SLOW_CLIENT, "the client does not read")
@@ -256,6 +256,8 @@ class _Transport:
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with ``code``; abort the TCP connection if the client does not read."""
+        if code is CloseCode.SLOW_CLIENT and self._ws.protocol.state is OPEN:
+            metrics.slow_client_closed()  # not when the connection's own timer closed it
         try:
             async with asyncio.timeout(self._close_timeout):
                 await self._ws.close(code, reason)

@@ -316,7 +316,6 @@ class Session:
                 self._send_timeout,
                 self._transport.peer,
             )
-            metrics.slow_client_closed()
             await self.close(CloseCode.SLOW_CLIENT, "the client does not read")
         except Exception:
             # Without its sender the client would wait forever: end the connection.
