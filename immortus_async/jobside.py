@@ -299,7 +299,9 @@ class JobContext:
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._ended = False
-        self._span: Any = None  # the attempt's OpenTelemetry span (see tracing)
+        # The attempt's OpenTelemetry span, ended by the end of the attempt or by
+        # settle(), not by stop(): an adapter may stop the attempt before its end.
+        self._span: Any = None
 
     async def update(self, progress: float | None = None, **meta: Any) -> None:
         """Report how far the job is and merge ``meta`` into its state; waiters get it at once.
@@ -362,6 +364,8 @@ class JobContext:
         ``failed`` with ``missing`` (default: the queue kept no record of it).
         Stops the heartbeat at once. Without a reader, only that.
         """
+        span, self._span = self._span, None
+        tracing.finish(span)  # the outcome comes later, from the queue
         if self._reader is not None and self._strategy is not None:
             error = missing or f"{self._queue} kept no record of the job, so its outcome is unknown"
             self._leftovers.spawn(
@@ -380,8 +384,6 @@ class JobContext:
         The heartbeat is cancelled and awaited, so no beat of this attempt comes later.
         """
         self._ended = True
-        span, self._span = self._span, None
-        tracing.finish(span)
         beat, self._heartbeat = self._heartbeat, None
         if beat is not None:
             beat.cancel()
