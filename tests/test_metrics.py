@@ -28,11 +28,13 @@ from immortus_async import (
 )
 from immortus_async.bridge import Bridge, serve
 
+from .bridge.conftest import start_bridge_process
 from .bridge.helpers import (
     MOUNT_PATH,
     SECRET,
     MountServer,
     advance,
+    http_get,
     open_client,
     receive,
     subscribe,
@@ -280,3 +282,18 @@ def test_enable_without_prometheus_client_says_how_to_install(
     with pytest.raises(ImportError, match=r"pip install 'immortus-async\[metrics\]'"):
         metrics.enable()
     assert metrics.enabled_registry() is None
+
+
+async def test_the_bridge_command_serves_metrics_with_the_token_from_the_environment(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``IMMORTUS_METRICS_TOKEN=... immortus-async bridge`` serves /metrics behind it."""
+    monkeypatch.setenv("IMMORTUS_METRICS_TOKEN", TOKEN)
+    running = await start_bridge_process(redis_server.url)
+    try:
+        status, _, body = await http_get(running, "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+        refused, _, _ = await http_get(running, "/metrics")
+    finally:
+        assert await running.stop() == 0
+    assert (status, refused) == (200, 401)
+    assert b"immortus_frames_sent_total 0.0" in body
