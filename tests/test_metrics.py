@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,6 +36,7 @@ from .bridge.helpers import (
     advance,
     http_get,
     open_client,
+    protocol_server,
     receive,
     subscribe,
 )
@@ -61,23 +62,11 @@ def strategy(redis: Redis) -> RedisPubSubStrategy:
     return RedisPubSubStrategy(redis)
 
 
-@contextlib.asynccontextmanager
-async def _server(kind: str, redis_server: RedisServer, **options: Any) -> AsyncIterator[Any]:
+def _server(
+    kind: str, redis_server: RedisServer, **options: Any
+) -> contextlib.AbstractAsyncContextManager[Bridge | MountServer]:
     """The bridge, or uvicorn serving the mount, with /metrics behind ``TOKEN``."""
-    if kind == "mount":
-        async with Tracker(redis_server.url) as tracker:
-            server = await MountServer(
-                tracker, secret=SECRET, metrics_token=TOKEN, **options
-            ).start()
-            try:
-                yield server
-            finally:
-                await server.stop()
-        return
-    async with serve(
-        redis_server.url, "127.0.0.1", 0, secret=SECRET, metrics_token=TOKEN, **options
-    ) as bridge:
-        yield bridge
+    return protocol_server(kind, redis_server.url, metrics_token=TOKEN, **options)
 
 
 async def _subscribed(redis: Redis, job_id: str) -> bool:
@@ -161,9 +150,9 @@ async def test_a_slow_client_closed_for_real_is_counted(
 ) -> None:
     """A client that reads nothing is closed (4008) once, and what it skipped is counted."""
     timeouts = {"send_timeout": 0.5 * SCALE, "close_timeout": 0.5 * SCALE}
-    if kind == "bridge":
-        timeouts["write_limit"] = 1024
-    async with _server(kind, redis_server, **timeouts) as server:
+    async with protocol_server(
+        kind, redis_server.url, metrics_token=TOKEN, bridge_only={"write_limit": 1024}, **timeouts
+    ) as server:
         slow = await _stalled_client(server)
         await _flood_until_closed(server, slow, strategy)
         slow.transport.abort()
