@@ -69,6 +69,10 @@ try:
 except ImportError:  # the [otel] extra is not installed: no spans at all
     _trace = None  # type: ignore[assignment]
 
+# How long a waiter's read of the traceparent may take: as the job side's default
+# write deadline; a link is not worth holding a wait longer.
+_READ_TIMEOUT = 1.0
+
 # Written only into a record that exists: a record made by this alone would have no TTL.
 _CARRY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -137,7 +141,9 @@ async def carry(strategy: object, job_id: str) -> None:
         logger.debug("the trace context of job %s was not stored: %r", job_id, exc)
 
 
-async def link(span: Span | None, strategy: object, job_id: str, *, timeout: float) -> None:
+async def link(
+    span: Span | None, strategy: object, job_id: str, *, timeout: float = _READ_TIMEOUT
+) -> None:
     """Link a recording ``span`` to the job's ``publish`` span, read within ``timeout``.
 
     Never raises, and reads nothing for a span that does not record.

@@ -196,7 +196,7 @@ class Tracker:
                     if first and state.status is JobStatus.UNKNOWN:
                         raise JobNotFound(job_id)
                     if first:
-                        await tracing.link(span, self.strategy(function), job_id, timeout=1.0)
+                        await tracing.link(span, self.strategy(function), job_id)
                     if state.completed:
                         if not first:  # it waited: the push woke it
                             metrics.woke(state.finished_at)

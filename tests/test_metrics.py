@@ -286,3 +286,28 @@ async def test_the_bridge_command_serves_metrics_with_the_token_from_the_environ
         assert await running.stop() == 0
     assert (status, refused) == (200, 401)
     assert b"immortus_frames_sent_total 0.0" in body
+
+
+async def test_the_fallback_mode_in_use_is_shown(
+    registry: CollectorRegistry, redis: Redis, strategy: RedisPubSubStrategy
+) -> None:
+    """Watching a job follows arq's records by polling, until the server sends keyspace
+    events: the gauge says which mode is in use."""
+    pytest.importorskip("arq", reason="arq's records are the fallback watched here")
+    await advance(strategy, "job", S.STARTED)
+
+    async def watch_once() -> dict[str, float | None]:
+        async with Tracker(redis, tracking_strategy="redis_pub_sub") as tracker:
+            states = tracker.watch("job")
+            await anext(states)
+            await states.aclose()  # type: ignore[attr-defined]
+        return {
+            mode: registry.get_sample_value(
+                "immortus_fallback_mode", {"queue": "arq", "mode": mode}
+            )
+            for mode in ("keyspace", "poll")
+        }
+
+    assert await watch_once() == {"keyspace": 0, "poll": 1}
+    await redis.config_set("notify-keyspace-events", "KA")
+    assert await watch_once() == {"keyspace": 1, "poll": 0}
