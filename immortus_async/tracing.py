@@ -133,10 +133,8 @@ async def carry(strategy: object, job_id: str) -> None:
         place = _record(strategy, job_id)
         if place is not None and TRACEPARENT_FIELD in carrier:
             redis, key = place
-            await cast(
-                Awaitable[Any],
-                redis.eval(_CARRY, 1, key, TRACEPARENT_FIELD, carrier[TRACEPARENT_FIELD]),
-            )
+            carry_it = redis.register_script(_CARRY)
+            await carry_it(keys=[key], args=[TRACEPARENT_FIELD, carrier[TRACEPARENT_FIELD]])
     except Exception as exc:
         logger.debug("the trace context of job %s was not stored: %r", job_id, exc)
 
