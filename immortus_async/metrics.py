@@ -175,7 +175,9 @@ def enable(registry: CollectorRegistry | None = None) -> CollectorRegistry:
     """Count from now on, on ``registry`` (default ``prometheus_client.REGISTRY``).
 
     Idempotent for one registry; given another, the metrics move to it (they
-    count from zero there). Returns the registry counted on.
+    count from zero there). Returns the registry counted on. Call it before the
+    servers start: the gauges of what is open count what opens and closes from
+    then on.
 
     Raises:
         ImportError: ``prometheus-client`` is not installed; the message says
