@@ -29,7 +29,6 @@ from .readme import BLOCKS, FILES, README, ROOT, SNIPPETS, write_files
 from .utils import SCALE, Spawned, free_port
 
 
-
 def commands(code: str) -> list[str]:
     """The commands of a shell block: comments dropped, continued lines joined."""
     joined = code.replace("\\\n", " ")
