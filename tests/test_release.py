@@ -21,7 +21,8 @@ from pathlib import Path
 import immortus_async
 from immortus_async import RedisServer
 
-from .test_readme import FILES, fresh_copy
+from .readme import write_files
+from .test_readme import fresh_copy
 from .utils import SCALE, Spawned
 
 # What the package serves or reads from its own files, besides its modules.
@@ -88,14 +89,12 @@ async def test_the_installed_wheel_runs_the_quick_start(
         python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
         f"{wheel}[arq]", cwd=tmp_path, timeout=300,
     )  # fmt: skip
-    user = tmp_path / "user"  # where the user's own files are: no checkout there
-    user.mkdir()
+    # Where the user's own files are, the README's arq quick start: no checkout there.
+    user = write_files(tmp_path / "user", "arq", redis_server.url)
     assert _run(venv / "bin" / "immortus-async", "--version", cwd=user).strip().endswith(version)
     where = _run(python, "-c", "import immortus_async; print(immortus_async.__file__)", cwd=user)
     assert Path(where.strip()).is_relative_to(venv), where
 
-    for name in ("tasks.py", "app.py"):
-        (user / name).write_text(FILES[name].replace("redis://localhost:6379", redis_server.url))
     env = _env()
     worker_command = [str(venv / "bin" / "arq"), "tasks.WorkerSettings"]
     async with await Spawned.start(*worker_command, cwd=user, env=env) as worker:
