@@ -223,7 +223,8 @@ async def test_wake_latency_is_observed_for_a_waiter_that_waited(
     await waiter
     await tracker.completed("job", timeout=10 * SCALE)  # already over: no wake
     assert registry.get_sample_value("immortus_wake_latency_seconds_count") == 1
-    assert registry.get_sample_value("immortus_wake_latency_seconds_sum") >= 0  # type: ignore[operator]
+    bucket = {"le": "+Inf"}
+    assert registry.get_sample_value("immortus_wake_latency_seconds_bucket", bucket) == 1
 
 
 async def test_job_side_retries_and_give_ups_are_counted(registry: CollectorRegistry) -> None:
