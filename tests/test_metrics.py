@@ -75,6 +75,16 @@ async def _subscribed(redis: Redis, job_id: str) -> bool:
     return bool(count)
 
 
+async def _snapshot_reads(redis: Redis) -> int:
+    """How many HMGETs (a strategy's snapshot reads) Redis has run."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+
+async def _more_reads(redis: Redis, before: int) -> bool:
+    return await _snapshot_reads(redis) > before
+
+
 def _metrics_url(server: Bridge | MountServer) -> str:
     root = MOUNT_PATH if isinstance(server, MountServer) else ""
     return f"http://127.0.0.1:{server.port}{root}/metrics"
@@ -217,8 +227,11 @@ async def test_wake_latency_is_observed_for_a_waiter_that_waited(
 ) -> None:
     """A waiter woken by the end observes one latency; one that found the end does not."""
     await advance(strategy, "job", S.STARTED)
+    reads = await _snapshot_reads(redis)
     waiter = asyncio.create_task(tracker.completed("job", timeout=20 * SCALE))
-    await wait_until(lambda: _subscribed(redis, "job"), message="the subscription")
+    # Redis has answered the waiter's snapshot (subscribed first, read after): the
+    # end written now is news to it, not what it finds.
+    await wait_until(lambda: _more_reads(redis, reads), message="the waiter's snapshot")
     await advance(strategy, "job", S.FINISHED)
     await waiter
     await tracker.completed("job", timeout=10 * SCALE)  # already over: no wake
