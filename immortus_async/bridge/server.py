@@ -292,7 +292,10 @@ class Bridge:
             /jobs/<job_id>/abort``), authorised by the job's token; they call
             :meth:`Tracker.abort <immortus_async.Tracker.abort>` on the bridge's
             tracker, which aborts through the configured queue adapter on
-            ``queue_redis`` (arq). Off by default: refused with ``abort_disabled``.
+            ``queue_redis`` (arq), else through ``queue``. Off by default: refused
+            with ``abort_disabled``.
+        queue: what the bridge's tracker aborts through (its ``queue``: a
+            taskiq broker, a streaQ worker); default the queue Redis, all arq needs.
         allowed_origins: browser origins allowed besides the bridge's own
             (``"*"``: any); other origins get HTTP 403. Requests without an
             ``Origin`` header (not browsers) are allowed.
@@ -333,6 +336,7 @@ class Bridge:
         insecure_no_auth: bool = False,
         allowed_origins: Sequence[str] = (),
         allow_abort: bool = False,
+        queue: object | None = None,
         # Limits
         max_frame_size: int = 4096,
         max_subscriptions: int = 100,
@@ -369,6 +373,7 @@ class Bridge:
         )
         self._redis_spec = redis
         self._queue_redis = queue_redis
+        self._queue = queue
         self._host, self._port = host, port
         self._prefix = prefix
         self._tracking_strategy = tracking_strategy
@@ -440,6 +445,7 @@ class Bridge:
                 tracking_strategy=self._tracking_strategy,
                 prefix=self._prefix,
                 queue_redis=self._queue_redis,
+                queue=self._queue,
             )
             routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
             self._server = await websockets_serve(
