@@ -13,8 +13,11 @@ from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream,
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
+    ABORT_SUFFIX,
     JOBS_PATH,
     MAX_JOB_ID_LENGTH,
+    Abort,
+    AbortReply,
     CloseCode,
     ErrorCode,
     Rejection,
@@ -27,9 +30,10 @@ from .protocol import (
     state_frame,
 )
 from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, check_options, serve
-from .session import Disconnected, Session, Transport
+from .session import Disconnected, Session, Transport, abort_job
 
 __all__ = [
+    "ABORT_SUFFIX",
     "DEFAULT_REDIS_URL",
     "EVENTS_SUFFIX",
     "JOBS_PATH",
@@ -37,6 +41,8 @@ __all__ = [
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Abort",
+    "AbortReply",
     "Answer",
     "Authorize",
     "Bridge",
@@ -55,6 +61,7 @@ __all__ = [
     "Subscribe",
     "Transport",
     "Unsubscribe",
+    "abort_job",
     "check_job_id",
     "check_options",
     "error_frame",
