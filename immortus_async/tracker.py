@@ -57,9 +57,9 @@ class Tracker:
             mid-wait, before it raises :class:`~immortus_async.RedisUnavailable`;
             None: only the caller's timeout ends the wait.
         queue: what :meth:`abort` aborts through, as :meth:`enqueue` takes it: an
-            arq pool, a taskiq broker, a streaQ worker. Default: the queue adapter
-            of :func:`~immortus_async.configure` on ``queue_redis`` (else
-            ``redis``), which is all arq needs.
+            arq pool (its queue name is used), a taskiq broker, a streaQ worker.
+            Default: the queue adapter of :func:`~immortus_async.configure` on
+            ``queue_redis`` (else ``redis``), which is all arq needs.
 
     A Tracker holds at most one Redis pub/sub connection (per Redis) for all of
     its waiters. Use it as ``async with Tracker(...) as tracker:`` or call
