@@ -8,6 +8,7 @@ environment lacks is skipped as not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -26,6 +27,7 @@ from immortus_async import (
 from immortus_async.adapters import installed
 from immortus_async.bridge import serve
 
+from ..bridge.helpers import MountServer
 from ..conftest import NOT_INSTALLED
 from ..utils import SCALE
 from .drivers import (
@@ -219,25 +221,43 @@ async def test_waiting_through_the_bridge(
     assert frames[-1]["status"] == "finished"
 
 
+@pytest.mark.parametrize("server", ["bridge", "mount"])
 async def test_a_reported_result_is_in_the_terminal_state_and_frame(
-    driver: Driver, tracker: Tracker, redis_server: RedisServer
+    driver: Driver, tracker: Tracker, redis_server: RedisServer, server: str
 ) -> None:
     """A job side that reports results puts the return value in the finished state:
-    completed() has it, and so has the bridge's terminal frame."""
+    completed() has it, and so has the terminal frame of the bridge and of the mount."""
     job_id = await driver.enqueue(tracker, RESULT)
-    async with serve(redis_server.url, "127.0.0.1", 0, secret=SECRET) as bridge:
-        async with connect(bridge.url) as client:
-            token = mint_token(job_id, SECRET, ttl=60)
-            await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
-            assert json.loads(await client.recv())["status"] == "queued"
-            await driver.start_worker()
-            state = await tracker.completed(job_id, timeout=30 * SCALE)
-            async with asyncio.timeout(30 * SCALE):
+    async with (
+        protocol_server(server, redis_server.url) as url,
+        connect(url) as client,
+    ):
+        token = mint_token(job_id, SECRET, ttl=60)
+        await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+        assert json.loads(await client.recv())["status"] == "queued"
+        await driver.start_worker()
+        state = await tracker.completed(job_id, timeout=30 * SCALE)
+        async with asyncio.timeout(30 * SCALE):
+            frame = json.loads(await client.recv())
+            while not frame.get("completed"):
                 frame = json.loads(await client.recv())
-                while not frame.get("completed"):
-                    frame = json.loads(await client.recv())
     assert (state.status, state.result) == (S.FINISHED, RESULT_VALUE)
     assert (frame["status"], frame["result"]) == ("finished", RESULT_VALUE)
+
+
+@contextlib.asynccontextmanager
+async def protocol_server(kind: str, redis_url: str) -> AsyncIterator[str]:
+    """The bridge, or uvicorn serving the ASGI mount, on a free port; its websocket URL."""
+    if kind == "bridge":
+        async with serve(redis_url, "127.0.0.1", 0, secret=SECRET) as bridge:
+            yield bridge.url
+        return
+    async with Tracker(redis_url) as mount_tracker:
+        mount = await MountServer(mount_tracker, secret=SECRET).start()
+        try:
+            yield mount.url + "/"
+        finally:
+            await mount.stop()
 
 
 async def test_a_result_over_the_limit_is_left_out_and_the_job_still_ends(
