@@ -275,8 +275,7 @@ class HttpRoutes:
         """
         parts = urlsplit(target)
         path = parts.path
-        if method == "POST" and websocket is not True and _abort_path(path):
-            return await self._abort_route(path, parts.query, header, scope)
+        abort = method == "POST" and websocket is not True and _abort_path(path)
         handshake = path == "/" or path.startswith(JOBS_PATH)
         if websocket is not None:
             handshake = websocket
@@ -284,7 +283,7 @@ class HttpRoutes:
         # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept
         # a HEAD. An event stream has no HEAD: its answer never ends.
         methods = ("GET",) if handshake or stream else ("GET", "HEAD")
-        if method not in methods:
+        if method not in methods and not abort:
             return _not_allowed(method, ", ".join(methods))
         for name in _SINGLE_HEADERS:
             if len(header(name)) > 1:
@@ -295,6 +294,18 @@ class HttpRoutes:
         origin = origins[0] if origins else None
         hosts = header("Host")
         allowed = self._gate.origin_allowed(origin, hosts[0] if hosts else None)
+        if abort:
+            # A foreign page's POST carries the user's cookies (what an app's
+            # authorize may trust): refused first, as a cross-site request forgery.
+            if not allowed:
+                assert origin is not None
+                return self._foreign_origin(origin)
+            abort_answer = await self._abort(
+                path[len(JOBS_PATH) : -len(ABORT_SUFFIX)], parts.query, scope
+            )
+            if origin is not None:
+                abort_answer.allow_origin(origin)
+            return abort_answer
         if handshake and websocket is None and not header("Upgrade") and _events_path(path):
             # The bridge streams no events: say so readably (CORS), so that a
             # client moves on to /verify at once instead of retrying a failure.
@@ -340,30 +351,6 @@ class HttpRoutes:
                 allow_origin="*",
             )
         return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such path")
-
-    async def _abort_route(
-        self,
-        path: str,
-        query: str,
-        header: Callable[[str], list[str]],
-        scope: MutableMapping[str, Any] | None,
-    ) -> Answer:
-        for name in _SINGLE_HEADERS:
-            if len(header(name)) > 1:
-                return _error(
-                    HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"more than one {name} header"
-                )
-        origins, hosts = header("Origin"), header("Host")
-        origin = origins[0] if origins else None
-        # A foreign page's POST carries the user's cookies (what an app's authorize
-        # may trust): refused before anything else, as a cross-site request forgery.
-        if not self._gate.origin_allowed(origin, hosts[0] if hosts else None):
-            assert origin is not None
-            return self._foreign_origin(origin)
-        answer = await self._abort(path[len(JOBS_PATH) : -len(ABORT_SUFFIX)], query, scope)
-        if origin is not None:
-            answer.allow_origin(origin)
-        return answer
 
     async def _abort(
         self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None

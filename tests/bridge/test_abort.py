@@ -180,6 +180,32 @@ async def test_a_job_authorize_refuses_is_answered_as_an_unknown_one(
         assert (await tracker.status(job_id)).status.value == "queued"
 
 
+async def test_a_foreign_pages_post_is_refused_before_authorize_is_asked(
+    redis_server: RedisServer, queued: Callable[[], Any]
+) -> None:
+    """A cross-site POST (it would carry the user's cookies) is 403
+    origin_not_allowed, without asking authorize; the job is not aborted."""
+    job_id = await queued()
+    asked: list[str] = []
+
+    def authorize(scope: Any, job: str) -> bool:
+        asked.append(job)
+        return True
+
+    async with started("mount", redis_server.url, allow_abort=True, authorize=authorize) as server:
+        status, headers, body = await http_get(
+            server,
+            f"/jobs/{job_id}/abort",
+            {"Origin": "https://evil.example"},
+            method="POST",
+        )
+        assert (status, json.loads(body)["code"]) == (403, "origin_not_allowed")
+        assert headers["access-control-allow-origin"] == "https://evil.example"
+        assert asked == []
+    async with Tracker(redis_server.url) as tracker:
+        assert (await tracker.status(job_id)).status.value == "queued"
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind", SERVERS)
 async def test_a_page_aborts_the_job_it_follows(
