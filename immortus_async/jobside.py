@@ -11,6 +11,7 @@ heartbeats, and the owner of the tasks a job leaves behind.
     from immortus_async.jobside import JobOptions, Leftovers, begin_job
 
     options = JobOptions.checked(heartbeat_interval=5.0)  # validated once, at import
+    # (report_result=True, max_result_bytes=...: the return value in `finished`)
     leftovers = Leftovers()        # one per worker; `await leftovers.aclose(grace)` on stop
 
     # as a job starts (attempt 1 for its first run):
