@@ -55,6 +55,7 @@ def app(
     allowed_origins: Sequence[str] = (),
     insecure_no_auth: bool = False,
     metrics_token: str | None = None,
+    allow_abort: bool = False,
     # Limits
     max_frame_size: int = 4096,
     max_subscriptions: int = 100,
@@ -82,6 +83,12 @@ def app(
             to requests with ``Authorization: Bearer <metrics_token>``, turning
             them on (:func:`immortus_async.metrics.enable`) if they are not;
             None (the default): no ``/metrics``.
+        allow_abort: take abort requests, the websocket's ``abort`` message and
+            ``POST .../jobs/<job_id>/abort``, authorised as a subscription is (a
+            token for the job, or ``authorize``, which sees the request's method
+            and path in the scope and may be stricter for an abort); they call
+            :meth:`Tracker.abort <immortus_async.Tracker.abort>`. Off by default:
+            refused with ``abort_disabled``.
         max_frame_size: the largest inbound websocket frame, in bytes; a larger
             one closes the connection with code 1009. The ASGI server reads the
             frame first: keep its own limit low too (uvicorn ``--ws-max-size``).
@@ -106,6 +113,7 @@ def app(
         allowed_origins=allowed_origins,
         insecure_no_auth=insecure_no_auth,
         metrics_token=metrics_token,
+        allow_abort=allow_abort,
         max_frame_size=max_frame_size,
         max_subscriptions=max_subscriptions,
         send_timeout=send_timeout,
@@ -131,6 +139,7 @@ class App:
         send_timeout: float,
         close_timeout: float,
         redis_timeout: float,
+        allow_abort: bool = False,
     ) -> None:
         check_options(
             allowed_origins,
@@ -147,6 +156,7 @@ class App:
             insecure_no_auth=insecure_no_auth,
             allowed_origins=allowed_origins,
             authorize=authorize,
+            allow_abort=allow_abort,
         )
         self._routes = HttpRoutes(
             tracker,

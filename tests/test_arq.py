@@ -198,6 +198,26 @@ async def test_success_is_finished_with_the_result_untouched(
     assert await job.result(timeout=5) == 5
 
 
+@tracked(report_result=True)
+async def unreportable(ctx: dict[str, Any]) -> set[int]:
+    return {1, 2}
+
+
+async def test_a_result_that_is_not_json_is_left_out_and_arq_keeps_it(
+    pool: ArqRedis, tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """report_result with a result JSON cannot hold: the job ends finished without a
+    result, the job side logs why once, and arq's own result is untouched."""
+    job = await enqueue(tracker, pool, "unreportable")
+    with caplog.at_level(logging.ERROR, logger="immortus_async.jobside"):
+        await run_worker(pool, [unreportable])
+    state = await tracker.completed(job.job_id, timeout=10)
+    assert (state.status, state.result) == (S.FINISHED, None)
+    errors = [r.getMessage() for r in caplog.records if "not reported" in r.getMessage()]
+    assert len(errors) == 1 and "not JSON-serialisable" in errors[0]
+    assert await job.result(timeout=5) == {1, 2}
+
+
 async def test_exception_is_failed_with_its_text(pool: ArqRedis, tracker: Tracker) -> None:
     """A job that raises ends failed with "Class: message"; arq still re-raises it."""
     job = await enqueue(tracker, pool, "explode")

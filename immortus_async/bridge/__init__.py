@@ -22,8 +22,11 @@ from .http import (
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
+    ABORT_SUFFIX,
     JOBS_PATH,
     MAX_JOB_ID_LENGTH,
+    Abort,
+    AbortReply,
     CloseCode,
     ErrorCode,
     Rejection,
@@ -36,9 +39,10 @@ from .protocol import (
     state_frame,
 )
 from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, check_options, serve
-from .session import Disconnected, Session, Transport
+from .session import Disconnected, Session, Transport, abort_job
 
 __all__ = [
+    "ABORT_SUFFIX",
     "DEFAULT_REDIS_URL",
     "EVENTS_SUFFIX",
     "JOBS_PATH",
@@ -47,6 +51,8 @@ __all__ = [
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Abort",
+    "AbortReply",
     "Answer",
     "Authorize",
     "Bridge",
@@ -65,6 +71,7 @@ __all__ = [
     "Subscribe",
     "Transport",
     "Unsubscribe",
+    "abort_job",
     "check_job_id",
     "check_metrics_token",
     "check_options",

@@ -42,6 +42,9 @@ class Gatekeeper:
         authorize: the app's :data:`Authorize` callable, asked about every
             request that carries no token (a token, when given, decides alone).
             With it, the secret is optional (no secret: tokens are refused).
+        allow_abort: take ``abort`` requests (the websocket message and ``POST
+            /jobs/<job_id>/abort``), authorised as a subscription is: a token for
+            the job, or the app's ``authorize``. Off by default.
 
     Raises:
         ValueError: auth is on and there is neither a secret nor ``authorize``,
@@ -55,7 +58,9 @@ class Gatekeeper:
         insecure_no_auth: bool = False,
         allowed_origins: Iterable[str] = (),
         authorize: Authorize | None = None,
+        allow_abort: bool = False,
     ) -> None:
+        self.allow_abort = allow_abort
         self._secret = read_secret(secret)
         if authorize is not None and insecure_no_auth:
             raise ValueError(

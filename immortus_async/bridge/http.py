@@ -31,7 +31,16 @@ from ..exceptions import ImmortusError
 from ..tracker import Tracker
 from .auth import Gatekeeper, not_found
 from .logs import RedactingLogger
-from .protocol import JOBS_PATH, ErrorCode, Rejection, check_job_id, error_frame
+from .protocol import (
+    ABORT_SUFFIX,
+    JOBS_PATH,
+    Abort,
+    ErrorCode,
+    Rejection,
+    check_job_id,
+    error_frame,
+)
+from .session import abort_job
 
 __all__ = [
     "EVENTS_SUFFIX",
@@ -75,6 +84,10 @@ _STATUS_OF = {
     ErrorCode.TOKEN_INVALID: HTTPStatus.FORBIDDEN,
     ErrorCode.TOKEN_EXPIRED: HTTPStatus.FORBIDDEN,
     ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorCode.ABORT_DISABLED: HTTPStatus.FORBIDDEN,
+    ErrorCode.ABORT_UNSUPPORTED: HTTPStatus.NOT_IMPLEMENTED,
+    ErrorCode.REDIS_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
 
@@ -173,6 +186,14 @@ def _events_path(path: str) -> bool:
     return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
 
 
+def _abort_path(path: str) -> bool:
+    return (
+        path.startswith(JOBS_PATH)
+        and path.endswith(ABORT_SUFFIX)
+        and len(path) > len(JOBS_PATH) + len(ABORT_SUFFIX)
+    )
+
+
 def _last_event_id(text: str | None) -> int | None:
     """A ``Last-Event-ID``: the seq of the last state the client has, if it reads as one."""
     if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
@@ -197,6 +218,12 @@ class HttpRoutes:
         ``/`` and ``/jobs/<job_id>``: websocket handshakes, 403 from a foreign origin.
         On the mount, a plain ``GET /jobs/<job_id>`` is verify, and
         ``GET /jobs/<job_id>/events`` an :class:`EventStream`, refused as verify is.
+        ``POST /jobs/<job_id>/abort?token=...`` (bridge and mount): asks the job's
+        queue to abort it, 200 ``{"type": "abort", "job_id": ..., "requested":
+        true}`` (``false``: it had ended); 403 ``abort_disabled`` unless the
+        server allows aborts; refused as verify is otherwise (404 ``not_found``
+        for a job the caller may not see or no one knows); 501
+        ``abort_unsupported`` for a queue that cannot abort.
         Anything else: 404.
 
     ``HEAD`` is answered as ``GET`` without the body (405 on the handshake
@@ -288,6 +315,7 @@ class HttpRoutes:
         """
         parts = urlsplit(target)
         path = parts.path
+        abort = method == "POST" and websocket is not True and _abort_path(path)
         handshake = path == "/" or path.startswith(JOBS_PATH)
         if websocket is not None:
             handshake = websocket
@@ -295,7 +323,7 @@ class HttpRoutes:
         # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept
         # a HEAD. An event stream has no HEAD: its answer never ends.
         methods = ("GET",) if handshake or stream else ("GET", "HEAD")
-        if method not in methods:
+        if method not in methods and not abort:
             return _not_allowed(method, ", ".join(methods))
         for name in _SINGLE_HEADERS:
             if len(header(name)) > 1:
@@ -306,6 +334,18 @@ class HttpRoutes:
         origin = origins[0] if origins else None
         hosts = header("Host")
         allowed = self._gate.origin_allowed(origin, hosts[0] if hosts else None)
+        if abort:
+            # A foreign page's POST carries the user's cookies (what an app's
+            # authorize may trust): refused first, as a cross-site request forgery.
+            if not allowed:
+                assert origin is not None
+                return self._foreign_origin(origin)
+            abort_answer = await self._abort(
+                path[len(JOBS_PATH) : -len(ABORT_SUFFIX)], parts.query, scope
+            )
+            if origin is not None:
+                abort_answer.allow_origin(origin)
+            return abort_answer
         if handshake and websocket is None and not header("Upgrade") and _events_path(path):
             # The bridge streams no events: say so readably (CORS), so that a
             # client moves on to /verify at once instead of retrying a failure.
@@ -353,6 +393,18 @@ class HttpRoutes:
                 allow_origin="*",
             )
         return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such path")
+
+    async def _abort(
+        self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer:
+        job_id = check_job_id(unquote(raw_job_id))
+        if isinstance(job_id, Rejection):
+            return _refusal(job_id)
+        token = parse_qs(query).get("token", [None])[0]
+        answer = await abort_job(self._tracker, self._gate, Abort(job_id, token), scope)
+        if isinstance(answer, Rejection):
+            return _refusal(answer)
+        return _response(HTTPStatus.OK, answer.frame())
 
     def _foreign_origin(self, origin: str) -> Answer:
         option = self._origin_option.format(origin="'*'" if origin == "null" else origin)

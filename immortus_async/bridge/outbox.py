@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .. import metrics
 from .._buffer import Wakeup
 from ..state import JobState
-from .protocol import Rejection, state_frame
+from .protocol import AbortReply, Rejection, state_frame
 
 __all__ = ["Outbox", "OutboxStatistics"]
 
@@ -54,7 +54,7 @@ class Outbox:
         self._jobs: dict[str, _Pending] = {}
         # Lists, not deques, and a Wakeup, not an Event: an empty deque is 760
         # bytes, and a bridge holds one outbox per connection.
-        self._errors: list[Rejection] = []
+        self._errors: list[Rejection | AbortReply] = []
         self._max_errors = max_errors
         self._replaced = 0
         self._errors_dropped = 0
@@ -95,11 +95,18 @@ class Outbox:
 
     def reject(self, rejection: Rejection) -> None:
         """Queue an error about the client's input; the oldest goes when full."""
+        metrics.error(rejection.code)
+        self._answer(rejection)
+
+    def reply(self, reply: AbortReply) -> None:
+        """Queue the answer to a request (an ``abort``), with the input's errors."""
+        self._answer(reply)
+
+    def _answer(self, answer: Rejection | AbortReply) -> None:
         if len(self._errors) >= self._max_errors:
             del self._errors[0]
             self._errors_dropped += 1
-        self._errors.append(rejection)
-        metrics.error(rejection.code)
+        self._errors.append(answer)
         self._wakeup.set()
 
     def discard(self, job_id: str) -> None:

@@ -8,11 +8,13 @@ Client messages (JSON text frames)::
 
     {"type": "subscribe", "job_id": "42", "token": "<jwt>", "since_seq": 3}
     {"type": "unsubscribe", "job_id": "42"}
+    {"type": "abort", "job_id": "42", "token": "<jwt>"}      (when the server allows it)
 
 Server frames::
 
     {"type": "state", "job_id": "42", "status": "started", "seq": 4, ...}
     {"type": "error", "code": "token_expired", "message": "...", "job_id": "42"}
+    {"type": "abort", "job_id": "42", "requested": true}
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..state import JobState
 
 __all__ = [
+    "ABORT_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
+    "Abort",
+    "AbortReply",
     "CloseCode",
     "ErrorCode",
     "Rejection",
@@ -47,6 +52,9 @@ MAX_JOB_ID_LENGTH = 200
 JOBS_PATH = "/jobs/"
 """``ws://host:port/jobs/<job_id>?token=...`` subscribes to that job on connect."""
 
+ABORT_SUFFIX = "/abort"
+"""``POST /jobs/<job_id>/abort?token=...`` asks the job's queue to abort it (when allowed)."""
+
 
 class ErrorCode(StrEnum):
     """The ``code`` of an ``error`` frame, and of an HTTP error's JSON body. Stable."""
@@ -56,7 +64,7 @@ class ErrorCode(StrEnum):
     INVALID_MESSAGE = "invalid_message"
     """The JSON is not an object, or a field is missing or of the wrong type."""
     UNKNOWN_TYPE = "unknown_type"
-    """``type`` is neither ``subscribe`` nor ``unsubscribe``."""
+    """``type`` is none of ``subscribe``, ``unsubscribe``, ``abort``."""
     BINARY_FRAME = "binary_frame"
     """A binary frame: the protocol is JSON text only."""
     INVALID_JOB_ID = "invalid_job_id"
@@ -86,6 +94,14 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     """The bridge could not follow the job (a corrupt record; the subscription ended),
     or could not handle a frame (a bug: it is logged); retry later."""
+    ABORT_DISABLED = "abort_disabled"
+    """The server does not take ``abort`` (HTTP 403): it runs without
+    ``allow_abort`` (the default). Said before anything about the job is read."""
+    ABORT_UNSUPPORTED = "abort_unsupported"
+    """The job's queue cannot abort a job (taskiq), or the server's tracker was not
+    given what it aborts through (HTTP 501)."""
+    TOO_MANY_ABORTS = "too_many_aborts"
+    """The connection already has the maximum number of ``abort`` requests in flight."""
     JOB_LOST = "job_lost"
     """Redis lost the job's record (restarted without data, flushed, failed over to an
     empty replica): its end will never be known; the subscription ended."""
@@ -124,6 +140,31 @@ class Unsubscribe:
     """Stop following ``job_id``. Idempotent."""
 
     job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Ask the queue of ``job_id`` to abort it, authorised as a subscription is."""
+
+    job_id: str
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbortReply:
+    """The answer to an :class:`Abort`: ``requested`` False when the job had ended.
+
+    An ``abort`` frame on a websocket, the JSON body of a 200 on HTTP. The job's
+    end (``aborted``, or how else it ended first) comes to its subscribers.
+    """
+
+    job_id: str
+    requested: bool
+
+    def frame(self) -> str:
+        """This reply as an ``abort`` frame."""
+        body = {"type": "abort", "job_id": self.job_id, "requested": self.requested}
+        return json.dumps(body, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +219,7 @@ def _subscribe(job_id: str, token: Any, since_seq: Any) -> Subscribe | Rejection
     return Subscribe(job_id, token or None, seq)
 
 
-def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Rejection:
+def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Abort | Rejection:
     """Read one client frame: a text frame arrives as ``str``, a binary one as ``bytes``."""
     if isinstance(data, bytes):
         return Rejection(ErrorCode.BINARY_FRAME, "send JSON in text frames, not binary")
@@ -192,8 +233,10 @@ def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Rejection:
     if not isinstance(message, dict):
         return Rejection(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     kind = message.get("type")
-    if kind not in ("subscribe", "unsubscribe"):
-        return Rejection(ErrorCode.UNKNOWN_TYPE, 'type must be "subscribe" or "unsubscribe"')
+    if kind not in ("subscribe", "unsubscribe", "abort"):
+        return Rejection(
+            ErrorCode.UNKNOWN_TYPE, 'type must be "subscribe", "unsubscribe" or "abort"'
+        )
     if "job_id" not in message:
         return Rejection(ErrorCode.INVALID_MESSAGE, f"a {kind} message needs a job_id")
     job_id = check_job_id(message["job_id"])
@@ -201,6 +244,11 @@ def parse_message(data: str | bytes) -> Subscribe | Unsubscribe | Rejection:
         return job_id
     if kind == "unsubscribe":
         return Unsubscribe(job_id)
+    if kind == "abort":
+        token = message.get("token")
+        if token is not None and not isinstance(token, str):
+            return Rejection(ErrorCode.INVALID_MESSAGE, "token must be a string", job_id)
+        return Abort(job_id, token or None)
     return _subscribe(job_id, message.get("token"), message.get("since_seq"))
 
 

@@ -84,6 +84,20 @@ async def test_runs_until_sigterm_then_stops_cleanly(redis_server: RedisServer) 
     assert "bridge closed" in "".join(running.output)
 
 
+async def test_allow_abort_turns_the_abort_endpoint_on(redis_server: RedisServer) -> None:
+    """Without --allow-abort an abort is abort_disabled; with it, it is answered (a job
+    no one knows: not_found)."""
+    path = f"/jobs/nobody/abort?token={token('nobody')}"
+    for options, expected in (
+        ((), (403, "abort_disabled")),
+        (("--allow-abort",), (404, "not_found")),
+    ):
+        running = await start_bridge_process(redis_server.url, *options)
+        status, _, body = await http_get(running, path, method="POST")
+        assert (status, json.loads(body)["code"]) == expected
+        assert await running.stop() == 0
+
+
 def test_the_bridge_process_tunes_its_garbage_collector() -> None:
     """Serving, the CLI freezes its start-up objects and collects young objects less often."""
     saved = gc.get_threshold()
