@@ -246,10 +246,12 @@ async def floor(config: dict[str, Any], stream: AsyncIterator[dict[str, Any]]) -
             scene.ended[job_id] = time.monotonic()
             await redis.publish(f"floor:{job_id}", "done")
 
+    running: list[asyncio.Task[None]] = []
+
     async def start_worker() -> None:
         slots = asyncio.Semaphore(CONCURRENCY)
         for job_id, pause in zip(ids, scene.pauses, strict=True):
-            asyncio.create_task(job(job_id, pause, slots))
+            running.append(asyncio.create_task(job(job_id, pause, slots)))
 
     await scene.play(ids, wait, start_worker)
     reader.cancel()
