@@ -34,7 +34,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, Child, Context, Table, child_env, child_main, ms, next_command, say
+from _common import (
+    HERE,
+    Child,
+    Context,
+    Table,
+    child_env,
+    child_main,
+    ms,
+    next_command,
+    say,
+    verdict,
+)
 from redis.asyncio import Redis
 
 from immortus_async import RedisServer
@@ -148,7 +159,8 @@ async def measure(ctx: Context, peer: str, modules: Path | None) -> dict[str, An
 
 async def run(ctx: Context) -> list[Table]:
     sizes = ctx.sizes
-    table = Table(TITLE, ["waiter", "wake p50", "wake p99", "Redis commands/s while waiting"])
+    columns = ["waiter", "wake p50", "wake p99", "Redis commands/s while waiting", "target"]
+    table = Table(TITLE, columns)
     modules, skipped = bullmq_modules(install=sizes.mode != "smoke")
     results: dict[str, list[dict[str, Any]]] = {peer: [] for peer in PEERS}
     # Runs interleave the peers, so a neighbour's burst of CPU hits them alike.
@@ -157,15 +169,24 @@ async def run(ctx: Context) -> list[Table]:
             if peer == "bullmq" and modules is None:
                 continue
             results[peer].append(await measure(ctx, peer, modules))
+    medians = {
+        peer: {key: statistics.median(r[key] for r in runs) for key in ("p50", "p99", "rate")}
+        for peer, runs in results.items()
+        if runs
+    }
     for peer, label in PEERS.items():
-        runs = results[peer]
-        if not runs:
-            table.add(label, skipped, "", "")
+        if peer not in medians:
+            table.add(label, skipped, "", "", "")
             continue
-        p50 = statistics.median(r["p50"] for r in runs)
-        p99 = statistics.median(r["p99"] for r in runs)
-        rate = statistics.median(r["rate"] for r in runs)
-        table.add(label, ms(p50), ms(p99), f"{rate:,.0f}")
+        row = medians[peer]
+        target = ""
+        if peer == "immortus":
+            bull = medians.get("bullmq")
+            met = row["p50"] <= 0.0005 and row["p99"] <= 0.005 and row["rate"] == 0
+            if bull is not None:
+                met = met and row["p50"] < bull["p50"] and row["p99"] < bull["p99"]
+            target = f"p50 <= 0.5 ms, p99 <= 5 ms, ahead of BullMQ, 0/s: {verdict(met)}"
+        table.add(label, ms(row["p50"]), ms(row["p99"]), f"{row['rate']:,.0f}", target)
     table.notes.append(
         f"{sizes.peer_jobs:,} jobs of 20-70 ms, worker concurrency {CONCURRENCY} in the "
         f"waiters' process, {sizes.peer_jobs:,} waiters arriving over {ARRIVAL:g} s; "
