@@ -38,6 +38,7 @@ from _common import (
     HERE,
     Child,
     Context,
+    Profile,
     Table,
     child_env,
     child_main,
@@ -143,8 +144,11 @@ async def measure(ctx: Context, peer: str, modules: Path | None) -> dict[str, An
             before = await _calls(redis)
             await asyncio.sleep(sizes.peer_window)
             rate = (await _calls(redis) - before) / sizes.peer_window
-            await child.send("go")
-            done = await child.expect("done", timeout=300)
+            # The profile (--profile) is of our waiters' and worker's process.
+            path = ctx.profile_path("peers-immortus") if peer == "immortus" else None
+            async with Profile(child.pid, path):
+                await child.send("go")
+                done = await child.expect("done", timeout=300)
             await child.finish()
         finally:
             await child.stop()
