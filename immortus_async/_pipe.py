@@ -105,10 +105,12 @@ class ScriptPipe:
                 try:
                     connection = self._connection
                     if connection is None:
+                        # Untyped in redis-py 8 (a deprecation decorator), typed in 5.
+                        get = self._pool.get_connection
                         if _NAMES_COMMAND:
-                            connection = await self._pool.get_connection("EVALSHA")
+                            connection = await get("EVALSHA")  # type: ignore[no-untyped-call, unused-ignore]
                         else:
-                            connection = await self._pool.get_connection()
+                            connection = await get()  # type: ignore[no-untyped-call, unused-ignore]
                         self._connection = connection
                     elif not connection.is_connected:
                         await connection.connect()  # type: ignore[no-untyped-call]
