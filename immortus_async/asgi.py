@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
+from . import metrics
 from .bridge.auth import Authorize, Gatekeeper
 from .bridge.http import Answer, EventStream, HttpRoutes
 from .bridge.logs import RedactingLogger
@@ -53,6 +54,7 @@ def app(
     authorize: Authorize | None = None,
     allowed_origins: Sequence[str] = (),
     insecure_no_auth: bool = False,
+    metrics_token: str | None = None,
     # Limits
     max_frame_size: int = 4096,
     max_subscriptions: int = 100,
@@ -76,6 +78,10 @@ def app(
             ``error`` frame ``not_found`` ending that subscription.
         allowed_origins: browser origins allowed besides the app's own (``"*"``: any).
         insecure_no_auth: follow any job without a token (development only).
+        metrics_token: serve the Prometheus metrics at ``GET <mount>/metrics``
+            to requests with ``Authorization: Bearer <metrics_token>``, turning
+            them on (:func:`immortus_async.metrics.enable`) if they are not;
+            None (the default): no ``/metrics``.
         max_frame_size: the largest inbound websocket frame, in bytes; a larger
             one closes the connection with code 1009. The ASGI server reads the
             frame first: keep its own limit low too (uvicorn ``--ws-max-size``).
@@ -91,6 +97,7 @@ def app(
     Raises:
         ValueError: no secret, no ``authorize`` and ``insecure_no_auth`` is False;
             a secret shorter than 32 bytes; a limit or timeout that is not positive.
+        ImportError: a ``metrics_token`` without ``prometheus-client`` installed.
     """
     return App(
         tracker,
@@ -98,6 +105,7 @@ def app(
         authorize=authorize,
         allowed_origins=allowed_origins,
         insecure_no_auth=insecure_no_auth,
+        metrics_token=metrics_token,
         max_frame_size=max_frame_size,
         max_subscriptions=max_subscriptions,
         send_timeout=send_timeout,
@@ -117,6 +125,7 @@ class App:
         authorize: Authorize | None,
         allowed_origins: Sequence[str],
         insecure_no_auth: bool,
+        metrics_token: str | None,
         max_frame_size: int,
         max_subscriptions: int,
         send_timeout: float,
@@ -144,6 +153,7 @@ class App:
             self._gate,
             redis_timeout=redis_timeout,
             origin_option="pass allowed_origins=[{origin!r}] to immortus_async.asgi.app()",
+            metrics_token=metrics_token,
         )
         self._max_frame_size = max_frame_size
         self._max_subscriptions = max_subscriptions
@@ -365,6 +375,8 @@ class _Transport:
         """Close with ``code``, once; give up after the close timeout."""
         if self._closed:
             return
+        if code is CloseCode.SLOW_CLIENT:
+            metrics.slow_client_closed()
         last = self._last(code, reason)
         try:
             await self._push(last, self._close_timeout)

@@ -87,6 +87,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from . import metrics, tracing
 from ._builder import StrategyBuilder
 from ._redis import UNREACHABLE
 from .registry import StrategySpec
@@ -286,6 +287,10 @@ def _callback(update: JobUpdate) -> tuple[str, tuple[Any, ...]]:
 class JobContext:
     """What a tracked job reports progress and meta through (arq: ``ctx["immortus"]``).
 
+    A job gets it from its adapter: arq's ``ctx["immortus"]``, typed as
+    ``immortus_async.adapters.arq.job_context(ctx)``; taskiq's
+    ``job: JobContext = TaskiqDepends(tracking)``; streaQ's ``job_context()``.
+
     An adapter creates one per attempt as the job starts, with :func:`begin_job`.
     Created directly, ``JobContext(job_id)`` records nothing: it lets a test call a
     job function without a worker.
@@ -317,6 +322,9 @@ class JobContext:
         # than heartbeat_interval (most) never makes one.
         self._next_beat: asyncio.TimerHandle | None = None
         self._ended = False
+        # The attempt's OpenTelemetry span, ended by the end of the attempt or by
+        # settle(), not by stop(): an adapter may stop the attempt before its end.
+        self._span: Any = None
 
     async def update(self, progress: float | None = None, **meta: Any) -> None:
         """Report how far the job is and merge ``meta`` into its state; waiters get it at once.
@@ -379,6 +387,8 @@ class JobContext:
         ``failed`` with ``missing`` (default: the queue kept no record of it).
         Stops the heartbeat at once. Without a reader, only that.
         """
+        span, self._span = self._span, None
+        tracing.finish(span)  # the outcome comes later, from the queue
         if self._reader is not None and self._strategy is not None:
             error = missing or f"{self._queue} kept no record of the job, so its outcome is unknown"
             self._leftovers.spawn(
@@ -449,6 +459,8 @@ class JobContext:
         self._arm(beat)
 
     async def _end(self, status: JobStatus, error: str | None = None) -> None:
+        span, self._span = self._span, None
+        tracing.finish(span, status.value, error)
         await self.stop()
         await self._send(
             JobUpdate(job_id=self.job_id, status=status, attempt=self.attempt, error=error)
@@ -539,6 +551,7 @@ class JobContext:
             while self._backlog is not None:
                 await asyncio.sleep(delay)
                 update, self._backlog = self._backlog, None
+                metrics.write_retried()
                 try:
                     async with asyncio.timeout(self._options.write_timeout):
                         await self._deliver(update)
@@ -554,6 +567,7 @@ class JobContext:
                             self._options.why(exc),
                         )
                         self._backlog = None
+                        metrics.write_given_up()
                         return
                     delay = min(delay * 2, longest)
             logger.info("tracking job %s: Redis is back, its state is written", self.job_id)
@@ -631,5 +645,7 @@ async def begin_job(
     except Exception:
         logger.exception("cannot build tracking strategy %r; job %s runs untracked", spec, job_id)
         return context
+    context._span = tracing.processing(job_id, attempt, queue=queue, function=function)
     await context._start()
+    await tracing.link(context._span, context._strategy, job_id, timeout=options.write_timeout)
     return context

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 from redis.asyncio import Redis
 
-from . import adapters, config
+from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
 from ._redis import UNREACHABLE, client_from
@@ -22,6 +22,14 @@ from .state import JobState, JobUpdate
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_token, read_secret
+
+if TYPE_CHECKING:
+    # For Tracker.enqueue's overloads only: at runtime the core imports no queue.
+    from streaq.task import AsyncRegisteredTask, SyncRegisteredTask, Task
+    from taskiq import AsyncTaskiqDecoratedTask, AsyncTaskiqTask
+    from taskiq.kicker import AsyncKicker
+
+    from ._targets import ArqPool, J, P, R, StreaqWorker, TaskiqBroker
 
 __all__ = ["Tracker"]
 
@@ -188,23 +196,69 @@ class Tracker:
             TimeoutError: ``timeout`` seconds passed first.
             ImmortusError: any other documented failure of :meth:`watch`.
         """
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(timeout), tracing.waiting(job_id) as span:
             states = self.watch(job_id, function=function)
             try:
                 first = True
                 async for state in states:
                     if first and state.status is JobStatus.UNKNOWN:
                         raise JobNotFound(job_id)
-                    first = False
+                    if first:
+                        await tracing.link(span, self.strategy(function), job_id)
                     if state.completed:
+                        if not first:  # it waited: the push woke it
+                            metrics.woke(state.finished_at)
                         return state
+                    first = False
             finally:
                 close = getattr(states, "aclose", None)
                 if close is not None:
                     await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
-    async def enqueue(self, target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+    # The queue's own job type comes back, for each queue's target (see _targets.py).
+    # Where taskiq or streaQ is not installed its types are Any, so the type checker
+    # finds the overloads after the first of that queue unreachable: hence the ignores.
+    @overload
+    async def enqueue(self, target: ArqPool[J], function: str, *args: Any, **kwargs: Any) -> J: ...
+    @overload
+    async def enqueue(
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, Coroutine[Any, Any, R]]
+        | AsyncKicker[P, Coroutine[Any, Any, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, R] | AsyncKicker[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self, target: TaskiqBroker, function: str, *args: Any, **kwargs: Any
+    ) -> AsyncTaskiqTask[Any]: ...
+    @overload
+    async def enqueue(
+        self,
+        target: StreaqWorker,
+        function: AsyncRegisteredTask[P, R] | SyncRegisteredTask[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self, target: StreaqWorker, function: Task[P, R]
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self, target: StreaqWorker, function: str, *args: Any, **kwargs: Any
+    ) -> Task[Any, Any]: ...
+    async def enqueue(self, target: object, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
 
         ``target`` is what the queue enqueues on, and decides the adapter
@@ -225,7 +279,8 @@ class Tracker:
             TypeError: no queue adapter takes ``target``.
         """
         adapter = adapters.for_target(target)
-        return await adapter.enqueue(target, function, args, kwargs, self._queued)
+        with tracing.publishing(adapter.name, function):
+            return await adapter.enqueue(target, function, args, kwargs, self._queued)
 
     async def _queued(self, job_id: str, function: str | None) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
@@ -236,6 +291,7 @@ class Tracker:
                     job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
                 )
                 await strategy.apply(update)
+                await tracing.carry(strategy, job_id)
             elif callable(getattr(strategy, "job_enqueued", None)):
                 await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
         except UNREACHABLE as exc:

@@ -79,6 +79,7 @@ async def page() -> str:
 async def create_report(request: ReportRequest) -> dict[str, str]:
     """Enqueue a report (its state reads queued at once) and hand out a token for it."""
     job = await services.tracker.enqueue(services.pool, "build_report", request.pages)
+    assert job is not None  # arq's Job; None only for a duplicate _job_id
     return {"job_id": job.job_id, "token": services.tracker.token(job.job_id)}
 
 

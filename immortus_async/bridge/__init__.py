@@ -9,7 +9,16 @@ The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
 """
 
 from .auth import Authorize, Gatekeeper, not_found
-from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream, HttpRoutes
+from .http import (
+    EVENTS_SUFFIX,
+    METRICS_PATH,
+    STATIC_FILES,
+    VERIFY_PATH,
+    Answer,
+    EventStream,
+    HttpRoutes,
+    check_metrics_token,
+)
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
@@ -34,6 +43,7 @@ __all__ = [
     "EVENTS_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
+    "METRICS_PATH",
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
@@ -56,6 +66,7 @@ __all__ = [
     "Transport",
     "Unsubscribe",
     "check_job_id",
+    "check_metrics_token",
     "check_options",
     "error_frame",
     "not_found",

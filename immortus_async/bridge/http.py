@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hmac
 import json
 import logging
 from collections.abc import Callable, MutableMapping
@@ -25,13 +26,23 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .. import metrics
 from ..exceptions import ImmortusError
 from ..tracker import Tracker
 from .auth import Gatekeeper, not_found
 from .logs import RedactingLogger
 from .protocol import JOBS_PATH, ErrorCode, Rejection, check_job_id, error_frame
 
-__all__ = ["EVENTS_SUFFIX", "STATIC_FILES", "VERIFY_PATH", "Answer", "EventStream", "HttpRoutes"]
+__all__ = [
+    "EVENTS_SUFFIX",
+    "METRICS_PATH",
+    "STATIC_FILES",
+    "VERIFY_PATH",
+    "Answer",
+    "EventStream",
+    "HttpRoutes",
+    "check_metrics_token",
+]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
 
@@ -41,6 +52,10 @@ VERIFY_PATH = "/verify/"
 EVENTS_SUFFIX = "/events"
 """``GET /jobs/<job_id>/events?token=...``: the job's states as Server-Sent Events
 (the ASGI mount; the bridge answers 404)."""
+
+METRICS_PATH = "/metrics"
+"""``GET /metrics`` with ``Authorization: Bearer <metrics_token>``: the Prometheus
+metrics (:mod:`immortus_async.metrics`), served only with a ``metrics_token``."""
 
 STATIC_FILES = {
     "/immortus.js": "immortus.js",
@@ -117,6 +132,7 @@ def _response(
 
 
 def _error(status: HTTPStatus, code: ErrorCode, message: str) -> Answer:
+    metrics.error(code)
     return _response(status, error_frame(code, message))
 
 
@@ -133,6 +149,24 @@ def _not_allowed(method: str, allow: str) -> Answer:
     )
     answer.headers.append(("Allow", allow))
     return answer
+
+
+def check_metrics_token(token: str | None) -> None:
+    """Check a ``metrics_token`` option, and turn metrics on when it serves them.
+
+    Metrics go on the registry of :func:`immortus_async.metrics.enable`; when it
+    was not called, on ``prometheus_client.REGISTRY``.
+
+    Raises:
+        ValueError: an empty token, or one that cannot be sent in a header.
+        ImportError: ``prometheus-client`` is not installed (with the command).
+    """
+    if token is None:
+        return
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("metrics_token must be a non-empty token of printable ASCII, no spaces")
+    if metrics.enabled_registry() is None:
+        metrics.enable()
 
 
 def _events_path(path: str) -> bool:
@@ -177,6 +211,9 @@ class HttpRoutes:
         redis_timeout: seconds a request may wait on Redis.
         origin_option: how to allow an origin, for the refusal's message
             (``{origin}`` is replaced).
+        metrics_token: serve ``GET /metrics`` to requests with ``Authorization:
+            Bearer <metrics_token>`` (401 without it, 403 with another); None
+            (the default): ``/metrics`` is 404, as any unknown path.
     """
 
     def __init__(
@@ -188,7 +225,10 @@ class HttpRoutes:
         origin_option: str = (
             "start the bridge with --allowed-origin {origin} (serve(allowed_origins=[...]))"
         ),
+        metrics_token: str | None = None,
     ) -> None:
+        check_metrics_token(metrics_token)
+        self._metrics_token = None if metrics_token is None else metrics_token.encode()
         self._tracker = tracker
         self._gate = gate
         self._redis_timeout = redis_timeout
@@ -302,6 +342,8 @@ class HttpRoutes:
             return answer
         if path == "/healthz":
             return await self._healthz()
+        if path == METRICS_PATH and self._metrics_token is not None:
+            return self._metrics(header("Authorization"))
         if path in self._static:
             return _response(
                 HTTPStatus.OK,
@@ -391,6 +433,33 @@ class HttpRoutes:
                 HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR, "cannot read this job"
             )
         return _response(HTTPStatus.OK, state.to_json())
+
+    def _metrics(self, authorization: list[str]) -> Answer:
+        assert self._metrics_token is not None
+        scheme, _, given = (authorization[0] if len(authorization) == 1 else "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            answer = _error(
+                HTTPStatus.UNAUTHORIZED,
+                ErrorCode.TOKEN_REQUIRED,
+                "send Authorization: Bearer <metrics token>",
+            )
+            answer.headers.append(("WWW-Authenticate", 'Bearer realm="metrics"'))
+            return answer
+        if not hmac.compare_digest(given.strip().encode("latin-1", "replace"), self._metrics_token):
+            return _error(HTTPStatus.FORBIDDEN, ErrorCode.TOKEN_INVALID, "not the metrics token")
+        exposition = metrics.exposition()
+        if exposition is None:  # metrics.disable() was called since
+            return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "metrics are off")
+        body, content_type = exposition
+        return Answer(
+            HTTPStatus.OK,
+            body,
+            [
+                ("Content-Length", str(len(body))),
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-store"),
+            ],
+        )
 
     async def _healthz(self) -> Answer:
         redis = self._tracker.redis

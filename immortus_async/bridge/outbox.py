@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import metrics
 from .._buffer import Wakeup
 from ..state import JobState
 from .protocol import Rejection, state_frame
@@ -75,6 +76,7 @@ class Outbox:
             if pending.state.completed:
                 return
             self._replaced += 1
+            metrics.state_coalesced()
         pending.state = state
         self._wakeup.set()
 
@@ -88,6 +90,7 @@ class Outbox:
         if pending.state is not None and pending.state.completed:
             return
         pending.end = rejection
+        metrics.error(rejection.code)
         self._wakeup.set()
 
     def reject(self, rejection: Rejection) -> None:
@@ -96,6 +99,7 @@ class Outbox:
             del self._errors[0]
             self._errors_dropped += 1
         self._errors.append(rejection)
+        metrics.error(rejection.code)
         self._wakeup.set()
 
     def discard(self, job_id: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
+from .. import metrics
 from ..exceptions import JobLost, RedisUnavailable
 from ..state import JobState
 from ..status import JobStatus
@@ -145,6 +146,7 @@ class Session:
         if self._path is not None:
             self._receive(partial(parse_connect_path, self._path))
         sender = asyncio.create_task(self._send_loop(), name="immortus-bridge-sender")
+        metrics.connection_opened("events" if self._once else "websocket")
         try:
             if self._once:
                 # Nothing to read: the stream ends with its subscription, or the
@@ -163,6 +165,7 @@ class Session:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
                     logger.error("a connection task failed", exc_info=result)
+            metrics.connection_closed("events" if self._once else "websocket")
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with ``code``; abort the connection if the client does not read."""
@@ -244,6 +247,7 @@ class Session:
             deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
         scope = asyncio.timeout_at(deadline)
         states: AsyncIterator[JobState] | None = None
+        metrics.subscribed()
         try:
             try:
                 async with scope:
@@ -261,6 +265,7 @@ class Session:
             # meanwhile: the subscription is over already, nothing more is said.
             await self.outbox.taken(job_id)
         finally:
+            metrics.unsubscribed()
             if self._subscriptions.get(job_id) is asyncio.current_task():
                 del self._subscriptions[job_id]
             close = getattr(states, "aclose", None)
@@ -302,6 +307,7 @@ class Session:
                     return
                 for frame in await self._next_frames():
                     await self._transport.send(frame, self._send_timeout)
+                    metrics.frame_sent()
         except Disconnected:
             pass  # the reading side sees it too and ends the session
         except TimeoutError:

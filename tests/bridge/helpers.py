@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -17,8 +18,15 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 import immortus_async.asgi
-from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
-from immortus_async.bridge import BridgeStatistics
+from immortus_async import (
+    JobState,
+    JobStatus,
+    JobUpdate,
+    RedisPubSubStrategy,
+    Tracker,
+    mint_token,
+)
+from immortus_async.bridge import Bridge, BridgeStatistics, serve
 
 from ..utils import SCALE
 
@@ -103,6 +111,26 @@ class MountServer:
     def statistics(self) -> BridgeStatistics:
         """The mount's connections and subscriptions, as a bridge counts them."""
         return self.mount.statistics()
+
+
+@contextlib.asynccontextmanager
+async def protocol_server(
+    kind: str, redis_url: str, *, bridge_only: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[Bridge | MountServer]:
+    """The bridge (``kind="bridge"``), or uvicorn serving the mount (``"mount"``), with
+    tokens signed with ``SECRET``, ``options`` for either and ``bridge_only`` for the bridge."""
+    if kind == "mount":
+        async with Tracker(redis_url) as tracker:
+            server = await MountServer(tracker, secret=SECRET, **options).start()
+            try:
+                yield server
+            finally:
+                await server.stop()
+        return
+    async with serve(
+        redis_url, "127.0.0.1", 0, secret=SECRET, **options, **(bridge_only or {})
+    ) as bridge:
+        yield bridge
 
 
 async def read_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:

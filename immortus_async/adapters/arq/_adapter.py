@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from arq.jobs import Job
+
 from .. import ADAPTERS, Queued
 from .strategy import ArqStrategy
 
@@ -29,13 +31,13 @@ class ArqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> Job | None:
         """``pool.enqueue_job(function, *args, **kwargs)``, then the queued state.
 
         Returns arq's ``Job``, or None (nothing recorded) when arq refuses a
         duplicate ``_job_id``.
         """
-        job = await target.enqueue_job(function, *args, **kwargs)
+        job: Job | None = await target.enqueue_job(function, *args, **kwargs)
         if job is None:
             return None
         await queued(job.job_id, function)

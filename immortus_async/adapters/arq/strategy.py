@@ -41,6 +41,7 @@ from arq.constants import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ... import metrics
 from ..._buffer import StateBuffer
 from ..._describe import describe_error
 from ..._follow import follow
@@ -59,6 +60,8 @@ __all__ = ["ArqStrategy"]
 logger = logging.getLogger("immortus_async.adapters.arq")
 
 _NEEDED_EVENTS = frozenset("g$x")
+# How a watcher learns of changes to arq's records (the fallback_mode metric).
+_MODES = ("keyspace", "poll")
 # Without keyspace events, a quiet job's records are looked at this often at least.
 _POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
@@ -281,7 +284,9 @@ class ArqStrategy(Connected):
         None: the caller need not re-read by itself (the yielded value is the
         interval at which it would have to).
         """
-        if not await self.notifications_enabled():
+        pushed = await self.notifications_enabled()
+        metrics.fallback_mode("arq", "keyspace" if pushed else "poll", _MODES)
+        if not pushed:
             # One poller looks at every watched job in batches and nudges only
             # the watchers whose job changed (see _poller).
             poller = self._poller()
