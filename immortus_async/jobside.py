@@ -84,7 +84,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -245,6 +245,22 @@ def _strategy_on(redis: Redis, spec: StrategySpec) -> object:
     return builder.get(spec)
 
 
+# What a strategy class can do, by class: a runtime Protocol check costs some 10 µs,
+# and a trivial job makes three (see benchmarks/README.md, Overhead).
+_KINDS: dict[type, tuple[bool, bool]] = {}
+
+
+def _kind(strategy: object) -> tuple[bool, bool]:
+    """``(is a Heartbeats, is a StateWriter)`` for ``strategy``, checked once per class."""
+    kind = _KINDS.get(type(strategy))
+    if kind is None:
+        kind = _KINDS[type(strategy)] = (
+            isinstance(strategy, Heartbeats),
+            isinstance(strategy, StateWriter),
+        )
+    return kind
+
+
 def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
     try:
         encoded = json.dumps(meta, allow_nan=False, separators=(",", ":"))
@@ -357,6 +373,9 @@ class JobContext:
         self._backlog: JobUpdate | None = None
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # The next beat is a timer, and a task only while it writes: a job shorter
+        # than heartbeat_interval (most) never makes one.
+        self._next_beat: asyncio.TimerHandle | None = None
         self._ended = False
         # The attempt's OpenTelemetry span, ended by the end of the attempt or by
         # settle(), not by stop(): an adapter may stop the attempt before its end.
@@ -451,8 +470,11 @@ class JobContext:
         The heartbeat is cancelled and awaited, so no beat of this attempt comes later.
         """
         self._ended = True
+        if self._next_beat is not None:
+            self._next_beat.cancel()
+            self._next_beat = None
         beat, self._heartbeat = self._heartbeat, None
-        if beat is not None:
+        if beat is not None and not beat.done():
             beat.cancel()
             # wait() and not `await beat`: a cancelled task raises CancelledError
             # in whoever awaits it, which would read as this job's own cancellation.
@@ -469,13 +491,23 @@ class JobContext:
         )
         beat = getattr(self._strategy, "heartbeat", None)
         if beat is not None:
-            if not isinstance(self._strategy, Heartbeats):
+            if not _kind(self._strategy)[0]:
                 # The first beat before the job's body runs: a worker that dies at
                 # once must read stalled too (a Heartbeats rides on `started`).
                 await self._beat_once(beat)
-            self._heartbeat = self._leftovers.spawn(
-                self._beat(beat), name=f"immortus: heartbeat of job {self.job_id}", wait=False
+            self._arm(beat)
+
+    def _arm(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        if not self._ended:
+            self._next_beat = asyncio.get_running_loop().call_later(
+                self._options.heartbeat_interval, self._due, beat
             )
+
+    def _due(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        self._next_beat = None
+        self._heartbeat = self._leftovers.spawn(
+            self._beat(beat), name=f"immortus: heartbeat of job {self.job_id}", wait=False
+        )
 
     async def _beat_once(self, beat: Callable[..., Awaitable[Any]]) -> None:
         try:
@@ -486,9 +518,8 @@ class JobContext:
             logger.debug("heartbeat of job %s failed: %r", self.job_id, exc)
 
     async def _beat(self, beat: Callable[..., Awaitable[Any]]) -> None:
-        while True:
-            await asyncio.sleep(self._options.heartbeat_interval)
-            await self._beat_once(beat)
+        await self._beat_once(beat)
+        self._arm(beat)
 
     async def _end(self, status: JobStatus, error: str | None = None, result: Any = None) -> None:
         span, self._span = self._span, None
@@ -617,15 +648,18 @@ class JobContext:
 
     async def _deliver(self, update: JobUpdate) -> None:
         strategy = self._strategy
+        beats_too, writes = _kind(strategy)
         try:
-            if isinstance(strategy, Heartbeats):
+            if beats_too:
                 # A started (or progress) write is a heartbeat too: one round trip.
                 stalled_after = self._options.stalled_after
                 beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
-                await strategy.apply(update, stalled_after=stalled_after if beats else None)
+                await cast(Heartbeats, strategy).apply(
+                    update, stalled_after=stalled_after if beats else None
+                )
                 return
-            if isinstance(strategy, StateWriter):
-                await strategy.apply(update)
+            if writes:
+                await cast(StateWriter, strategy).apply(update)
                 return
             name, args = _callback(update)
             method = getattr(strategy, name, None)
