@@ -40,7 +40,14 @@ from .strategies import (
     StateWriter,
     TrackingStrategy,
 )
-from .tokens import SECRET_ENV, mint_token, read_secret, verify_token
+from .tokens import (
+    SECRET_ENV,
+    mint_owner_token,
+    mint_token,
+    read_secret,
+    verify_owner_token,
+    verify_token,
+)
 from .tracker import Tracker
 
 __version__ = "0.1.0"
@@ -105,6 +112,7 @@ __all__ = [
     "configure",
     "find_redis_server",
     "is_forward",
+    "mint_owner_token",
     "mint_token",
     "queue_adapter",
     "read_secret",
@@ -114,5 +122,6 @@ __all__ = [
     "track_worker",
     "tracked",
     "utcnow",
+    "verify_owner_token",
     "verify_token",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -21,7 +22,7 @@ from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
-from .tokens import mint_token, read_secret
+from .tokens import mint_owner_token, mint_token, read_secret
 
 __all__ = ["Tracker"]
 
@@ -204,7 +205,9 @@ class Tracker:
                     await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
-    async def enqueue(self, target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+    async def enqueue(
+        self, target: Any, function: Any, *args: Any, owner: str | None = None, **kwargs: Any
+    ) -> Any:
         """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
 
         ``target`` is what the queue enqueues on, and decides the adapter
@@ -216,6 +219,11 @@ class Tracker:
         is never moved back. Returns None, and writes nothing, when the queue
         refuses the job (arq: a duplicate ``_job_id``).
 
+        ``owner`` (keyword-only, taken by the Tracker: not passed to the queue)
+        records who the job is for, e.g. ``owner="user-42"``: the job joins that
+        owner's feed (:meth:`watch_owner`), which a page follows to list a
+        user's jobs live. A job keeps its first owner.
+
         The job is enqueued once the queue has it: if the tracking Redis cannot be
         reached for the queued state, that is logged and the job returned all the
         same (raising would invite the caller to enqueue it twice); the worker's
@@ -223,25 +231,81 @@ class Tracker:
 
         Raises:
             TypeError: no queue adapter takes ``target``.
+            ValueError: ``owner`` is not a non-empty string, or the Tracker's
+                default strategy keeps no owner feeds (before anything is enqueued).
         """
         adapter = adapters.for_target(target)
-        return await adapter.enqueue(target, function, args, kwargs, self._queued)
+        queued = self._queued
+        if owner is not None:
+            self._feed_strategy(owner)
+            queued = functools.partial(self._queued, owner=owner)
+        return await adapter.enqueue(target, function, args, kwargs, queued)
 
-    async def _queued(self, job_id: str, function: str | None) -> None:
+    async def _queued(self, job_id: str, function: str | None, *, owner: str | None = None) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
         strategy = self.strategy(function)
+        if owner is not None and not _feeds(strategy):
+            logger.warning(
+                "job %s has an owner, but its strategy %s keeps no owner feeds",
+                job_id,
+                type(strategy).__name__,
+            )
+            owner = None
         try:
             if isinstance(strategy, StateWriter):
                 update = JobUpdate(
                     job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
                 )
-                await strategy.apply(update)
+                if owner is None:
+                    await strategy.apply(update)
+                else:
+                    await strategy.apply(update, owner=owner)  # type: ignore[call-arg]
             elif callable(getattr(strategy, "job_enqueued", None)):
                 await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
         except UNREACHABLE as exc:
             logger.warning(
                 "job %s is enqueued, but its queued state was not written: %s", job_id, exc
             )
+
+    def watch_owner(self, owner: str) -> AsyncIterator[JobState]:
+        """Iterate over the owner's jobs: the newest (at most 100) now, then every
+        change of any of them as it happens, each job queued later included; never
+        ends by itself (break, or ``aclose()`` it).
+
+        Only jobs enqueued with ``owner=`` (:meth:`enqueue`) belong to an owner.
+        A waiter that falls behind gets only the latest state per job. The feed
+        is the default strategy's (``"redis_pub_sub"``).
+
+        Raises:
+            ValueError: ``owner`` is not a non-empty string, or the strategy
+                keeps no owner feeds.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            InvalidStateError: a message on the owner's channel is not a job state.
+        """
+        feed: AsyncIterator[JobState] = self._feed_strategy(owner).watch_owner(owner)
+        return feed
+
+    def _feed_strategy(self, owner: object) -> Any:
+        """The default strategy, which keeps the owner feeds; ValueError if it cannot."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            raise ValueError(
+                f"{type(strategy).__name__} keeps no owner feeds: use the 'redis_pub_sub' strategy"
+            )
+        return strategy
+
+    def owner_token(self, owner: str, *, ttl: float = 3600) -> str:
+        """A signed token (JWT, HS256, claim ``owner``) that lets a browser follow
+        ``owner``'s feed for ``ttl`` s; it opens no single job.
+
+        Raises:
+            ValueError: the Tracker has no secret.
+        """
+        if self._secret is None:
+            raise ValueError("no signing secret: pass Tracker(secret=...) or set IMMORTUS_SECRET")
+        return mint_owner_token(owner, self._secret, ttl=ttl)
 
     def token(self, job_id: str, *, ttl: float = 3600) -> str:
         """A signed token (JWT, HS256) that lets a browser follow ``job_id`` for ``ttl`` s.
@@ -305,3 +369,8 @@ async def _read(strategy: object, job_id: str) -> JobState:
         if claimed_status.terminal == done:
             status = claimed_status
     return JobState(job_id=job_id, status=status, meta=meta)
+
+
+def _feeds(strategy: object) -> bool:
+    """Whether ``strategy`` keeps owner feeds (the ``redis_pub_sub`` strategy does)."""
+    return callable(getattr(strategy, "watch_owner", None))

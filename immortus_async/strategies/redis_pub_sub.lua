@@ -6,6 +6,8 @@
 -- ARGV[1] channel, ARGV[2] job id, ARGV[3] the update (JSON; meta values pre-encoded),
 -- ARGV[4] TTL ms while active, ARGV[5] TTL ms once terminal, ARGV[6] tombstone's extra ms,
 -- ARGV[7] a heartbeat to record with a `started` update ('' for none)
+-- ARGV[8] the job's owner, given at enqueue ('' for none), ARGV[9] what every owner
+-- channel starts with (the owner and '}' follow)
 -- Returns the new state's JSON, or false when the update was dropped.
 
 local RANK = {unknown = -1, queued = 0, started = 1, retrying = 2,
@@ -25,7 +27,12 @@ local function forward(cs, ca, ns, na)
 end
 
 local u = cjson.decode(ARGV[3])
-local stored = redis.call('HMGET', KEYS[1], 'state', 'meta')
+local stored = redis.call('HMGET', KEYS[1], 'state', 'meta', 'owner')
+-- The job's first owner keeps it; the job side's writes find it here, and publish
+-- on its channel too.
+local owner = stored[3]
+local claims = ARGV[8] ~= '' and not owner
+if claims then owner = ARGV[8] end
 local cur, meta
 if stored[1] then
   cur = cjson.decode(stored[1])
@@ -39,7 +46,15 @@ else
   meta = {}
 end
 
-if not forward(cur.status, cur.attempt, u.status, u.attempt) then return false end
+if not forward(cur.status, cur.attempt, u.status, u.attempt) then
+  if claims and stored[1] then
+    -- The worker wrote ahead of the queued state (it started, or ended, the job
+    -- first): the job still joins its owner, whose readers re-read it.
+    redis.call('HSET', KEYS[1], 'owner', owner)
+    redis.call('PUBLISH', ARGV[9] .. owner .. '}', cjson.encode({reread = ARGV[2]}))
+  end
+  return false
+end
 
 local new_attempt = u.attempt > cur.attempt and u.status == 'started'
 if new_attempt then
@@ -67,6 +82,7 @@ end
 local state_json = cjson.encode(cur)
 local meta_json = cjson.encode(meta)
 redis.call('HSET', KEYS[1], 'state', state_json, 'meta', meta_json)
+if claims then redis.call('HSET', KEYS[1], 'owner', owner) end
 if u.status == 'started' and ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'hb', ARGV[7]) end
 if TERMINAL[u.status] then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -86,4 +102,6 @@ cur.completed = TERMINAL[cur.status] == true
 cur.stalled = false
 local wire = string.sub(cjson.encode(cur), 1, -2) .. ',"meta":{' .. table.concat(parts, ',') .. '}}'
 redis.call('PUBLISH', ARGV[1], wire)
+-- Not sharded: the owner's channel is in another slot than the job's keys.
+if owner then redis.call('PUBLISH', ARGV[9] .. owner .. '}', wire) end
 return wire
