@@ -111,9 +111,7 @@ class _Seen:
 
     def news(self, state: JobState) -> bool:
         last = self._seqs.get(state.job_id)
-        if last is not None and not (
-            state.seq > last[0] or (state.completed and not last[1])
-        ):
+        if last is not None and not (state.seq > last[0] or (state.completed and not last[1])):
             return False
         self._seqs[state.job_id] = (state.seq, state.completed)
         self._seqs.move_to_end(state.job_id)

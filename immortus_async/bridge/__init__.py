@@ -8,20 +8,26 @@ Or from a shell: ``IMMORTUS_SECRET=... immortus-async bridge --redis redis://...
 The wire protocol, its error codes and close codes are in ``docs/protocol.md``.
 """
 
-from .auth import Authorize, Gatekeeper, not_found
+from .auth import Authorize, AuthorizeOwner, Gatekeeper, not_found, owner_not_found
 from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream, HttpRoutes
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
     JOBS_PATH,
     MAX_JOB_ID_LENGTH,
+    OWNERS_PATH,
+    ClientMessage,
     CloseCode,
     ErrorCode,
     Rejection,
     Subscribe,
+    SubscribeOwner,
     Unsubscribe,
+    UnsubscribeOwner,
     check_job_id,
+    check_owner,
     error_frame,
+    owner_state_frame,
     parse_connect_path,
     parse_message,
     state_frame,
@@ -34,13 +40,16 @@ __all__ = [
     "EVENTS_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
+    "OWNERS_PATH",
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
     "Answer",
     "Authorize",
+    "AuthorizeOwner",
     "Bridge",
     "BridgeStatistics",
+    "ClientMessage",
     "CloseCode",
     "Disconnected",
     "ErrorCode",
@@ -53,12 +62,17 @@ __all__ = [
     "Rejection",
     "Session",
     "Subscribe",
+    "SubscribeOwner",
     "Transport",
     "Unsubscribe",
+    "UnsubscribeOwner",
     "check_job_id",
     "check_options",
+    "check_owner",
     "error_frame",
     "not_found",
+    "owner_not_found",
+    "owner_state_frame",
     "parse_connect_path",
     "parse_message",
     "redact",

@@ -446,7 +446,11 @@ class RedisPubSubStrategy(Connected):
             for job_id in ids:
                 pipe.hget(self.keys.record(job_id), "owner")
             owners = await pipe.execute() if ids else []
-        mine = [job_id for job_id, of in zip(ids, owners, strict=True) if of is not None and _text(of) == owner]
+        mine = [
+            job_id
+            for job_id, of in zip(ids, owners, strict=True)
+            if of is not None and _text(of) == owner
+        ]
         states = await asyncio.gather(*(self.status(job_id) for job_id in mine))
         gone = (JobStatus.UNKNOWN, JobStatus.EXPIRED)
         return [state for state in states if state.status not in gone]
