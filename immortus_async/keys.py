@@ -45,7 +45,7 @@ class Keys:
         return None
 
     def owner_index(self, owner: str) -> str:
-        """The sorted set of an owner's job ids, scored by when each was enqueued (ms)."""
+        """The sorted set of an owner's job ids, scored by when each was enqueued (µs)."""
         return f"{self.prefix}owner:{{{owner}}}"
 
     def owner_channel(self, owner: str) -> str:

@@ -296,6 +296,25 @@ class Tracker:
             )
         return strategy
 
+    async def owner(self, job_id: str) -> str | None:
+        """The owner the job was enqueued with (``enqueue(..., owner=...)``), or None
+        (no owner, no record, or a strategy without owner feeds): what an app's
+        ``authorize`` asks to let a user see their own jobs.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            return None
+        found: str | None = await retrying(
+            lambda: strategy.owner(job_id),  # type: ignore[attr-defined]
+            job_id,
+            unreachable_timeout=self._unreachable_timeout,
+            where=getattr(strategy, "where", "Redis"),
+        )
+        return found
+
     def owner_token(self, owner: str, *, ttl: float = 3600) -> str:
         """A signed token (JWT, HS256, claim ``owner``) that lets a browser follow
         ``owner``'s feed for ``ttl`` s; it opens no single job.

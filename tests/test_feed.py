@@ -123,3 +123,12 @@ async def test_an_owner_is_a_non_empty_string(tracker: Tracker, pool: ArqRedis) 
     with pytest.raises(ValueError, match="owner must be a non-empty string"):
         await tracker.enqueue(pool, "double", 1, owner="")
     assert await pool.queued_jobs() == []
+
+
+async def test_a_jobs_owner_is_what_its_enqueue_said(tracker: Tracker, pool: ArqRedis) -> None:
+    """Tracker.owner answers the owner of an enqueue; None for a job without one."""
+    mine = await tracker.enqueue(pool, "double", 1, owner="ada")
+    nobodys = await tracker.enqueue(pool, "double", 2)
+    assert await tracker.owner(mine.job_id) == "ada"
+    assert await tracker.owner(nobodys.job_id) is None
+    assert await tracker.owner("never-seen") is None

@@ -264,7 +264,9 @@ class RedisPubSubStrategy(Connected):
         whose snapshot misses it is subscribed in time for that write's message."""
         index = self.keys.owner_index(owner)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(index, {job_id: int(time.time() * 1000)})
+            # Microseconds: jobs enqueued one after the other in one millisecond
+            # keep their order.
+            pipe.zadd(index, {job_id: time.time_ns() // 1000})
             pipe.zremrangebyrank(index, 0, -OWNER_SNAPSHOT_LIMIT - 1)
             pipe.pexpire(index, self._owner_ttl_ms)
             await pipe.execute()
@@ -435,6 +437,12 @@ class RedisPubSubStrategy(Connected):
 
         subscription = self._pubsub().subscription(channel, buffer, decode_feed_message)
         return follow_owner(subscription, buffer, snapshot, read)
+
+    async def owner(self, job_id: str) -> str | None:
+        """The job's owner, as its queued write recorded it; None without one."""
+        async with self.reading:
+            found: Any = await self.redis.hget(self.keys.record(job_id), "owner")  # type: ignore[misc]
+        return None if found is None else _text(found)
 
     async def _owner_jobs(self, owner: str) -> list[JobState]:
         """The owner's recorded jobs, oldest first: those whose record names this
