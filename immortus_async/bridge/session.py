@@ -287,10 +287,7 @@ class Session:
         ``authorize`` refuses the job, that frame is ``not_found``, the same bytes
         whether the job exists or not: nothing about it is read before the app says yes.
         """
-        deadline = None
-        if expires_at is not None:
-            deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
-        scope = asyncio.timeout_at(deadline)
+        scope = _until(expires_at)
         states: AsyncIterator[JobState] | None = None
         try:
             try:
@@ -311,12 +308,7 @@ class Session:
         finally:
             if self._subscriptions.get(job_id) is asyncio.current_task():
                 del self._subscriptions[job_id]
-            close = getattr(states, "aclose", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception:
-                    logger.exception("closing the subscription to job %r failed", job_id)
+            await _close(states, "the subscription to job", job_id)
 
     async def _follow_owner(self, owner: str, expires_at: float | None, *, ask_app: bool) -> None:
         """Forward the owner's feed to the outbox until an error ends it.
@@ -326,10 +318,7 @@ class Session:
         A feed the app's ``authorize_owner`` refuses ends with ``not_found``
         before anything of the owner is read.
         """
-        deadline = None
-        if expires_at is not None:
-            deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
-        scope = asyncio.timeout_at(deadline)
+        scope = _until(expires_at)
         states: AsyncIterator[JobState] | None = None
         try:
             async with scope:
@@ -345,12 +334,7 @@ class Session:
         finally:
             if self._feeds.get(owner) is asyncio.current_task():
                 del self._feeds[owner]
-            close = getattr(states, "aclose", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception:
-                    logger.exception("closing the feed of owner %r failed", owner)
+            await _close(states, "the feed of owner", owner)
 
     async def _forward(self, states: AsyncIterator[JobState], since_seq: int | None) -> None:
         """Queue every state to send, up to the terminal one, then return.
@@ -417,6 +401,23 @@ class Session:
         finally:
             take.cancel()  # it has no effect before it returns
         return [] if take.cancelled() else take.result()
+
+
+def _until(expires_at: float | None) -> asyncio.Timeout:
+    """A timeout that ends a subscription when its token expires (None: never)."""
+    deadline = None
+    if expires_at is not None:
+        deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
+    return asyncio.timeout_at(deadline)
+
+
+async def _close(states: AsyncIterator[JobState] | None, what: str, name: str) -> None:
+    close = getattr(states, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            logger.exception("closing %s %r failed", what, name)
 
 
 def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:

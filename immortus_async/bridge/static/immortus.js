@@ -165,8 +165,14 @@
 
     // Websocket
 
-    async subscribe(socket) {
+    message() {
       var message = { type: "subscribe", job_id: this.job.job_id };
+      if (this.seq >= 0) message.since_seq = this.seq;
+      return message;
+    }
+
+    async subscribe(socket) {
+      var message = this.message();
       try {
         message.token = await this.token();
       } catch (error) {
@@ -174,7 +180,6 @@
         socket.close(1000);
         return;
       }
-      if (this.seq >= 0) message.since_seq = this.seq;
       if (socket.readyState === 1) socket.send(JSON.stringify(message));
     }
 
@@ -351,16 +356,8 @@
       this.seen = new Map(); // job id -> [seq, completed] of the last state delivered
     }
 
-    async subscribe(socket) {
-      var message = { type: "subscribe_owner", owner: this.job.owner };
-      try {
-        message.token = await this.token();
-      } catch (error) {
-        console.error("immortus: the token function failed", error);
-        socket.close(1000);
-        return;
-      }
-      if (socket.readyState === 1) socket.send(JSON.stringify(message));
+    message() {
+      return { type: "subscribe_owner", owner: this.job.owner };
     }
 
     received(socket, data) {
