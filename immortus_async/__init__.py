@@ -13,6 +13,7 @@ from typing import Any
 from .config import INFERRED_STRATEGIES, configure, queue_adapter, strategy_for
 from .embedded import RedisServer, find_redis_server
 from .exceptions import (
+    AbortUnsupported,
     ImmortusError,
     InvalidStateError,
     JobLost,
@@ -25,7 +26,15 @@ from .exceptions import (
     TokenInvalid,
     TrackerClosed,
 )
-from .jobside import MAX_META_BYTES, UNOWNED, JobContext, JobOptions, Leftovers, begin_job
+from .jobside import (
+    MAX_META_BYTES,
+    MAX_RESULT_BYTES,
+    UNOWNED,
+    JobContext,
+    JobOptions,
+    Leftovers,
+    begin_job,
+)
 from .keys import DEFAULT_PREFIX, Keys
 from .registry import ENTRY_POINT_GROUP, StrategySpec, register_strategy, resolve_strategy
 from .state import JobState, JobUpdate, apply_update, utcnow
@@ -74,9 +83,11 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "INFERRED_STRATEGIES",
     "MAX_META_BYTES",
+    "MAX_RESULT_BYTES",
     "SECRET_ENV",
     "TERMINAL_STATUSES",
     "UNOWNED",
+    "AbortUnsupported",
     "ArqStrategy",
     "Heartbeats",
     "ImmortusError",

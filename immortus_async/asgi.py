@@ -54,6 +54,7 @@ def app(
     authorize_owner: AuthorizeOwner | None = None,
     allowed_origins: Sequence[str] = (),
     insecure_no_auth: bool = False,
+    allow_abort: bool = False,
     # Limits
     max_frame_size: int = 4096,
     max_subscriptions: int = 100,
@@ -82,6 +83,12 @@ def app(
             (``not_found``). Without it, only an owner token opens a feed.
         allowed_origins: browser origins allowed besides the app's own (``"*"``: any).
         insecure_no_auth: follow any job without a token (development only).
+        allow_abort: take abort requests, the websocket's ``abort`` message and
+            ``POST .../jobs/<job_id>/abort``, authorised as a subscription is (a
+            token for the job, or ``authorize``, which sees the request's method
+            and path in the scope and may be stricter for an abort); they call
+            :meth:`Tracker.abort <immortus_async.Tracker.abort>`. Off by default:
+            refused with ``abort_disabled``.
         max_frame_size: the largest inbound websocket frame, in bytes; a larger
             one closes the connection with code 1009. The ASGI server reads the
             frame first: keep its own limit low too (uvicorn ``--ws-max-size``).
@@ -105,6 +112,7 @@ def app(
         authorize_owner=authorize_owner,
         allowed_origins=allowed_origins,
         insecure_no_auth=insecure_no_auth,
+        allow_abort=allow_abort,
         max_frame_size=max_frame_size,
         max_subscriptions=max_subscriptions,
         send_timeout=send_timeout,
@@ -130,6 +138,7 @@ class App:
         send_timeout: float,
         close_timeout: float,
         redis_timeout: float,
+        allow_abort: bool = False,
     ) -> None:
         check_options(
             allowed_origins,
@@ -147,6 +156,7 @@ class App:
             allowed_origins=allowed_origins,
             authorize=authorize,
             authorize_owner=authorize_owner,
+            allow_abort=allow_abort,
         )
         self._routes = HttpRoutes(
             tracker,

@@ -94,12 +94,24 @@ from .state import JobUpdate
 from .status import JobStatus
 from .strategies.base import Heartbeats, StateReader, StateWriter
 
-__all__ = ["MAX_META_BYTES", "UNOWNED", "JobContext", "JobOptions", "Leftovers", "begin_job"]
+__all__ = [
+    "MAX_META_BYTES",
+    "MAX_RESULT_BYTES",
+    "UNOWNED",
+    "JobContext",
+    "JobOptions",
+    "Leftovers",
+    "begin_job",
+]
 
 logger = logging.getLogger("immortus_async.jobside")
 
 MAX_META_BYTES = 64 * 1024
 """The largest ``meta`` one :meth:`JobContext.update` takes, encoded as JSON."""
+
+MAX_RESULT_BYTES = 64 * 1024
+"""The default largest result reported in a ``finished`` state, encoded as JSON
+(``max_result_bytes`` of each queue's job side changes it)."""
 
 _BACKOFF = (0.05, 1.0)
 _SETTLE_POLL = 0.02
@@ -170,6 +182,10 @@ class JobOptions:
     """How long a write is retried while Redis is unreachable."""
     write_timeout: float = 1.0
     """How long a tracking write (or a read of the queue's records) may hold the job."""
+    report_result: bool = False
+    """Whether the job's return value goes in its ``finished`` state."""
+    max_result_bytes: int = MAX_RESULT_BYTES
+    """The largest result reported, encoded as JSON; a larger one is left out (logged)."""
 
     @classmethod
     def checked(
@@ -178,6 +194,9 @@ class JobOptions:
         stalled_after: float | None = None,
         retry_for: float = 30.0,
         write_timeout: float = 1.0,
+        *,
+        report_result: bool = False,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> JobOptions:
         """Validated options; ``stalled_after`` defaults to three ``heartbeat_interval``.
 
@@ -201,7 +220,13 @@ class JobOptions:
                 "write_timeout must be a positive, finite number of seconds, got "
                 f"{write_timeout!r}: it is how long a tracking write may hold the job"
             )
-        return cls(heartbeat_interval, stalled, retry_for, write_timeout)
+        if isinstance(max_result_bytes, bool) or not isinstance(max_result_bytes, int):
+            raise ValueError(f"max_result_bytes must be an int, got {max_result_bytes!r}")
+        if max_result_bytes <= 0:
+            raise ValueError(f"max_result_bytes must be positive, got {max_result_bytes!r}")
+        return cls(
+            heartbeat_interval, stalled, retry_for, write_timeout, report_result, max_result_bytes
+        )
 
     def why(self, exc: BaseException) -> str:
         """What a write or read that raised one of UNREACHABLE ran into, for the log."""
@@ -234,6 +259,34 @@ def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return decoded
 
 
+def _reported_result(job_id: str, result: Any, limit: int) -> Any:
+    """``result`` as JSON types when it is JSON-able and at most ``limit`` bytes as JSON;
+    else None, with one error logged saying why (the job itself is not touched)."""
+    try:
+        encoded = json.dumps(result, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.error(
+            "job %s: its result is not reported in its state, as it is not JSON-serialisable "
+            "(%s); the job is finished all the same, and its queue keeps the result",
+            job_id,
+            exc,
+        )
+        return None
+    size = len(encoded.encode())
+    if size > limit:
+        logger.error(
+            "job %s: its result is not reported in its state, as it is %d bytes as JSON, "
+            "over the %d-byte limit (max_result_bytes); the job is finished all the same, "
+            "and its queue keeps the result",
+            job_id,
+            size,
+            limit,
+        )
+        return None
+    # A copy in JSON types, as waiters will read it.
+    return json.loads(encoded)
+
+
 def _merge(older: JobUpdate | None, newer: JobUpdate) -> JobUpdate:
     """One update with the effect of ``older`` then ``newer`` (both of one attempt)."""
     if older is None:
@@ -247,6 +300,7 @@ def _merge(older: JobUpdate | None, newer: JobUpdate) -> JobUpdate:
         error=newer.error or older.error,
         function=newer.function or older.function,
         at=older.at if older.status is newer.status else newer.at,
+        result=newer.result if newer.result is not None else older.result,
     )
 
 
@@ -334,9 +388,17 @@ class JobContext:
         """True once the attempt's end was recorded (or :meth:`stop` ran)."""
         return self._ended
 
-    async def finished(self) -> None:
-        """The job returned: record ``finished``."""
-        await self._end(JobStatus.FINISHED)
+    async def finished(self, result: Any = None) -> None:
+        """The job returned ``result``: record ``finished``.
+
+        With ``report_result`` (the job side's option), ``result`` goes in the
+        state when it is JSON-serialisable and at most ``max_result_bytes`` as
+        JSON; else the state has none and one error is logged. Never raises for it.
+        """
+        reported = None
+        if self._options.report_result and result is not None:
+            reported = _reported_result(self.job_id, result, self._options.max_result_bytes)
+        await self._end(JobStatus.FINISHED, result=reported)
 
     async def failed(self, error: str) -> None:
         """The job raised and will not run again: record ``failed`` with ``error``."""
@@ -417,10 +479,12 @@ class JobContext:
             await asyncio.sleep(self._options.heartbeat_interval)
             await self._beat_once(beat)
 
-    async def _end(self, status: JobStatus, error: str | None = None) -> None:
+    async def _end(self, status: JobStatus, error: str | None = None, result: Any = None) -> None:
         await self.stop()
         await self._send(
-            JobUpdate(job_id=self.job_id, status=status, attempt=self.attempt, error=error)
+            JobUpdate(
+                job_id=self.job_id, status=status, attempt=self.attempt, error=error, result=result
+            )
         )
 
     async def _settle(self, reader: StateReader, *, wait: float, error: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +20,7 @@ from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
 from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
-from .state import JobState, JobUpdate
+from .state import JobState, JobUpdate, utcnow
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_owner_token, mint_token, read_secret
@@ -55,6 +56,10 @@ class Tracker:
             :meth:`watch`) rides out a Redis it cannot reach, at its first read or
             mid-wait, before it raises :class:`~immortus_async.RedisUnavailable`;
             None: only the caller's timeout ends the wait.
+        queue: what :meth:`abort` aborts through, as :meth:`enqueue` takes it: an
+            arq pool, a taskiq broker, a streaQ worker. Default: the queue adapter
+            of :func:`~immortus_async.configure` on ``queue_redis`` (else
+            ``redis``), which is all arq needs.
 
     A Tracker holds at most one Redis pub/sub connection (per Redis) for all of
     its waiters. Use it as ``async with Tracker(...) as tracker:`` or call
@@ -71,7 +76,9 @@ class Tracker:
         poll_interval: tuple[float, float] = (0.01, 1.0),
         queue_redis: Redis | str | None = None,
         unreachable_timeout: float | None = 30.0,
+        queue: object | None = None,
     ) -> None:
+        self._queue = queue
         if unreachable_timeout is not None and not unreachable_timeout > 0:
             raise ValueError(
                 "unreachable_timeout must be a positive number of seconds or None, "
@@ -235,13 +242,22 @@ class Tracker:
                 default strategy keeps no owner feeds (before anything is enqueued).
         """
         adapter = adapters.for_target(target)
-        queued = self._queued
+        # Taken before the queue has the job: a record of this id that ended
+        # earlier is of a run before this one, which this enqueue starts afresh.
+        queued = functools.partial(self._queued, since=utcnow())
         if owner is not None:
             self._feed_strategy(owner)
-            queued = functools.partial(self._queued, owner=owner)
+            queued = functools.partial(queued, owner=owner)
         return await adapter.enqueue(target, function, args, kwargs, queued)
 
-    async def _queued(self, job_id: str, function: str | None, *, owner: str | None = None) -> None:
+    async def _queued(
+        self,
+        job_id: str,
+        function: str | None,
+        *,
+        since: datetime | None = None,
+        owner: str | None = None,
+    ) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
         strategy = self.strategy(function)
         if owner is not None and not _feeds(strategy):
@@ -254,7 +270,11 @@ class Tracker:
         try:
             if isinstance(strategy, StateWriter):
                 update = JobUpdate(
-                    job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
+                    job_id=job_id,
+                    status=JobStatus.QUEUED,
+                    attempt=0,
+                    function=function,
+                    since=since,
                 )
                 if owner is None:
                     await strategy.apply(update)
@@ -325,6 +345,51 @@ class Tracker:
         if self._secret is None:
             raise ValueError("no signing secret: pass Tracker(secret=...) or set IMMORTUS_SECRET")
         return mint_owner_token(owner, self._secret, ttl=ttl)
+
+    async def abort(self, job_id: str) -> bool:
+        """Ask the job's queue to abort it; False, asking nothing, if it has ended.
+
+        The queue is the adapter of ``queue`` (the Tracker's argument), else of
+        :func:`~immortus_async.configure`. A job the queue takes out before it
+        runs is recorded ``aborted`` at once; a running job is cancelled by its
+        worker (arq: only a worker with ``allow_abort_jobs=True``), whose tracking
+        records ``aborted``. Either way every watcher gets the terminal
+        ``aborted``, unless the job ends otherwise first: ``await
+        tracker.completed(job_id)`` tells which. Returns once the queue has the
+        request, without waiting for the job to stop.
+
+        Raises:
+            JobNotFound: the job has no record anywhere.
+            AbortUnsupported: its queue cannot abort a job (taskiq), or needs the
+                ``queue`` object this Tracker was not given (streaQ's worker).
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        state = await self.status(job_id)
+        if state.status is JobStatus.UNKNOWN:
+            raise JobNotFound(job_id)
+        if state.completed:
+            return False
+        if self._queue is not None:
+            adapter, target = adapters.for_target(self._queue), self._queue
+        else:
+            adapter = adapters.load(config.queue_adapter() or adapters.DEFAULT)
+            target = self._queue_redis or self._redis
+        await adapter.abort(target, job_id, functools.partial(self._aborted, state))
+        return True
+
+    async def _aborted(self, state: JobState, job_id: str) -> None:
+        """Record ``aborted`` for a job its queue took out before it ran."""
+        strategy = self.strategy(state.function)
+        update = JobUpdate(
+            job_id=job_id,
+            status=JobStatus.ABORTED,
+            attempt=state.attempt,
+            error="aborted before it ran",
+        )
+        if isinstance(strategy, StateWriter):
+            await strategy.apply(update)
+        elif callable(getattr(strategy, "job_failed", None)):
+            await strategy.job_failed(job_id, update.error)  # type: ignore[attr-defined]
 
     def token(self, job_id: str, *, ttl: float = 3600) -> str:
         """A signed token (JWT, HS256) that lets a browser follow ``job_id`` for ``ttl`` s.

@@ -13,9 +13,12 @@ from .http import EVENTS_SUFFIX, STATIC_FILES, VERIFY_PATH, Answer, EventStream,
 from .logs import REDACTED, RedactingLogger, redact
 from .outbox import Outbox, OutboxStatistics
 from .protocol import (
+    ABORT_SUFFIX,
     JOBS_PATH,
     MAX_JOB_ID_LENGTH,
     OWNERS_PATH,
+    Abort,
+    AbortReply,
     ClientMessage,
     CloseCode,
     ErrorCode,
@@ -33,9 +36,10 @@ from .protocol import (
     state_frame,
 )
 from .server import DEFAULT_REDIS_URL, Bridge, BridgeStatistics, check_options, serve
-from .session import Disconnected, Session, Transport
+from .session import Disconnected, Session, Transport, abort_job
 
 __all__ = [
+    "ABORT_SUFFIX",
     "DEFAULT_REDIS_URL",
     "EVENTS_SUFFIX",
     "JOBS_PATH",
@@ -44,6 +48,8 @@ __all__ = [
     "REDACTED",
     "STATIC_FILES",
     "VERIFY_PATH",
+    "Abort",
+    "AbortReply",
     "Answer",
     "Authorize",
     "AuthorizeOwner",
@@ -66,6 +72,7 @@ __all__ = [
     "Transport",
     "Unsubscribe",
     "UnsubscribeOwner",
+    "abort_job",
     "check_job_id",
     "check_options",
     "check_owner",

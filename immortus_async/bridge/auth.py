@@ -54,6 +54,9 @@ class Gatekeeper:
         authorize_owner: the app's :data:`AuthorizeOwner` callable, asked about
             every owner feed requested without a token. Without it, such a
             request is refused (``not_found``) unless auth is off.
+        allow_abort: take ``abort`` requests (the websocket message and ``POST
+            /jobs/<job_id>/abort``), authorised as a subscription is: a token for
+            the job, or the app's ``authorize``. Off by default.
 
     Raises:
         ValueError: auth is on and there is neither a secret nor ``authorize``,
@@ -68,7 +71,9 @@ class Gatekeeper:
         allowed_origins: Iterable[str] = (),
         authorize: Authorize | None = None,
         authorize_owner: AuthorizeOwner | None = None,
+        allow_abort: bool = False,
     ) -> None:
+        self.allow_abort = allow_abort
         self._secret = read_secret(secret)
         apps = authorize is not None or authorize_owner is not None
         if apps and insecure_no_auth:

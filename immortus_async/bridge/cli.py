@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="follow any job without a token (development only)",
     )
     parser.add_argument(
+        "--allow-abort",
+        action="store_true",
+        help="take abort requests for a job (the websocket's abort message, "
+        "POST /jobs/<job_id>/abort), authorised by the job's token",
+    )
+    parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help="Redis key and channel prefix (%(default)s)"
     )
 
@@ -105,6 +111,7 @@ async def _serve(args: argparse.Namespace) -> None:
         prefix=args.prefix,
         insecure_no_auth=args.insecure_no_auth,
         allowed_origins=args.allowed_origin,
+        allow_abort=args.allow_abort,
         queue_redis=args.queue_redis,
         redis_timeout=args.redis_timeout,
     ):

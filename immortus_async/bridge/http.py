@@ -30,14 +30,17 @@ from ..tracker import Tracker
 from .auth import Gatekeeper, not_found, owner_not_found
 from .logs import RedactingLogger
 from .protocol import (
+    ABORT_SUFFIX,
     JOBS_PATH,
     OWNERS_PATH,
+    Abort,
     ErrorCode,
     Rejection,
     check_job_id,
     check_owner,
     error_frame,
 )
+from .session import abort_job
 
 __all__ = ["EVENTS_SUFFIX", "STATIC_FILES", "VERIFY_PATH", "Answer", "EventStream", "HttpRoutes"]
 
@@ -69,6 +72,10 @@ _STATUS_OF = {
     ErrorCode.TOKEN_INVALID: HTTPStatus.FORBIDDEN,
     ErrorCode.TOKEN_EXPIRED: HTTPStatus.FORBIDDEN,
     ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorCode.ABORT_DISABLED: HTTPStatus.FORBIDDEN,
+    ErrorCode.ABORT_UNSUPPORTED: HTTPStatus.NOT_IMPLEMENTED,
+    ErrorCode.REDIS_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
 
@@ -148,6 +155,14 @@ def _events_path(path: str) -> bool:
     return path.startswith((JOBS_PATH, OWNERS_PATH)) and path.endswith(EVENTS_SUFFIX)
 
 
+def _abort_path(path: str) -> bool:
+    return (
+        path.startswith(JOBS_PATH)
+        and path.endswith(ABORT_SUFFIX)
+        and len(path) > len(JOBS_PATH) + len(ABORT_SUFFIX)
+    )
+
+
 def _last_event_id(text: str | None) -> int | None:
     """A ``Last-Event-ID``: the seq of the last state the client has, if it reads as one."""
     if text is not None and text.isascii() and text.isdigit() and len(text) < 20:
@@ -172,6 +187,12 @@ class HttpRoutes:
         ``/`` and ``/jobs/<job_id>``: websocket handshakes, 403 from a foreign origin.
         On the mount, a plain ``GET /jobs/<job_id>`` is verify, and
         ``GET /jobs/<job_id>/events`` an :class:`EventStream`, refused as verify is.
+        ``POST /jobs/<job_id>/abort?token=...`` (bridge and mount): asks the job's
+        queue to abort it, 200 ``{"type": "abort", "job_id": ..., "requested":
+        true}`` (``false``: it had ended); 403 ``abort_disabled`` unless the
+        server allows aborts; refused as verify is otherwise (404 ``not_found``
+        for a job the caller may not see or no one knows); 501
+        ``abort_unsupported`` for a queue that cannot abort.
         Anything else: 404.
 
     ``HEAD`` is answered as ``GET`` without the body (405 on the handshake
@@ -257,6 +278,8 @@ class HttpRoutes:
         """
         parts = urlsplit(target)
         path = parts.path
+        if method == "POST" and websocket is not True and _abort_path(path):
+            return await self._abort_route(path, parts.query, header, scope)
         handshake = path == "/" or path.startswith((JOBS_PATH, OWNERS_PATH))
         if websocket is not None:
             handshake = websocket
@@ -331,6 +354,42 @@ class HttpRoutes:
                 allow_origin="*",
             )
         return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such path")
+
+    async def _abort_route(
+        self,
+        path: str,
+        query: str,
+        header: Callable[[str], list[str]],
+        scope: MutableMapping[str, Any] | None,
+    ) -> Answer:
+        for name in _SINGLE_HEADERS:
+            if len(header(name)) > 1:
+                return _error(
+                    HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"more than one {name} header"
+                )
+        origins, hosts = header("Origin"), header("Host")
+        origin = origins[0] if origins else None
+        # A foreign page's POST carries the user's cookies (what an app's authorize
+        # may trust): refused before anything else, as a cross-site request forgery.
+        if not self._gate.origin_allowed(origin, hosts[0] if hosts else None):
+            assert origin is not None
+            return self._foreign_origin(origin)
+        answer = await self._abort(path[len(JOBS_PATH) : -len(ABORT_SUFFIX)], query, scope)
+        if origin is not None:
+            answer.allow_origin(origin)
+        return answer
+
+    async def _abort(
+        self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer:
+        job_id = check_job_id(unquote(raw_job_id))
+        if isinstance(job_id, Rejection):
+            return _refusal(job_id)
+        token = parse_qs(query).get("token", [None])[0]
+        answer = await abort_job(self._tracker, self._gate, Abort(job_id, token), scope)
+        if isinstance(answer, Rejection):
+            return _refusal(answer)
+        return _response(HTTPStatus.OK, answer.frame())
 
     def _foreign_origin(self, origin: str) -> Answer:
         option = self._origin_option.format(origin="'*'" if origin == "null" else origin)

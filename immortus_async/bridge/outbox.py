@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .._buffer import Wakeup
 from .._feed import OWNER_SNAPSHOT_LIMIT
 from ..state import JobState
-from .protocol import Rejection, owner_state_frame, state_frame
+from .protocol import AbortReply, Rejection, owner_state_frame, state_frame
 
 __all__ = ["Outbox", "OutboxStatistics"]
 
@@ -71,7 +71,7 @@ class Outbox:
         self._feed_dropped = 0
         # Lists, not deques, and a Wakeup, not an Event: an empty deque is 760
         # bytes, and a bridge holds one outbox per connection.
-        self._errors: list[Rejection] = []
+        self._errors: list[Rejection | AbortReply] = []
         self._max_errors = max_errors
         self._replaced = 0
         self._errors_dropped = 0
@@ -136,13 +136,17 @@ class Outbox:
         """The owner feeds with something waiting to be sent."""
         return set(self._feeds)
 
-    def reject(self, rejection: Rejection) -> None:
+    def reject(self, rejection: Rejection | AbortReply) -> None:
         """Queue an error about the client's input; the oldest goes when full."""
         if len(self._errors) >= self._max_errors:
             del self._errors[0]
             self._errors_dropped += 1
         self._errors.append(rejection)
         self._wakeup.set()
+
+    def reply(self, reply: AbortReply) -> None:
+        """Queue the answer to a request (an ``abort``), with the input's errors."""
+        self.reject(reply)
 
     def discard(self, job_id: str) -> None:
         """Forget everything waiting for ``job_id`` (the client unsubscribed)."""

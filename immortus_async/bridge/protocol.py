@@ -10,12 +10,14 @@ Client messages (JSON text frames)::
     {"type": "unsubscribe", "job_id": "42"}
     {"type": "subscribe_owner", "owner": "user-42", "token": "<jwt>"}
     {"type": "unsubscribe_owner", "owner": "user-42"}
+    {"type": "abort", "job_id": "42", "token": "<jwt>"}      (when the server allows it)
 
 Server frames::
 
     {"type": "state", "job_id": "42", "status": "started", "seq": 4, ...}
     {"type": "owner_state", "owner": "user-42", "job_id": "42", "status": ..., ...}
     {"type": "error", "code": "token_expired", "message": "...", "job_id": "42"}
+    {"type": "abort", "job_id": "42", "requested": true}
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..state import JobState
 
 __all__ = [
+    "ABORT_SUFFIX",
     "JOBS_PATH",
     "MAX_JOB_ID_LENGTH",
     "OWNERS_PATH",
+    "Abort",
+    "AbortReply",
     "ClientMessage",
     "CloseCode",
     "ErrorCode",
@@ -59,6 +64,8 @@ JOBS_PATH = "/jobs/"
 OWNERS_PATH = "/owners/"
 """``ws://host:port/owners/<owner>?token=...`` subscribes to that owner's feed on
 connect (and ``GET /owners/<owner>/events`` streams it, on the mount)."""
+ABORT_SUFFIX = "/abort"
+"""``POST /jobs/<job_id>/abort?token=...`` asks the job's queue to abort it (when allowed)."""
 
 
 class ErrorCode(StrEnum):
@@ -70,7 +77,7 @@ class ErrorCode(StrEnum):
     """The JSON is not an object, or a field is missing or of the wrong type."""
     UNKNOWN_TYPE = "unknown_type"
     """``type`` is none of ``subscribe``, ``unsubscribe``, ``subscribe_owner``,
-    ``unsubscribe_owner``."""
+    ``unsubscribe_owner``, ``abort``."""
     BINARY_FRAME = "binary_frame"
     """A binary frame: the protocol is JSON text only."""
     INVALID_JOB_ID = "invalid_job_id"
@@ -100,6 +107,14 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     """The bridge could not follow the job (a corrupt record; the subscription ended),
     or could not handle a frame (a bug: it is logged); retry later."""
+    ABORT_DISABLED = "abort_disabled"
+    """The server does not take ``abort`` (HTTP 403): it runs without
+    ``allow_abort`` (the default). Said before anything about the job is read."""
+    ABORT_UNSUPPORTED = "abort_unsupported"
+    """The job's queue cannot abort a job (taskiq), or the server's tracker was not
+    given what it aborts through (HTTP 501)."""
+    TOO_MANY_ABORTS = "too_many_aborts"
+    """The connection already has the maximum number of ``abort`` requests in flight."""
     JOB_LOST = "job_lost"
     """Redis lost the job's record (restarted without data, flushed, failed over to an
     empty replica): its end will never be known; the subscription ended."""
@@ -149,13 +164,38 @@ class SubscribeOwner:
 
 
 @dataclass(frozen=True, slots=True)
+class Abort:
+    """Ask the queue of ``job_id`` to abort it, authorised as a subscription is."""
+
+    job_id: str
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UnsubscribeOwner:
     """Stop following ``owner``'s feed. Idempotent."""
 
     owner: str
 
 
-ClientMessage = Subscribe | Unsubscribe | SubscribeOwner | UnsubscribeOwner
+@dataclass(frozen=True, slots=True)
+class AbortReply:
+    """The answer to an :class:`Abort`: ``requested`` False when the job had ended.
+
+    An ``abort`` frame on a websocket, the JSON body of a 200 on HTTP. The job's
+    end (``aborted``, or how else it ended first) comes to its subscribers.
+    """
+
+    job_id: str
+    requested: bool
+
+    def frame(self) -> str:
+        """This reply as an ``abort`` frame."""
+        body = {"type": "abort", "job_id": self.job_id, "requested": self.requested}
+        return json.dumps(body, separators=(",", ":"))
+
+
+ClientMessage = Subscribe | Unsubscribe | SubscribeOwner | UnsubscribeOwner | Abort
 """What a client's frame asks for, once read."""
 
 
@@ -236,10 +276,11 @@ def parse_message(data: str | bytes) -> ClientMessage | Rejection:
     kind = message.get("type")
     if kind in ("subscribe_owner", "unsubscribe_owner"):
         return _owner_message(kind, message)
-    if kind not in ("subscribe", "unsubscribe"):
+    if kind not in ("subscribe", "unsubscribe", "abort"):
         return Rejection(
             ErrorCode.UNKNOWN_TYPE,
-            'type must be "subscribe", "unsubscribe", "subscribe_owner" or "unsubscribe_owner"',
+            'type must be "subscribe", "unsubscribe", "subscribe_owner", "unsubscribe_owner" '
+            'or "abort"',
         )
     if "job_id" not in message:
         return Rejection(ErrorCode.INVALID_MESSAGE, f"a {kind} message needs a job_id")
@@ -248,6 +289,11 @@ def parse_message(data: str | bytes) -> ClientMessage | Rejection:
         return job_id
     if kind == "unsubscribe":
         return Unsubscribe(job_id)
+    if kind == "abort":
+        token = message.get("token")
+        if token is not None and not isinstance(token, str):
+            return Rejection(ErrorCode.INVALID_MESSAGE, "token must be a string", job_id)
+        return Abort(job_id, token or None)
     return _subscribe(job_id, message.get("token"), message.get("since_seq"))
 
 

@@ -288,6 +288,14 @@ class Bridge:
             inferred one (``"redis_pub_sub"``).
         secret: the token signing secret; default ``$IMMORTUS_SECRET``.
         insecure_no_auth: follow any job without a token (development only).
+        allow_abort: take abort requests (the ``abort`` message and ``POST
+            /jobs/<job_id>/abort``), authorised by the job's token; they call
+            :meth:`Tracker.abort <immortus_async.Tracker.abort>` on the bridge's
+            tracker, which aborts through the configured queue adapter on
+            ``queue_redis`` (arq), else through ``queue``. Off by default: refused
+            with ``abort_disabled``.
+        queue: what the bridge's tracker aborts through (its ``queue``: a
+            taskiq broker, a streaQ worker); default the queue Redis, all arq needs.
         allowed_origins: browser origins allowed besides the bridge's own
             (``"*"``: any); other origins get HTTP 403. Requests without an
             ``Origin`` header (not browsers) are allowed.
@@ -327,6 +335,8 @@ class Bridge:
         secret: str | bytes | None = None,
         insecure_no_auth: bool = False,
         allowed_origins: Sequence[str] = (),
+        allow_abort: bool = False,
+        queue: object | None = None,
         # Limits
         max_frame_size: int = 4096,
         max_subscriptions: int = 100,
@@ -356,10 +366,14 @@ class Bridge:
             },
         )
         self._gate = Gatekeeper(
-            secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
+            secret=secret,
+            insecure_no_auth=insecure_no_auth,
+            allowed_origins=allowed_origins,
+            allow_abort=allow_abort,
         )
         self._redis_spec = redis
         self._queue_redis = queue_redis
+        self._queue = queue
         self._host, self._port = host, port
         self._prefix = prefix
         self._tracking_strategy = tracking_strategy
@@ -431,6 +445,7 @@ class Bridge:
                 tracking_strategy=self._tracking_strategy,
                 prefix=self._prefix,
                 queue_redis=self._queue_redis,
+                queue=self._queue,
             )
             routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
             self._server = await websockets_serve(

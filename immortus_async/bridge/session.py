@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
-from ..exceptions import JobLost, RedisUnavailable
+from redis.exceptions import RedisError
+
+from ..exceptions import AbortUnsupported, JobLost, JobNotFound, RedisUnavailable
 from ..state import JobState
 from ..status import JobStatus
 from ..tracker import Tracker
@@ -23,6 +25,8 @@ from .auth import Gatekeeper, not_found, owner_not_found
 from .logs import RedactingLogger
 from .outbox import Outbox
 from .protocol import (
+    Abort,
+    AbortReply,
     ClientMessage,
     CloseCode,
     ErrorCode,
@@ -35,9 +39,12 @@ from .protocol import (
     parse_message,
 )
 
-__all__ = ["Disconnected", "Session", "Transport"]
+__all__ = ["Disconnected", "Session", "Transport", "abort_job"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
+
+# Errors of a Redis that does not answer, as an abort request meets them.
+_REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
 
 class Disconnected(Exception):
@@ -138,6 +145,8 @@ class Session:
         self.outbox = Outbox()
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
         self._feeds: dict[str, asyncio.Task[None]] = {}
+        # The abort requests in flight, by job: at most max_subscriptions of them.
+        self._aborts: dict[str, asyncio.Task[None]] = {}
         # Cancelled subscriptions stay here until they have finished unwinding.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -198,6 +207,8 @@ class Session:
         elif isinstance(message, UnsubscribeOwner):
             self._stop_owner(message.owner)
             self.outbox.discard_owner(message.owner)
+        elif isinstance(message, Abort):
+            self._abort(message)
         elif isinstance(message, Unsubscribe):
             self._stop(message.job_id)
             self.outbox.discard(message.job_id)
@@ -232,6 +243,38 @@ class Session:
         self._subscriptions[job_id] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _abort(self, request: Abort) -> None:
+        """Answer an ``abort`` in a task of its own: it waits on the app and on Redis."""
+        job_id = request.job_id
+        if not self._gate.allow_abort:
+            self.outbox.reject(_abort_disabled(job_id))
+            return
+        if job_id in self._aborts:
+            return  # the request in flight answers this one too
+        if len(self._aborts) >= self._max_subscriptions:
+            self.outbox.reject(
+                Rejection(
+                    ErrorCode.TOO_MANY_ABORTS,
+                    f"a connection may have at most {self._max_subscriptions} aborts in flight",
+                    job_id,
+                )
+            )
+            return
+        task = asyncio.create_task(self._answer_abort(request), name="immortus-bridge-abort")
+        self._aborts[job_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_abort(self, request: Abort) -> None:
+        try:
+            answer = await abort_job(self._tracker, self._gate, request, self._scope)
+        finally:
+            del self._aborts[request.job_id]
+        if isinstance(answer, Rejection):
+            self.outbox.reject(answer)
+        else:
+            self.outbox.reply(answer)
 
     def _stop(self, job_id: str) -> None:
         task = self._subscriptions.pop(job_id, None)
@@ -418,6 +461,48 @@ async def _close(states: AsyncIterator[JobState] | None, what: str, name: str) -
             await close()
         except Exception:
             logger.exception("closing %s %r failed", what, name)
+
+
+def _abort_disabled(job_id: str | None) -> Rejection:
+    return Rejection(ErrorCode.ABORT_DISABLED, "this server does not take abort requests", job_id)
+
+
+async def abort_job(
+    tracker: Tracker,
+    gate: Gatekeeper,
+    request: Abort,
+    scope: MutableMapping[str, Any] | None,
+) -> AbortReply | Rejection:
+    """The answer to an abort request, for every server (a websocket message, HTTP).
+
+    Refused with ``abort_disabled`` unless the gate allows aborts, before anything
+    else; then authorised as a subscription is (the token, else the app's
+    ``authorize``): a job the caller may not see, and a job no one knows, are
+    both ``not_found``. Then :meth:`Tracker.abort <immortus_async.Tracker.abort>`.
+    """
+    job_id = request.job_id
+    if not gate.allow_abort:
+        return _abort_disabled(job_id)
+    grant = gate.authorize(job_id, request.token)
+    if isinstance(grant, Rejection):
+        return grant
+    try:
+        if gate.asks_app(request.token) and not await gate.app_allows(scope, job_id):
+            return not_found(job_id)
+        requested = await tracker.abort(job_id)
+    except JobNotFound:
+        return not_found(job_id)
+    except AbortUnsupported as exc:
+        return Rejection(ErrorCode.ABORT_UNSUPPORTED, str(exc), job_id)
+    except _REDIS_DOWN as exc:
+        logger.warning("cannot abort job %r: %s", job_id, exc)
+        return Rejection(
+            ErrorCode.REDIS_UNAVAILABLE, "Redis cannot be reached: try again later", job_id
+        )
+    except Exception:
+        logger.exception("aborting job %r failed", job_id)
+        return Rejection(ErrorCode.INTERNAL_ERROR, "the server could not abort this job", job_id)
+    return AbortReply(job_id, requested)
 
 
 def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:

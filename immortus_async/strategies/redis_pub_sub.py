@@ -117,11 +117,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
+def _decode_state(stored_state: Any, stored_meta: Any, stored_result: Any = None) -> dict[str, Any]:
     try:
         data = json.loads(stored_state)
         encoded_meta = json.loads(stored_meta) if stored_meta else {}
         data["meta"] = {key: json.loads(value) for key, value in encoded_meta.items()}
+        data["result"] = json.loads(stored_result) if stored_result else None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidStateError(f"a stored job state is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -242,6 +243,8 @@ class RedisPubSubStrategy(Connected):
         body = update.to_dict()
         if update.meta:
             body["meta"] = {key: json.dumps(value) for key, value in update.meta.items()}
+        if update.result is not None:
+            body["result"] = json.dumps(update.result)
         job_id = update.job_id
         wire = await self._script(
             keys=[self.keys.record(job_id), self.keys.tombstone(job_id)],
@@ -320,12 +323,16 @@ class RedisPubSubStrategy(Connected):
     async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         record = self.keys.record(job_id)
         async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record, ["state", "meta", "hb"])
+            pipe.hmget(record, ["state", "meta", "hb", "result"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
-            (stored_state, stored_meta, beat), ttl_left, tombstone = await pipe.execute()
+            (
+                (stored_state, stored_meta, beat, stored_result),
+                ttl_left,
+                tombstone,
+            ) = await pipe.execute()
         if stored_state is not None:
-            state = JobState.from_dict(_decode_state(stored_state, stored_meta))
+            state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
             state, _ = _heartbeat(state, beat, ttl_left)
         elif tombstone is not None:
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1)

@@ -14,7 +14,15 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect
 
-from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, mint_token
+from immortus_async import (
+    AbortUnsupported,
+    JobNotFound,
+    JobState,
+    JobStatus,
+    RedisServer,
+    Tracker,
+    mint_token,
+)
 from immortus_async.adapters import installed
 from immortus_async.bridge import serve
 
@@ -22,6 +30,9 @@ from ..conftest import NOT_INSTALLED
 from ..utils import SCALE
 from .drivers import (
     ABORT,
+    ABORT_QUEUED_AGAIN,
+    ABORT_RUNNING_AGAIN,
+    BIG_RESULT,
     DRIVERS,
     FAIL,
     FINISH,
@@ -30,6 +41,8 @@ from .drivers import (
     NEVER_RUN,
     PLAIN,
     PROGRESS,
+    RESULT,
+    RESULT_VALUE,
     RETRY,
     RUN_AGAIN,
     UNSEEN_QUEUED,
@@ -204,3 +217,102 @@ async def test_waiting_through_the_bridge(
                         await driver.start_worker()
     assert frames[0]["status"] == "queued"
     assert frames[-1]["status"] == "finished"
+
+
+async def test_a_reported_result_is_in_the_terminal_state_and_frame(
+    driver: Driver, tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """A job side that reports results puts the return value in the finished state:
+    completed() has it, and so has the bridge's terminal frame."""
+    job_id = await driver.enqueue(tracker, RESULT)
+    async with serve(redis_server.url, "127.0.0.1", 0, secret=SECRET) as bridge:
+        async with connect(bridge.url) as client:
+            token = mint_token(job_id, SECRET, ttl=60)
+            await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+            assert json.loads(await client.recv())["status"] == "queued"
+            await driver.start_worker()
+            state = await tracker.completed(job_id, timeout=30 * SCALE)
+            async with asyncio.timeout(30 * SCALE):
+                frame = json.loads(await client.recv())
+                while not frame.get("completed"):
+                    frame = json.loads(await client.recv())
+    assert (state.status, state.result) == (S.FINISHED, RESULT_VALUE)
+    assert (frame["status"], frame["result"]) == ("finished", RESULT_VALUE)
+
+
+async def test_a_result_over_the_limit_is_left_out_and_the_job_still_ends(
+    driver: Driver, tracker: Tracker
+) -> None:
+    """A result larger than the limit never holds or fails the job: it ends finished,
+    without a result, and its worker logs why."""
+    job_id = await driver.enqueue(tracker, BIG_RESULT)
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.result) == (S.FINISHED, None)
+    await driver.worker_output("result is not reported in its state.*over the 1024-byte limit")
+
+
+async def test_abort_a_queued_job(driver: Driver, tracker: Tracker) -> None:
+    """tracker.abort on a job no worker has taken: every watcher gets aborted, no
+    worker runs it, and its id can be enqueued again at once."""
+    job_id = await driver.enqueue(tracker, WAIT)
+    if ABORT in driver.cannot:
+        with pytest.raises(AbortUnsupported):
+            await driver.tracker_abort(tracker, job_id)
+        cannot(driver, ABORT)
+    watchers = [asyncio.create_task(states_until(tracker.watch(job_id))) for _ in range(2)]
+    assert await driver.tracker_abort(tracker, job_id) is True
+    await driver.start_worker()
+    for seen in await asyncio.gather(*watchers):
+        assert seen[-1].status is S.ABORTED
+        assert S.STARTED not in [state.status for state in seen]
+    assert await driver.tracker_abort(tracker, job_id) is False  # it has ended
+    cannot(driver, ABORT_QUEUED_AGAIN)
+    assert await driver.enqueue_as(tracker, FINISH, job_id) == job_id
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.FINISHED
+
+
+async def test_abort_a_running_job(driver: Driver, tracker: Tracker) -> None:
+    """tracker.abort on a running job: its worker cancels it, every watcher gets
+    aborted; then its id is enqueued again, where the queue allows it."""
+    cannot(driver, ABORT)
+    job_id = await driver.enqueue(tracker, WAIT)
+    await driver.start_worker()
+    await until_running(tracker.watch(job_id))
+    watchers = [asyncio.create_task(states_until(tracker.watch(job_id))) for _ in range(2)]
+    assert await driver.tracker_abort(tracker, job_id) is True
+    for seen in await asyncio.gather(*watchers):
+        assert seen[-1].status is S.ABORTED
+    cannot(driver, ABORT_RUNNING_AGAIN)
+    assert await driver.enqueue_as(tracker, FINISH, job_id) == job_id
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.FINISHED
+
+
+async def test_abort_through_the_bridge(
+    driver: Driver, tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """A websocket client of a bridge that allows aborts sends ``abort`` for the job
+    it follows: it gets the reply, then the terminal aborted state."""
+    cannot(driver, ABORT)
+    job_id = await driver.enqueue(tracker, WAIT)
+    await driver.start_worker()
+    await until_running(tracker.watch(job_id))
+    token = mint_token(job_id, SECRET, ttl=60)
+    async with (
+        driver.abort_queue() as queue,
+        serve(
+            redis_server.url, "127.0.0.1", 0, secret=SECRET, allow_abort=True, queue=queue
+        ) as bridge,
+        connect(bridge.url) as client,
+    ):
+        await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+        assert json.loads(await client.recv())["status"] == "started"
+        await client.send(json.dumps({"type": "abort", "job_id": job_id, "token": token}))
+        frames = []
+        async with asyncio.timeout(30 * SCALE):
+            while not frames or not frames[-1].get("completed"):
+                frames.append(json.loads(await client.recv()))
+    assert {"type": "abort", "job_id": job_id, "requested": True} in frames
+    assert frames[-1]["status"] == "aborted"

@@ -208,13 +208,19 @@ async def receive_until_completed(
 
 
 async def http_get(
-    bridge: Listening, path: str, headers: dict[str, str] | None = None
+    bridge: Listening, path: str, headers: dict[str, str] | None = None, *, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
-    """``GET path`` on the bridge's port: (status, headers lower-cased, body)."""
+    """``GET path`` (or ``method``) on the bridge's port: (status, headers lower-cased, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
     # The mount serves under its path; the bridge at the root.
     root = urlsplit(bridge.url).path
-    lines = [f"GET {root}{path} HTTP/1.1", f"Host: 127.0.0.1:{bridge.port}", "Connection: close"]
+    lines = [
+        f"{method} {root}{path} HTTP/1.1",
+        f"Host: 127.0.0.1:{bridge.port}",
+        "Connection: close",
+    ]
+    if method == "POST":
+        lines.append("Content-Length: 0")
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     async with asyncio.timeout(10 * SCALE):

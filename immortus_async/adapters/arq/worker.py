@@ -65,7 +65,7 @@ from redis.asyncio import Redis
 from ... import config
 from ..._describe import describe_error
 from ..._redis import UNREACHABLE
-from ...jobside import UNOWNED, JobContext, JobOptions, Leftovers, begin_job
+from ...jobside import MAX_RESULT_BYTES, UNOWNED, JobContext, JobOptions, Leftovers, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import ArqStrategy
 
@@ -163,7 +163,7 @@ def _wrap(
             raise
         finally:
             await context.stop()
-        await context.finished()
+        await context.finished(result)
         return result
 
     return job
@@ -181,6 +181,8 @@ def tracked(
     stalled_after: float | None = None,
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> Callable[[F], F]: ...
 
 
@@ -193,6 +195,8 @@ def tracked(
     stalled_after: float | None = None,
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> F | Callable[[F], F]:
     """Track an arq job function: ``@tracked`` or ``@tracked(strategy=...)``.
 
@@ -225,12 +229,25 @@ def tracked(
         retry_for: seconds a write is retried while Redis is unreachable.
         write_timeout: seconds a tracking write (or a read of arq's records) may
             take before it is left to the background redelivery.
+        report_result: put the function's return value in its ``finished`` state
+            (``state.result``), when it is JSON-serialisable and at most
+            ``max_result_bytes`` encoded as JSON (default 64 KiB). A result that is
+            not is left out, with one error logged; the job is finished all the
+            same and arq keeps its result as always.
+        max_result_bytes: the largest result reported, in bytes of JSON.
 
     Raises:
         TypeError: ``function`` is not an ``async def`` function.
         ValueError: bad timings; StrategyNotFound: ``strategy`` names nothing.
     """
-    options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
+    options = JobOptions.checked(
+        heartbeat_interval,
+        stalled_after,
+        retry_for,
+        write_timeout,
+        report_result=report_result,
+        max_result_bytes=max_result_bytes,
+    )
     if strategy is not None:
         resolve_strategy(strategy)
 
@@ -347,6 +364,8 @@ def track_worker(
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
     shutdown_grace: float = 5.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> Callable[[S], S]: ...
 
 
@@ -360,6 +379,8 @@ def track_worker(
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
     shutdown_grace: float = 5.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> S | Callable[[S], S]:
     """Track every job of an arq worker, decorated or not.
 
@@ -406,12 +427,23 @@ def track_worker(
         write_timeout: as for :func:`tracked`.
         shutdown_grace: seconds ``Worker.close()`` waits for pending tracking
             writes before it cancels them.
+        report_result: as for :func:`tracked`, for the functions wrapped here (a
+            ``@tracked`` one keeps its own choice; a function not wrapped, whose
+            end is read from arq's records, reports none).
+        max_result_bytes: as for :func:`tracked`.
 
     Raises:
         TypeError: ``settings`` is neither a class nor a dict.
         ValueError: bad timings.
     """
-    options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
+    options = JobOptions.checked(
+        heartbeat_interval,
+        stalled_after,
+        retry_for,
+        write_timeout,
+        report_result=report_result,
+        max_result_bytes=max_result_bytes,
+    )
     if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
         raise ValueError(
             f"shutdown_grace must be a finite number of seconds, not negative, got "

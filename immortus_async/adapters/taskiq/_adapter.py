@@ -8,7 +8,8 @@ from typing import Any
 from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
-from .. import ADAPTERS, Queued
+from ...exceptions import AbortUnsupported
+from .. import ADAPTERS, Aborted, Queued
 from .strategy import TaskiqStrategy
 
 __all__ = ["TaskiqAdapter"]
@@ -45,6 +46,18 @@ class TaskiqAdapter:
         task = await kicker.kiq(*args, **kwargs)
         await queued(task.task_id, kicker.task_name)
         return task
+
+    async def abort(self, target: Any, job_id: str, aborted: Aborted) -> None:
+        """Raises: taskiq cannot abort a task.
+
+        taskiq has no cancellation, of a queued task nor of a running one, and a
+        middleware cannot keep a received task from running; so nothing is
+        pretended: a task that must stop early checks a flag of its own.
+        """
+        raise AbortUnsupported(
+            "taskiq has no way to abort a task, queued or running: a task that must "
+            "stop early has to check a flag of its own"
+        )
 
 
 def _kicker(broker: AsyncBroker, function: Any) -> AsyncKicker[Any, Any]:

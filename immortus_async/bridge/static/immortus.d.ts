@@ -20,6 +20,18 @@ export interface JobState {
   started_at: string | null;
   finished_at: string | null;
   stalled: boolean;
+  /**
+   * The job's return value, in a finished state whose job side reports results
+   * (report_result) and found it JSON-serialisable and small enough; else null.
+   */
+  result: unknown;
+}
+
+/** The answer to abort(): requested is false when the job had ended already. */
+export interface AbortReply {
+  type: "abort";
+  job_id: string;
+  requested: boolean;
 }
 
 /** A token, or a function (sync or async) returning one, called for every subscription. */
@@ -72,7 +84,10 @@ export interface FeedHandlers {
 export declare class ImmortusError extends Error {
   constructor(code: string, message: string);
   readonly name: "ImmortusError";
-  /** "token_invalid", "not_found", "job_lost", "origin_not_allowed", "create_failed", ... */
+  /**
+   * "token_invalid", "not_found", "job_lost", "origin_not_allowed", "create_failed",
+   * "abort_disabled", "abort_failed", ...
+   */
   readonly code: string;
 }
 
@@ -93,6 +108,17 @@ export declare function verify(job: Job, handlers?: Handlers): Promise<JobState>
  */
 export declare function feed(feed: Feed, handlers?: FeedHandlers): Promise<never>;
 
+/**
+ * Ask the server to abort the job (POST <url>/jobs/<job_id>/abort?token=...; the
+ * server must allow aborts). Followers of the job then get its end. Rejects with
+ * an ImmortusError: "abort_disabled", "not_found" (a job the caller may not see
+ * answers so too), "abort_unsupported", "token_required", ...
+ */
+export declare function abort(
+  job: Pick<Job, "job_id" | "token" | "url">,
+  init?: RequestInit,
+): Promise<AbortReply>;
+
 /** POST data as JSON to the application's url; resolves to its { job_id, token }. */
 export declare function create(
   url: string,
@@ -111,6 +137,7 @@ declare const Immortus: {
   verify: typeof verify;
   feed: typeof feed;
   create: typeof create;
+  abort: typeof abort;
   ImmortusError: typeof ImmortusError;
   defaults: typeof defaults;
   /** Where the client finds the server when a job has no url. */

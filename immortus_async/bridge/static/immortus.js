@@ -20,6 +20,9 @@
  * and rejects with an ImmortusError when following cannot succeed: a refused
  * token, a bad or unknown job id, an origin the server does not allow, a job that
  * Redis lost; with the AbortSignal's reason when { signal } is aborted.
+ * abort({ job_id, token }) asks the server to abort the job (POST
+ * /jobs/<id>/abort, when the server allows aborts); the job's followers then get
+ * its end ("aborted", unless it ended otherwise first).
  *
  * Immortus.feed({ owner: "user-42" }, { onState: (state) => ... }) follows every
  * job of one owner (enqueued with owner=), as each is queued, changes and ends.
@@ -429,6 +432,31 @@
     });
   }
 
+  // Resolves with { type: "abort", job_id, requested } (requested false: the job
+  // had ended); rejects with an ImmortusError carrying the server's code.
+  async function abort(job, init) {
+    if (!job || typeof job.job_id !== "string" || !job.job_id) {
+      throw new ImmortusError("invalid_job_id", "abort() needs { job_id, token }");
+    }
+    var url = httpBase(job.url) + "/jobs/" + encodeURIComponent(job.job_id) + "/abort";
+    var token = typeof job.token === "function" ? await job.token() : job.token;
+    if (token) url += "?token=" + encodeURIComponent(token);
+    var response = await global.fetch(
+      url,
+      Object.assign({ method: "POST", cache: "no-store" }, init),
+    );
+    var body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    if (response.ok && body && body.type === "abort") return body;
+    if (body && body.type === "error") throw new ImmortusError(body.code, body.message);
+    var where = url.split("?")[0];
+    throw new ImmortusError("abort_failed", "POST " + where + " answered " + response.status);
+  }
+
   async function create(url, data, init) {
     var response = await global.fetch(
       url,
@@ -455,6 +483,7 @@
     verify: verify,
     feed: feed,
     create: create,
+    abort: abort,
     ImmortusError: ImmortusError,
     defaults: defaults,
     baseUrl: scriptBase,
