@@ -19,7 +19,7 @@ heartbeats, and the owner of the tasks a job leaves behind.
                           queue="taskiq")
     # ... the job runs; it calls `await context.update(progress, **meta)` ...
     # as it ends, one of:
-    await context.finished()
+    await context.finished(result)   # the result is reported with report_result
     await context.failed("ValueError: bad row")      # describe_error(exc)
     await context.retrying("Retry: run again")       # the queue will run it again
     await context.aborted("cancelled")

@@ -188,6 +188,9 @@ class Tracker:
         """Wait until the job is terminal and return that state.
 
         A failed, aborted or expired job returns normally: look at ``status``.
+        The job's return value is ``state.result`` where its job side reports
+        results (``report_result``); the queue's own result store may not have
+        it yet when this returns (arq stores it after the job side's write).
 
         Raises:
             JobNotFound: at once, if the job has no record anywhere.

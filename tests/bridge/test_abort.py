@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from playwright.async_api import Page
 
 from immortus_async import RedisServer, Tracker
 from immortus_async.bridge import serve
@@ -17,6 +18,8 @@ from .helpers import (
     SECRET,
     Listening,
     MountServer,
+    PageServer,
+    follow_page,
     http_get,
     open_client,
     receive,
@@ -175,3 +178,42 @@ async def test_a_job_authorize_refuses_is_answered_as_an_unknown_one(
         assert answers[0][0] == "not_found" and answers[0][2] == 404
     async with Tracker(redis_server.url) as tracker:
         assert (await tracker.status(job_id)).status.value == "queued"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_a_page_aborts_the_job_it_follows(
+    kind: str,
+    redis_server: RedisServer,
+    queued: Callable[[], Any],
+    page: Page,
+    page_server: PageServer,
+) -> None:
+    """In Chromium, Immortus.abort() on the job the page follows resolves with the
+    reply, and verify() then resolves with aborted; on a server that takes no aborts,
+    abort() rejects with abort_disabled."""
+    job_id = await queued()
+    allowed = [page_server.origin]
+    async with started(kind, redis_server.url, allowed_origins=allowed) as server:
+        page_server.html = follow_page(server)
+        await page.goto(page_server.origin + "/")
+        await page.wait_for_selector("body[data-ready=yes]", timeout=10_000)
+        refused = await page.evaluate(
+            "([id, t]) => Immortus.abort({job_id: id, token: t}).catch((e) => e.code)",
+            [job_id, token(job_id)],
+        )
+        assert refused == "abort_disabled"
+    async with started(kind, redis_server.url, allowed_origins=allowed, allow_abort=True) as server:
+        page_server.html = follow_page(server)
+        await page.goto(page_server.origin + "/")
+        await page.wait_for_selector("body[data-ready=yes]", timeout=10_000)
+        await page.evaluate("([id, t]) => follow(id, t)", [job_id, token(job_id)])
+        await page.wait_for_function(
+            "document.getElementById('status').textContent === 'queued'", timeout=10_000
+        )
+        reply = await page.evaluate(
+            "([id, t]) => Immortus.abort({job_id: id, token: t})", [job_id, token(job_id)]
+        )
+        assert reply == {"type": "abort", "job_id": job_id, "requested": True}
+        state = await page.evaluate("window.done")
+        assert state["status"] == "aborted"

@@ -37,8 +37,17 @@ the outcome from arq's result record); put the settings under
 :func:`track_worker` (it leaves ``@tracked`` functions to themselves) to have them
 awaited.
 
-**Cancellation.** arq cancels a job for ``job.abort()``, for its timeout, and when
-a worker shuts down, and the three look the same from inside. So after a
+**Results.** With ``report_result=True`` (on :func:`tracked` or
+:func:`track_worker`), the function's return value goes in its ``finished``
+state (``state.result``) when it is JSON-serialisable and at most
+``max_result_bytes`` as JSON; otherwise it is left out, with one error logged,
+and the job is finished all the same. arq stores its result as always, after our
+``finished`` is written: a waiter that needs arq's own result reads it with
+``Job(job_id, pool).result()``, which waits for it.
+
+**Cancellation.** arq cancels a job for ``job.abort()`` and ``Tracker.abort``
+(only in a worker started with ``allow_abort_jobs=True``), for its timeout, and
+when a worker shuts down, and the three look the same from inside. So after a
 cancellation the outcome is taken from what arq records next: ``aborted``,
 ``failed`` (``"TimeoutError: job timed out"``) or ``retrying``. arq's records are
 read with the worker's own ``job_deserializer`` when :func:`track_worker` is given
