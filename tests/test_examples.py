@@ -57,8 +57,9 @@ def test_custom_strategy_tracks_a_job_in_sqlite(redis_server: RedisServer, tmp_p
 @pytest.mark.timeout(120)
 async def test_fastapi_app_end_to_end(redis_server: RedisServer, browser: Browser) -> None:
     """examples/fastapi_app in one uvicorn process: each user logs in, starts a report,
-    sees it in "my jobs" until it finishes, and never sees the other's; no token is
-    ever in a URL, so none is in uvicorn's access log."""
+    sees it in "my jobs" until it finishes with its result, and never sees the
+    other's; a running report is cancelled; no token is ever in a URL, so none is in
+    uvicorn's access log."""
     folder = EXAMPLES / "fastapi_app"
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -68,7 +69,7 @@ async def test_fastapi_app_end_to_end(redis_server: RedisServer, browser: Browse
     async with await Spawned.start(*command, cwd=folder, env=env) as app:
         await app.expect("Application startup complete")
         ARTIFACTS.mkdir(exist_ok=True)
-        reports = {}
+        users = {}
         for user, password in (("ada", "lovelace"), ("bob", "builder")):
             context = await browser.new_context()
             page = await context.new_page()
@@ -82,33 +83,39 @@ async def test_fastapi_app_end_to_end(redis_server: RedisServer, browser: Browse
             done = await page.wait_for_selector('#jobs li[data-status="finished"]', timeout=30_000)
             assert done is not None
             job_id = await done.get_attribute("data-job")
+            assert job_id is not None
             assert await done.eval_on_selector("progress", "(bar) => bar.value") == 1
+            report = await done.eval_on_selector(".report pre", "(pre) => pre.textContent")
+            assert report.splitlines()[-1] == "page 12: all good", "the result, with the end"
             assert await page.locator("#jobs li").count() == 1, "only this user's job"
-            reports[user] = (job_id, page, context)
-            await page.screenshot(path=str(ARTIFACTS / f"fastapi-app-{user}.png"))
-        ada_job, ada_page, ada_context = reports["ada"]
-        bob_job, _, bob_context = reports["bob"]
-        assert ada_job is not None
+            users[user] = (job_id, page, context)
+        ada_job, ada_page, ada_context = users["ada"]
+        bob_job, bob_page, bob_context = users["bob"]
         # Ada's feed went on while bob worked: his job never reached it.
         assert await ada_page.locator(f'#jobs li[data-job="{bob_job}"]').count() == 0
-        link = ada_page.locator(f"#job-{ada_job} a")
-        assert await link.inner_text() == "Download (12 pages)"
+        # A long report, cancelled while it runs: the feed brings its end.
+        await ada_page.fill("#pages", "500")
+        await ada_page.click("#build")
+        running = await ada_page.wait_for_selector('#jobs li[data-status="started"]')
+        assert running is not None
+        long_job = await running.get_attribute("data-job")
+        await running.eval_on_selector(".cancel", "(button) => button.click()")
+        await ada_page.wait_for_selector(f'#jobs li[data-job="{long_job}"][data-status="aborted"]')
+        await ada_page.screenshot(path=str(ARTIFACTS / "fastapi-app.png"))
+        assert await bob_page.locator("#jobs li").count() == 1
         cookies = {}
-        for user, (_, _, context) in reports.items():
+        for user, (_, _, context) in users.items():
             cookies[user] = {c["name"]: c["value"] for c in await context.cookies()}
-        async with httpx.AsyncClient(cookies=cookies["ada"]) as ada:
-            mine = await ada.get(f"{origin}/reports/{ada_job}/download")
         async with httpx.AsyncClient(cookies=cookies["bob"]) as bob:
-            theirs = await bob.get(f"{origin}/reports/{ada_job}/download")
             feed = await bob.get(f"{origin}/immortus/owners/ada/events")
             job = await bob.get(f"{origin}/immortus/jobs/{ada_job}")
-        assert mine.text.splitlines()[-1] == "page 12: all good"
-        assert theirs.status_code == 404
-        assert (feed.status_code, feed.json()["code"]) == (404, "not_found")
-        assert (job.status_code, job.json()["code"]) == (404, "not_found")
+            abort = await bob.post(f"{origin}/immortus/jobs/{ada_job}/abort")
+        for answer in (feed, job, abort):
+            assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
         for context in (ada_context, bob_context):
             await context.close()
         await app.stop()
     access = [line for line in app.lines if '"GET ' in line or '"POST ' in line]
     assert any("/immortus/immortus.js" in line for line in access), app.lines
+    assert any("/abort" in line for line in access), "the cancel went through the mount"
     assert not [line for line in access if "token" in line or re.search(r"eyJ[\w-]+\.", line)]

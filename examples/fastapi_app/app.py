@@ -10,8 +10,10 @@ Routes:
     ``GET /``: the login form, or once logged in the page (``Immortus.feed``).
     ``POST /login``, ``POST /logout``: the session cookie.
     ``POST /reports``: enqueue a report for the user; answers ``{job_id}``.
-    ``GET /reports/{job_id}/download``: the finished report, to its owner only.
-    ``/immortus/...``: the mount (websocket, event streams, ``immortus.js``).
+    ``/immortus/...``: the mount (websocket, event streams, ``immortus.js``, and
+    ``POST /immortus/jobs/<job_id>/abort``, the cancel button's, to the job's owner).
+
+The report itself comes with the job's end (``state.result``: ``report_result``).
 
 Environment: ``REDIS_URL`` (default ``redis://localhost:6379``), ``RUN_WORKER``
 (``0``: run ``arq worker.WorkerSettings`` apart, e.g. to scale workers out).
@@ -33,10 +35,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.jobs import Job
 from arq.worker import Worker
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from worker import build_report
 
@@ -108,7 +109,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if RUN_WORKER:
         # arq's own Worker in this event loop: one process for a demo; run
         # `arq worker.WorkerSettings` apart instead to scale workers out.
-        worker = Worker(functions=[build_report], redis_pool=services.pool, handle_signals=False)
+        worker = Worker(
+            functions=[build_report],
+            redis_pool=services.pool,
+            handle_signals=False,
+            allow_abort_jobs=True,  # the cancel button aborts a running report
+        )
         running = asyncio.create_task(worker.async_run())
     try:
         async with tracker:
@@ -123,7 +129,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(lifespan=lifespan)
-app.mount("/immortus", immortus_async.asgi.app(tracker, authorize=can_see, authorize_owner=is_me))
+app.mount(
+    "/immortus",
+    # allow_abort: the cancel button. The session cookie is SameSite=strict, so no
+    # other site's page can make a user's browser abort their jobs.
+    immortus_async.asgi.app(tracker, authorize=can_see, authorize_owner=is_me, allow_abort=True),
+)
 
 
 def logged_in(request: Request) -> str:
@@ -164,7 +175,7 @@ async def logout() -> RedirectResponse:
 class ReportRequest(BaseModel):
     """What the page posts."""
 
-    pages: int = Field(default=12, ge=1, le=100)
+    pages: int = Field(default=12, ge=1, le=1000)
 
 
 @app.post("/reports")
@@ -173,14 +184,3 @@ async def create_report(request: Request, report: ReportRequest) -> dict[str, st
     user = logged_in(request)
     job = await tracker.enqueue(services.pool, "build_report", report.pages, owner=user)
     return {"job_id": job.job_id}
-
-
-@app.get("/reports/{job_id}/download", response_class=PlainTextResponse)
-async def download_report(request: Request, job_id: str) -> str:
-    """The report, as arq keeps it; another user's report reads as none."""
-    if not await can_see(request.scope, job_id):
-        raise HTTPException(status_code=404, detail="no finished report with this id")
-    info = await Job(job_id, services.pool).result_info()
-    if info is None or not info.success:
-        raise HTTPException(status_code=404, detail="no finished report with this id")
-    return str(info.result)
