@@ -3,12 +3,12 @@
 >>> async with Tracker("redis://localhost:6379") as tracker:   # doctest: +SKIP
 ...     state = await tracker.completed(job_id, timeout=60)
 
-The arq adapter's names (``tracked``, ``track_worker``, ``ArqStrategy``) are here
+The arq adapter's names (``tracked``, ``track_worker``, ``job_context``, ``ArqStrategy``) are here
 too, imported on first use: importing the package needs no queue installed.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import INFERRED_STRATEGIES, configure, queue_adapter, strategy_for
 from .embedded import RedisServer, find_redis_server
@@ -64,9 +64,14 @@ __version__ = "0.1.0"
 # The names of an adapter kept here for its users: name -> the adapter's module.
 _ADAPTER_NAMES = {
     "ArqStrategy": "immortus_async.adapters.arq",
+    "job_context": "immortus_async.adapters.arq",
     "track_worker": "immortus_async.adapters.arq",
     "tracked": "immortus_async.adapters.arq",
 }
+
+if TYPE_CHECKING:
+    # What __getattr__ gives, as a type checker sees it (else Any: `@tracked` untyped).
+    from .adapters.arq import ArqStrategy, job_context, track_worker, tracked
 
 
 def __getattr__(name: str) -> Any:
@@ -123,6 +128,7 @@ __all__ = [
     "configure",
     "find_redis_server",
     "is_forward",
+    "job_context",
     "mint_owner_token",
     "mint_token",
     "queue_adapter",

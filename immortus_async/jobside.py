@@ -324,6 +324,10 @@ def _callback(update: JobUpdate) -> tuple[str, tuple[Any, ...]]:
 class JobContext:
     """What a tracked job reports progress and meta through (arq: ``ctx["immortus"]``).
 
+    A job gets it from its adapter: arq's ``ctx["immortus"]``, typed as
+    ``immortus_async.adapters.arq.job_context(ctx)``; taskiq's
+    ``job: JobContext = TaskiqDepends(tracking)``; streaQ's ``job_context()``.
+
     An adapter creates one per attempt as the job starts, with :func:`begin_job`.
     Created directly, ``JobContext(job_id)`` records nothing: it lets a test call a
     job function without a worker.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 from redis.asyncio import Redis
@@ -24,6 +24,14 @@ from .state import JobState, JobUpdate, utcnow
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
 from .tokens import mint_owner_token, mint_token, read_secret
+
+if TYPE_CHECKING:
+    # For Tracker.enqueue's overloads only: at runtime the core imports no queue.
+    from streaq.task import AsyncRegisteredTask, SyncRegisteredTask, Task
+    from taskiq import AsyncTaskiqDecoratedTask, AsyncTaskiqTask
+    from taskiq.kicker import AsyncKicker
+
+    from ._targets import ArqPool, J, P, R, StreaqWorker, TaskiqBroker
 
 __all__ = ["Tracker"]
 
@@ -215,9 +223,61 @@ class Tracker:
                     await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
+    # The queue's own job type comes back, for each queue's target (see _targets.py).
+    # Where taskiq or streaQ is not installed its types are Any, so the type checker
+    # finds the overloads after the first of that queue unreachable: hence the ignores.
+    @overload
     async def enqueue(
-        self, target: Any, function: Any, *args: Any, owner: str | None = None, **kwargs: Any
-    ) -> Any:
+        self, target: ArqPool[J], function: str, *args: Any, owner: str | None = None, **kwargs: Any
+    ) -> J: ...
+    @overload
+    async def enqueue(
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, Coroutine[Any, Any, R]]
+        | AsyncKicker[P, Coroutine[Any, Any, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, R] | AsyncKicker[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: TaskiqBroker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncTaskiqTask[Any]: ...
+    @overload
+    async def enqueue(
+        self,
+        target: StreaqWorker,
+        function: AsyncRegisteredTask[P, R] | SyncRegisteredTask[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self, target: StreaqWorker, function: Task[P, R], *, owner: str | None = None
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: StreaqWorker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
+    ) -> Task[Any, Any]: ...
+    async def enqueue(self, target: object, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
 
         ``target`` is what the queue enqueues on, and decides the adapter
@@ -232,7 +292,10 @@ class Tracker:
         ``owner`` (keyword-only, taken by the Tracker: not passed to the queue)
         records who the job is for, e.g. ``owner="user-42"``: the job joins that
         owner's feed (:meth:`watch_owner`), which a page follows to list a
-        user's jobs live. A job keeps its first owner.
+        user's jobs live. A job keeps its first owner (a new run of an ended id
+        takes the owner of its enqueue). The overloads that check a taskiq or
+        streaQ task's own arguments do not name it: the type checker refuses
+        arguments after a ``ParamSpec``'s.
 
         The job is enqueued once the queue has it: if the tracking Redis cannot be
         reached for the queued state, that is logged and the job returned all the
@@ -244,6 +307,7 @@ class Tracker:
             ValueError: ``owner`` is not a non-empty string, or the Tracker's
                 default strategy keeps no owner feeds (before anything is enqueued).
         """
+        owner = kwargs.pop("owner", None)
         adapter = adapters.for_target(target)
         # Taken before the queue has the job: a record of this id that ended
         # earlier is of a run before this one, which this enqueue starts afresh.

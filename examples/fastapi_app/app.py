@@ -183,4 +183,5 @@ async def create_report(request: Request, report: ReportRequest) -> dict[str, st
     """Enqueue a report for the user: it joins their feed, queued, at once."""
     user = logged_in(request)
     job = await tracker.enqueue(services.pool, "build_report", report.pages, owner=user)
+    assert job is not None  # arq's Job; None only for a duplicate _job_id
     return {"job_id": job.job_id}

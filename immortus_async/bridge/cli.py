@@ -8,7 +8,13 @@ import gc
 import signal
 import sys
 
-from ..commands._shared import EXIT_FAILED, EXIT_USAGE, add_redis_arguments, port
+from ..commands._shared import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_redis_arguments,
+    port,
+    use_queue_adapter,
+)
 from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..tokens import SECRET_ENV, read_secret
@@ -53,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the bridge until SIGINT or SIGTERM, then close it. Returns the exit status."""
+    if not use_queue_adapter(args, "immortus-async bridge"):
+        return EXIT_USAGE
     if not args.insecure_no_auth:
         try:
             secret = read_secret()

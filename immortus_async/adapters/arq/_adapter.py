@@ -13,6 +13,7 @@ from arq.constants import (
     job_key_prefix,
     retry_key_prefix,
 )
+from arq.jobs import Job
 from redis.asyncio import Redis
 
 from ...exceptions import AbortUnsupported
@@ -60,13 +61,13 @@ class ArqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> Job | None:
         """``pool.enqueue_job(function, *args, **kwargs)``, then the queued state.
 
         Returns arq's ``Job``, or None (nothing recorded) when arq refuses a
         duplicate ``_job_id``.
         """
-        job = await target.enqueue_job(function, *args, **kwargs)
+        job: Job | None = await target.enqueue_job(function, *args, **kwargs)
         if job is None:
             return None
         await queued(job.job_id, function)

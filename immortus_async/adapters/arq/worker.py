@@ -3,13 +3,13 @@
 ``@tracked`` wraps one job function; :func:`track_worker` tracks every job of a
 worker, wrapping the functions and cron jobs it is given the same way and setting
 the worker's hooks. Either way the job finds a :class:`~immortus_async.JobContext`
-at ``ctx["immortus"]`` to report progress::
+at ``ctx["immortus"]`` to report progress; :func:`job_context` is it, typed::
 
     @tracked
-    async def process_csv(ctx, path):
+    async def process_csv(ctx: dict[str, Any], path: str) -> int:
         for i, row in enumerate(rows):
             ...
-            await ctx["immortus"].update(progress=(i + 1) / n, rows=i + 1)
+            await job_context(ctx).update(progress=(i + 1) / n, rows=i + 1)
 
 **Which strategy, which Redis.** The job's inline strategy
 (``@tracked(strategy=...)``), else the one given to :func:`track_worker`, else
@@ -78,7 +78,7 @@ from ...jobside import MAX_RESULT_BYTES, UNOWNED, JobContext, JobOptions, Leftov
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import ArqStrategy
 
-__all__ = ["track_worker", "tracked"]
+__all__ = ["job_context", "track_worker", "tracked"]
 
 logger = logging.getLogger("immortus_async.adapters.arq")
 
@@ -103,6 +103,20 @@ class _Worker:
     leftovers: Leftovers
     # arq's records, read the way this worker reads them (its queue, its deserializer).
     reader: ArqStrategy
+
+
+def job_context(ctx: Mapping[str, Any]) -> JobContext:
+    """The :class:`~immortus_async.JobContext` of the arq job whose ``ctx`` this is.
+
+    ``ctx["immortus"]``, typed: what ``@tracked`` and :func:`track_worker` put there
+    as the job starts. For a ``ctx`` without one (a job tracked by neither, a test
+    calling the function itself with a dict of its own), a context that records
+    nothing, so the function runs the same.
+    """
+    context = ctx.get(_KEY)
+    if isinstance(context, JobContext):
+        return context
+    return JobContext(str(ctx.get("job_id") or ""))
 
 
 def _retry_reason(exc: BaseException) -> str:

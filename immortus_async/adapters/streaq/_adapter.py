@@ -33,7 +33,7 @@ class StreaqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> Task[Any, Any]:
         """Enqueue on the worker ``target``, then record ``queued``; return streaQ's ``Task``.
 
         ``function`` is a registered task (``@worker.task``), called with ``args``

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
 
 from ...exceptions import AbortUnsupported
@@ -33,7 +33,7 @@ class TaskiqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> AsyncTaskiqTask[Any]:
         """``kiq()`` the task (a decorated task, a kicker or a task name) on the broker
         ``target``, then record ``queued``; return taskiq's ``AsyncTaskiqTask``.
 
