@@ -448,7 +448,7 @@ class RedisPubSubStrategy(Connected):
     async def owner(self, job_id: str) -> str | None:
         """The job's owner, as its queued write recorded it; None without one."""
         async with self.reading:
-            found: Any = await self.redis.hget(self.keys.record(job_id), "owner")  # type: ignore[misc]
+            found: Any = await self.redis.hget(self.keys.record(job_id), "owner")  # type: ignore[misc, unused-ignore]
         return None if found is None else _text(found)
 
     async def _owner_jobs(self, owner: str) -> list[JobState]:
