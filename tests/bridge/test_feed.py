@@ -201,3 +201,17 @@ async def test_a_feed_streams_as_server_sent_events_to_its_owner_only(
             await advance(strategy, "ada-1", S.FINISHED)
             second = await anext(events)
             assert second["data"]["status"] == "finished"
+
+
+async def test_connecting_to_an_owners_path_subscribes_to_the_feed(
+    bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """ws://.../owners/<owner>?token=... is subscribe_owner on connect, refusals included."""
+    await queue_for(strategy, "ada/1", "ada/x")
+    path = f"/owners/ada%2Fx?token={owner_token('ada/x')}"
+    async with await open_client(bridge, path) as client:
+        frame = await next_owner_state(client)
+        assert (frame["owner"], frame["job_id"]) == ("ada/x", "ada/1")
+    async with await open_client(bridge, f"/owners/bob?token={owner_token('ada')}") as client:
+        refused = await receive(client)
+        assert (refused["code"], refused["owner"]) == ("token_invalid", "bob")
