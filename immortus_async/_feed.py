@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from ._buffer import RESYNC, Wakeup, _Resync
+from ._buffer import RESYNC, _Resync, _Signals
 from .exceptions import InvalidStateError
 from .state import JobState
 
@@ -47,7 +47,7 @@ def decode_feed_message(raw: bytes) -> JobState | Reread:
     return JobState.from_dict(data)
 
 
-class FeedBuffer:
+class FeedBuffer(_Signals):
     """What one feed reader has not read yet: the latest item per job, oldest job first.
 
     At most ``max_jobs`` jobs wait; one more and everything waiting is dropped
@@ -56,12 +56,10 @@ class FeedBuffer:
     """
 
     def __init__(self, max_jobs: int = OWNER_SNAPSHOT_LIMIT) -> None:
+        super().__init__()
         self._items: dict[str, JobState | Reread] = {}
         self._max_jobs = max_jobs
-        self._error: BaseException | None = None
-        self._resync = False
         self.resyncs = 0
-        self._wakeup = Wakeup()
 
     def push(self, item: JobState | Reread) -> None:
         """Keep ``item`` as its job's latest (a state replaces a waiting reread)."""
@@ -75,26 +73,13 @@ class FeedBuffer:
         self._items[item.job_id] = item
         self._wakeup.set()
 
-    def fail(self, error: BaseException) -> None:
-        """Make the next :meth:`get` raise ``error``."""
-        self._error = error
-        self._wakeup.set()
-
-    def request_resync(self) -> None:
-        """Make the next :meth:`get` return :data:`RESYNC`."""
-        self._resync = True
-        self._wakeup.set()
-
     async def get(self) -> JobState | Reread | _Resync:
         """Wait for the next item, a resync request, or an error (raised)."""
         while True:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            if self._resync:
-                self._resync = False
-                self._items.clear()
-                return RESYNC
+            signal = self._signalled()
+            if signal is not None:
+                self._items.clear()  # the snapshot read next is as new as any of them
+                return signal
             if self._items:
                 job_id = next(iter(self._items))
                 return self._items.pop(job_id)

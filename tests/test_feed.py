@@ -138,3 +138,20 @@ async def test_a_jobs_owner_is_what_its_enqueue_said(tracker: Tracker, pool: Arq
     assert await tracker.owner(mine.job_id) == "ada"
     assert await tracker.owner(nobodys.job_id) is None
     assert await tracker.owner("never-seen") is None
+
+
+async def test_a_feed_buffer_full_of_jobs_asks_for_the_snapshot_again() -> None:
+    """One job more than the buffer holds drops what waits for a resync."""
+    from immortus_async._buffer import RESYNC
+    from immortus_async._feed import FeedBuffer, Reread
+
+    buffer = FeedBuffer(max_jobs=2)
+    buffer.push(JobState(job_id="a", status=S.QUEUED, seq=1))
+    buffer.push(Reread("a"))  # a state waits: no read needed
+    buffer.push(JobState(job_id="b", status=S.QUEUED, seq=1))
+    assert isinstance(await buffer.get(), JobState)
+    buffer.push(JobState(job_id="c", status=S.QUEUED, seq=1))
+    buffer.push(JobState(job_id="d", status=S.QUEUED, seq=1))
+    assert (await buffer.get(), buffer.resyncs) == (RESYNC, 1)
+    buffer.push(JobState(job_id="e", status=S.QUEUED, seq=1))
+    assert (await buffer.get()).job_id == "e"  # type: ignore[union-attr]
