@@ -49,7 +49,14 @@ from .strategies import (
     StateWriter,
     TrackingStrategy,
 )
-from .tokens import SECRET_ENV, mint_token, read_secret, verify_token
+from .tokens import (
+    SECRET_ENV,
+    mint_owner_token,
+    mint_token,
+    read_secret,
+    verify_owner_token,
+    verify_token,
+)
 from .tracker import Tracker
 
 __version__ = "0.1.0"
@@ -122,6 +129,7 @@ __all__ = [
     "find_redis_server",
     "is_forward",
     "job_context",
+    "mint_owner_token",
     "mint_token",
     "queue_adapter",
     "read_secret",
@@ -131,5 +139,6 @@ __all__ = [
     "track_worker",
     "tracked",
     "utcnow",
+    "verify_owner_token",
     "verify_token",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import metrics
-from .bridge.auth import Authorize, Gatekeeper
+from .bridge.auth import Authorize, AuthorizeOwner, Gatekeeper
 from .bridge.http import Answer, EventStream, HttpRoutes
 from .bridge.logs import RedactingLogger
 from .bridge.protocol import CloseCode
@@ -52,6 +52,7 @@ def app(
     # Security
     secret: str | bytes | None = None,
     authorize: Authorize | None = None,
+    authorize_owner: AuthorizeOwner | None = None,
     allowed_origins: Sequence[str] = (),
     insecure_no_auth: bool = False,
     metrics_token: str | None = None,
@@ -77,6 +78,11 @@ def app(
             middleware put in it). A job it refuses is answered exactly as a job
             that does not exist: HTTP 404 ``not_found``, or on a websocket an
             ``error`` frame ``not_found`` ending that subscription.
+        authorize_owner: the app's check for owner feeds, asked about every
+            feed requested without a token: ``authorize_owner(scope, owner)``,
+            sync or async (e.g. "is ``owner`` the user of this session?"). A
+            refused feed is answered as ``authorize`` refuses a job
+            (``not_found``). Without it, only an owner token opens a feed.
         allowed_origins: browser origins allowed besides the app's own (``"*"``: any).
         insecure_no_auth: follow any job without a token (development only).
         metrics_token: serve the Prometheus metrics at ``GET <mount>/metrics``
@@ -110,6 +116,7 @@ def app(
         tracker,
         secret=secret,
         authorize=authorize,
+        authorize_owner=authorize_owner,
         allowed_origins=allowed_origins,
         insecure_no_auth=insecure_no_auth,
         metrics_token=metrics_token,
@@ -131,6 +138,7 @@ class App:
         *,
         secret: str | bytes | None,
         authorize: Authorize | None,
+        authorize_owner: AuthorizeOwner | None,
         allowed_origins: Sequence[str],
         insecure_no_auth: bool,
         metrics_token: str | None,
@@ -156,6 +164,7 @@ class App:
             insecure_no_auth=insecure_no_auth,
             allowed_origins=allowed_origins,
             authorize=authorize,
+            authorize_owner=authorize_owner,
             allow_abort=allow_abort,
         )
         self._routes = HttpRoutes(
@@ -461,7 +470,8 @@ class _EventTransport(_Transport):
     """An HTTP response body as an event stream, the transport of a ``once`` session.
 
     Each frame is one event, its data the websocket frame unchanged: a state with
-    ``id: <seq>`` (what ``Last-Event-ID`` resumes from), an error as ``event: error``.
+    ``id: <seq>`` (what ``Last-Event-ID`` resumes from), an owner feed's state as
+    ``event: owner_state``, an error as ``event: error``.
     """
 
     async def receive(self) -> str | bytes:
@@ -473,6 +483,9 @@ class _EventTransport(_Transport):
         message = json.loads(frame)
         if message["type"] == "state":
             event = f"id: {message['seq']}\ndata: {frame}\n\n"
+        elif message["type"] == "owner_state":
+            # No id: a feed resumes with a fresh snapshot, not from a seq.
+            event = f"event: owner_state\ndata: {frame}\n\n"
         else:
             event = f"event: error\ndata: {frame}\n\n"
         await self._push(

@@ -23,7 +23,7 @@ from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate, utcnow
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
-from .tokens import mint_token, read_secret
+from .tokens import mint_owner_token, mint_token, read_secret
 
 if TYPE_CHECKING:
     # For Tracker.enqueue's overloads only: at runtime the core imports no queue.
@@ -231,7 +231,9 @@ class Tracker:
     # Where taskiq or streaQ is not installed its types are Any, so the type checker
     # finds the overloads after the first of that queue unreachable: hence the ignores.
     @overload
-    async def enqueue(self, target: ArqPool[J], function: str, *args: Any, **kwargs: Any) -> J: ...
+    async def enqueue(
+        self, target: ArqPool[J], function: str, *args: Any, owner: str | None = None, **kwargs: Any
+    ) -> J: ...
     @overload
     async def enqueue(
         self,
@@ -251,7 +253,12 @@ class Tracker:
     ) -> AsyncTaskiqTask[R]: ...
     @overload
     async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
-        self, target: TaskiqBroker, function: str, *args: Any, **kwargs: Any
+        self,
+        target: TaskiqBroker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
     ) -> AsyncTaskiqTask[Any]: ...
     @overload
     async def enqueue(
@@ -263,11 +270,16 @@ class Tracker:
     ) -> Task[P, R]: ...
     @overload
     async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
-        self, target: StreaqWorker, function: Task[P, R]
+        self, target: StreaqWorker, function: Task[P, R], *, owner: str | None = None
     ) -> Task[P, R]: ...
     @overload
     async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
-        self, target: StreaqWorker, function: str, *args: Any, **kwargs: Any
+        self,
+        target: StreaqWorker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
     ) -> Task[Any, Any]: ...
     async def enqueue(self, target: object, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
@@ -281,6 +293,14 @@ class Tracker:
         is never moved back. Returns None, and writes nothing, when the queue
         refuses the job (arq: a duplicate ``_job_id``).
 
+        ``owner`` (keyword-only, taken by the Tracker: not passed to the queue)
+        records who the job is for, e.g. ``owner="user-42"``: the job joins that
+        owner's feed (:meth:`watch_owner`), which a page follows to list a
+        user's jobs live. A job keeps its first owner (a new run of an ended id
+        takes the owner of its enqueue). The overloads that check a taskiq or
+        streaQ task's own arguments do not name it: the type checker refuses
+        arguments after a ``ParamSpec``'s.
+
         The job is enqueued once the queue has it: if the tracking Redis cannot be
         reached for the queued state, that is logged and the job returned all the
         same (raising would invite the caller to enqueue it twice); the worker's
@@ -288,19 +308,37 @@ class Tracker:
 
         Raises:
             TypeError: no queue adapter takes ``target``.
+            ValueError: ``owner`` is not a non-empty string, or the Tracker's
+                default strategy keeps no owner feeds (before anything is enqueued).
         """
+        owner = kwargs.pop("owner", None)
         adapter = adapters.for_target(target)
         # Taken before the queue has the job: a record of this id that ended
         # earlier is of a run before this one, which this enqueue starts afresh.
         queued = functools.partial(self._queued, since=utcnow())
+        if owner is not None:
+            self._feed_strategy(owner)
+            queued = functools.partial(queued, owner=owner)
         with tracing.publishing(adapter.name, function):
             return await adapter.enqueue(target, function, args, kwargs, queued)
 
     async def _queued(
-        self, job_id: str, function: str | None, *, since: datetime | None = None
+        self,
+        job_id: str,
+        function: str | None,
+        *,
+        since: datetime | None = None,
+        owner: str | None = None,
     ) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
         strategy = self.strategy(function)
+        if owner is not None and not _feeds(strategy):
+            logger.warning(
+                "job %s has an owner, but its strategy %s keeps no owner feeds",
+                job_id,
+                type(strategy).__name__,
+            )
+            owner = None
         try:
             if isinstance(strategy, StateWriter):
                 update = JobUpdate(
@@ -310,7 +348,10 @@ class Tracker:
                     function=function,
                     since=since,
                 )
-                await strategy.apply(update)
+                if owner is None:
+                    await strategy.apply(update)
+                else:
+                    await strategy.apply(update, owner=owner)  # type: ignore[call-arg]
                 await tracing.carry(strategy, job_id)
             elif callable(getattr(strategy, "job_enqueued", None)):
                 await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
@@ -318,6 +359,65 @@ class Tracker:
             logger.warning(
                 "job %s is enqueued, but its queued state was not written: %s", job_id, exc
             )
+
+    def watch_owner(self, owner: str) -> AsyncIterator[JobState]:
+        """Iterate over the owner's jobs: the newest (at most 100) now, then every
+        change of any of them as it happens, each job queued later included; never
+        ends by itself (break, or ``aclose()`` it).
+
+        Only jobs enqueued with ``owner=`` (:meth:`enqueue`) belong to an owner.
+        A waiter that falls behind gets only the latest state per job. The feed
+        is the default strategy's (``"redis_pub_sub"``).
+
+        Raises:
+            ValueError: ``owner`` is not a non-empty string, or the strategy
+                keeps no owner feeds.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            InvalidStateError: a message on the owner's channel is not a job state.
+        """
+        feed: AsyncIterator[JobState] = self._feed_strategy(owner).watch_owner(owner)
+        return feed
+
+    def _feed_strategy(self, owner: object) -> Any:
+        """The default strategy, which keeps the owner feeds; ValueError if it cannot."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            raise ValueError(
+                f"{type(strategy).__name__} keeps no owner feeds: use the 'redis_pub_sub' strategy"
+            )
+        return strategy
+
+    async def owner(self, job_id: str) -> str | None:
+        """The owner the job was enqueued with (``enqueue(..., owner=...)``), or None
+        (no owner, no record, or a strategy without owner feeds): what an app's
+        ``authorize`` asks to let a user see their own jobs.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            return None
+        found: str | None = await retrying(
+            lambda: strategy.owner(job_id),  # type: ignore[attr-defined]
+            job_id,
+            unreachable_timeout=self._unreachable_timeout,
+            where=getattr(strategy, "where", "Redis"),
+        )
+        return found
+
+    def owner_token(self, owner: str, *, ttl: float = 3600) -> str:
+        """A signed token (JWT, HS256, claim ``owner``) that lets a browser follow
+        ``owner``'s feed for ``ttl`` s; it opens no single job.
+
+        Raises:
+            ValueError: the Tracker has no secret.
+        """
+        if self._secret is None:
+            raise ValueError("no signing secret: pass Tracker(secret=...) or set IMMORTUS_SECRET")
+        return mint_owner_token(owner, self._secret, ttl=ttl)
 
     async def abort(self, job_id: str) -> bool:
         """Ask the job's queue to abort it; False, asking nothing, if it has ended.
@@ -426,3 +526,8 @@ async def _read(strategy: object, job_id: str) -> JobState:
         if claimed_status.terminal == done:
             status = claimed_status
     return JobState(job_id=job_id, status=status, meta=meta)
+
+
+def _feeds(strategy: object) -> bool:
+    """Whether ``strategy`` keeps owner feeds (the ``redis_pub_sub`` strategy does)."""
+    return callable(getattr(strategy, "watch_owner", None))

@@ -29,15 +29,17 @@ from websockets.http11 import Request, Response
 from .. import metrics
 from ..exceptions import ImmortusError
 from ..tracker import Tracker
-from .auth import Gatekeeper, not_found
+from .auth import Gatekeeper, not_found, owner_not_found
 from .logs import RedactingLogger
 from .protocol import (
     ABORT_SUFFIX,
     JOBS_PATH,
+    OWNERS_PATH,
     Abort,
     ErrorCode,
     Rejection,
     check_job_id,
+    check_owner,
     error_frame,
 )
 from .session import abort_job
@@ -60,7 +62,8 @@ VERIFY_PATH = "/verify/"
 
 EVENTS_SUFFIX = "/events"
 """``GET /jobs/<job_id>/events?token=...``: the job's states as Server-Sent Events
-(the ASGI mount; the bridge answers 404)."""
+(the ASGI mount; the bridge answers 404). ``GET /owners/<owner>/events`` streams
+that owner's feed."""
 
 METRICS_PATH = "/metrics"
 """``GET /metrics`` with ``Authorization: Bearer <metrics_token>``: the Prometheus
@@ -183,7 +186,7 @@ def check_metrics_token(token: str | None) -> None:
 
 
 def _events_path(path: str) -> bool:
-    return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+    return path.startswith((JOBS_PATH, OWNERS_PATH)) and path.endswith(EVENTS_SUFFIX)
 
 
 def _abort_path(path: str) -> bool:
@@ -316,10 +319,10 @@ class HttpRoutes:
         parts = urlsplit(target)
         path = parts.path
         abort = method == "POST" and websocket is not True and _abort_path(path)
-        handshake = path == "/" or path.startswith(JOBS_PATH)
+        handshake = path == "/" or path.startswith((JOBS_PATH, OWNERS_PATH))
         if websocket is not None:
             handshake = websocket
-        stream = websocket is False and path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+        stream = websocket is False and _events_path(path)
         # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept
         # a HEAD. An event stream has no HEAD: its answer never ends.
         methods = ("GET",) if handshake or stream else ("GET", "HEAD")
@@ -358,6 +361,17 @@ class HttpRoutes:
                 return None
             assert origin is not None  # no Origin is always allowed
             return self._foreign_origin(origin)
+        if stream and path.startswith(OWNERS_PATH):
+            if not allowed:
+                assert origin is not None
+                return self._foreign_origin(origin)
+            raw_owner = path[len(OWNERS_PATH) : len(path) - len(EVENTS_SUFFIX)]
+            feed = await self._owner_events(raw_owner, parts.query, scope)
+            if origin is not None and isinstance(feed, Answer):
+                feed.allow_origin(origin)
+            elif isinstance(feed, EventStream) and origin is not None:
+                feed = EventStream(feed.path, origin)
+            return feed
         job = None
         if path.startswith(VERIFY_PATH):
             job = path[len(VERIFY_PATH) :]
@@ -464,6 +478,25 @@ class HttpRoutes:
             connect["since_seq"] = params.get("since_seq", [None])[0]
         query = urlencode({name: value for name, value in connect.items() if value is not None})
         return EventStream(f"{JOBS_PATH}{quote(job_id, safe='')}?{query}", None)
+
+    async def _owner_events(
+        self, raw_owner: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer | EventStream:
+        """An owner's feed as an event stream, once the token or the app's
+        ``authorize_owner`` lets the caller follow it."""
+        token = parse_qs(query).get("token", [None])[0]
+        owner = check_owner(unquote(raw_owner))
+        if isinstance(owner, Rejection):
+            return _refusal(owner)
+        grant = self._gate.authorize_owner(owner, token)
+        if isinstance(grant, Rejection):
+            return _refusal(grant)
+        if self._gate.asks_app(token, owner=True) and not await self._gate.app_allows_owner(
+            scope, owner
+        ):
+            return _refusal(owner_not_found(owner))
+        connect = urlencode({"token": token} if token else {})
+        return EventStream(f"{OWNERS_PATH}{quote(owner, safe='')}?{connect}", None)
 
     async def _verify(
         self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None

@@ -7,6 +7,8 @@
 -- pre-encoded; `since` starts a new run of an id whose record ended before it),
 -- ARGV[4] TTL ms while active, ARGV[5] TTL ms once terminal, ARGV[6] tombstone's extra ms,
 -- ARGV[7] a heartbeat to record with a `started` update ('' for none)
+-- ARGV[8] the job's owner, given at enqueue ('' for none), ARGV[9] what every owner
+-- channel starts with (the owner and '}' follow)
 -- Returns the new state's JSON, or false when the update was dropped.
 
 local RANK = {unknown = -1, queued = 0, started = 1, retrying = 2,
@@ -26,7 +28,7 @@ local function forward(cs, ca, ns, na)
 end
 
 local u = cjson.decode(ARGV[3])
-local stored = redis.call('HMGET', KEYS[1], 'state', 'meta', 'result')
+local stored = redis.call('HMGET', KEYS[1], 'state', 'meta', 'result', 'owner')
 local function fresh(seq)
   local new = {job_id = ARGV[2], status = 'unknown', progress = cjson.null, error = cjson.null,
                attempt = 0, seq = seq, enqueued_at = cjson.null, started_at = cjson.null,
@@ -39,13 +41,14 @@ end
 local renew = u.status == 'queued' and u.attempt == 0 and type(u.since) == 'string'
 local cur, meta
 local result = stored[3]
+local owner = stored[4]
 if stored[1] then
   cur = cjson.decode(stored[1])
   meta = cjson.decode(stored[2] or '{}')
   if renew and TERMINAL[cur.status] and type(cur.finished_at) == 'string'
       and cur.finished_at < u.since then
-    cur, meta, result = fresh(cur.seq), {}, false
-    redis.call('HDEL', KEYS[1], 'result', 'hb')
+    cur, meta, result, owner = fresh(cur.seq), {}, false, false
+    redis.call('HDEL', KEYS[1], 'result', 'hb', 'owner')
   end
 else
   local tombstone = redis.call('GET', KEYS[2])
@@ -55,7 +58,20 @@ else
   meta = {}
 end
 
-if not forward(cur.status, cur.attempt, u.status, u.attempt) then return false end
+-- The job's first owner keeps it (a new run takes its enqueue's); the job side's
+-- writes find it here, and publish on its channel too.
+local claims = ARGV[8] ~= '' and not owner
+if claims then owner = ARGV[8] end
+
+if not forward(cur.status, cur.attempt, u.status, u.attempt) then
+  if claims and stored[1] then
+    -- The worker wrote ahead of the queued state (it started, or ended, the job
+    -- first): the job still joins its owner, whose readers re-read it.
+    redis.call('HSET', KEYS[1], 'owner', owner)
+    redis.call('PUBLISH', ARGV[9] .. owner .. '}', cjson.encode({reread = ARGV[2]}))
+  end
+  return false
+end
 
 local new_attempt = u.attempt > cur.attempt and u.status == 'started'
 if new_attempt then
@@ -89,6 +105,7 @@ end
 local state_json = cjson.encode(cur)
 local meta_json = cjson.encode(meta)
 redis.call('HSET', KEYS[1], 'state', state_json, 'meta', meta_json)
+if claims then redis.call('HSET', KEYS[1], 'owner', owner) end
 if u.status == 'started' and ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'hb', ARGV[7]) end
 if TERMINAL[u.status] then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -109,4 +126,6 @@ cur.stalled = false
 local wire = string.sub(cjson.encode(cur), 1, -2) .. ',"meta":{' .. table.concat(parts, ',')
   .. '},"result":' .. (result or 'null') .. '}'
 redis.call('PUBLISH', ARGV[1], wire)
+-- Not sharded: the owner's channel is in another slot than the job's keys.
+if owner then redis.call('PUBLISH', ARGV[9] .. owner .. '}', wire) end
 return wire

@@ -63,8 +63,9 @@ class Driver(Protocol):
         """A Tracker (configured for this queue) on the test's Redis."""
         ...
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        """Enqueue a job of ``kind`` through ``tracker.enqueue``; its id."""
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        """Enqueue a job of ``kind`` through ``tracker.enqueue`` (``options``:
+        the Tracker's own, ``owner=``); its id."""
         ...
 
     async def enqueue_untracked(self, kind: str) -> str:
@@ -134,8 +135,8 @@ class ArqDriver:
     def tracker(self) -> Tracker:
         return Tracker(self._url)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        job = await tracker.enqueue(await self._arq(), kind)
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        job = await tracker.enqueue(await self._arq(), kind, **options)
         assert job is not None
         return str(job.job_id)
 
@@ -203,9 +204,9 @@ class StreaqDriver:
         configure(queue_adapter="streaq")
         return Tracker(self._url, queue=self._client)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
         async with self._client:
-            task = await tracker.enqueue(self._client, kind)
+            task = await tracker.enqueue(self._client, kind, **options)
         return str(task.id)
 
     async def enqueue_untracked(self, kind: str) -> str:
@@ -311,8 +312,8 @@ class TaskiqDriver:
         configure(queue_adapter="taskiq")
         return Tracker(self._url)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind))
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind), **options)
         return str(task.task_id)
 
     async def enqueue_untracked(self, kind: str) -> str:

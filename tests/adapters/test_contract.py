@@ -111,6 +111,39 @@ async def test_finished(driver: Driver, tracker: Tracker) -> None:
     assert (state.status, state.attempt, state.error) == (S.FINISHED, 1, None)
 
 
+async def test_a_job_with_an_owner_is_in_the_owners_feed_to_its_end(
+    driver: Driver, tracker: Tracker
+) -> None:
+    """enqueue(owner=) through the adapter: the owner's feed gets the job queued, then
+    its end, though the job side knows no owner; another owner's feed gets nothing."""
+    feeds = {owner: tracker.watch_owner(owner) for owner in ("ada", "bob")}
+    seen: dict[str, list[JobState]] = {"ada": [], "bob": []}
+
+    async def read(owner: str) -> None:
+        async for state in feeds[owner]:
+            seen[owner].append(state)
+            if state.completed:
+                return
+
+    # The feeds are subscribed before the enqueue: their snapshots are empty.
+    readers = [asyncio.create_task(read(owner)) for owner in feeds]
+    try:
+        job_id = await driver.enqueue(tracker, FINISH, owner="ada")
+        await driver.start_worker()
+        async with asyncio.timeout(30 * SCALE):
+            await readers[0]
+        assert await tracker.owner(job_id) == "ada"
+        assert {state.job_id for state in seen["ada"]} == {job_id}
+        assert seen["ada"][-1].status is S.FINISHED
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for feed in feeds.values():
+            await feed.aclose()  # type: ignore[attr-defined]
+    assert seen["bob"] == []
+
+
 async def test_failed_with_its_error_text(driver: Driver, tracker: Tracker) -> None:
     """A job that raises ends failed, with the exception's class and message."""
     job_id = await driver.enqueue(tracker, FAIL)

@@ -61,6 +61,25 @@ export interface Handlers {
   signal?: AbortSignal;
 }
 
+/** What feed() follows: every job enqueued with this owner. */
+export interface Feed {
+  owner: string;
+  /** An owner token (tracker.owner_token(owner)); none when the app's authorize_owner decides. */
+  token?: TokenSource;
+  url?: string;
+  backoffMin?: number;
+  backoffMax?: number;
+  socketFailures?: number;
+}
+
+/** The callback of feed(), and the AbortSignal that ends it. */
+export interface FeedHandlers {
+  /** Each state of any job of the owner: the snapshot's, then every change. */
+  onState?: (state: JobState) => void;
+  /** Aborting it closes the connection and rejects feed() with the signal's reason. */
+  signal?: AbortSignal;
+}
+
 /** Why following cannot succeed; code is the server's error code (docs/protocol.md). */
 export declare class ImmortusError extends Error {
   constructor(code: string, message: string);
@@ -79,6 +98,15 @@ export declare class ImmortusError extends Error {
  * from, or with signal.reason when the signal aborts.
  */
 export declare function verify(job: Job, handlers?: Handlers): Promise<JobState>;
+
+/**
+ * Follow an owner's feed: its jobs now (at most 100), then each change of any of
+ * them, jobs enqueued later included. Websocket first, then Server-Sent Events;
+ * it reconnects with backoff and never settles by itself: it rejects with an
+ * ImmortusError on a refusal ("not_found", "token_invalid", ...), or with
+ * signal.reason when the signal aborts.
+ */
+export declare function feed(feed: Feed, handlers?: FeedHandlers): Promise<never>;
 
 /**
  * Ask the server to abort the job (POST <url>/jobs/<job_id>/abort?token=...; the
@@ -107,6 +135,7 @@ export declare const defaults: {
 
 declare const Immortus: {
   verify: typeof verify;
+  feed: typeof feed;
   create: typeof create;
   abort: typeof abort;
   ImmortusError: typeof ImmortusError;
