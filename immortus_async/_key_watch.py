@@ -21,8 +21,10 @@ Findings this follows:
   dropped, reopened, every key is read again and every watcher told to re-read.
 * ``tracking-table-max-keys`` below the keys tracked makes Redis evict keys from its
   table, each eviction an invalidation, each re-read an eviction again: an endless
-  storm. A key invalidated ``storm_limit`` times within a second is taken for one;
-  tracking is turned off for good and the watchers handed to ``on_off``.
+  storm, as fast as the server's traffic. Watching more keys than the limit (read
+  with ``CONFIG GET`` where allowed) is taken for one, and so is a key invalidated
+  ``storm_limit`` times within ten seconds (arq writes a job's key a few times a
+  try); tracking is then turned off for good and the watchers handed to ``on_off``.
 * Where ``CLIENT ID`` or ``CLIENT TRACKING`` is refused (Redis < 6, a proxy, an ACL
   or a ``rename-command`` that denies it), tracking is off, said once in the log:
   the caller falls back to another way (:attr:`KeyWatch.off`).
@@ -83,7 +85,7 @@ class KeyWatch:
         ping_interval: seconds of silence after which each connection is pinged;
             no answer within as long again means it is dead.
         backoff_min, backoff_max: reconnect delays, doubling from one to the other.
-        storm_limit: invalidations of one key within a second taken for a storm.
+        storm_limit: invalidations of one key within ten seconds taken for a storm.
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class KeyWatch:
         ping_interval: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
-        storm_limit: int = 100,
+        storm_limit: int = 32,
     ) -> None:
         self._connect = connect
         self._on_off = on_off
@@ -111,6 +113,7 @@ class KeyWatch:
         self._dirty = asyncio.Event()
         self._answered: asyncio.Future[None] | None = None  # the first attempt's outcome
         self._task: asyncio.Task[None] | None = None
+        self._table_max = 0  # the server's tracking-table-max-keys; 0: none, or unknown
         self._closed = False
         self.off: str | None = None
         """Why tracking is off (refused, a storm), or None while it works or may."""
@@ -146,6 +149,12 @@ class KeyWatch:
         if known is not None:
             known.sinks.add(sink)
             return True
+        if self._table_max and len(self._by_key) + len(encoded) > self._table_max:
+            self._stop(
+                f"more keys to watch than tracking-table-max-keys ({self._table_max}) "
+                "allows: an eviction storm"
+            )
+            return False
         self._subjects[subject] = _Subject(encoded, {sink})
         for key in encoded:
             self._by_key.setdefault(key, set()).add(subject)
@@ -243,6 +252,14 @@ class KeyWatch:
         self._queued.clear()
         self._after.clear()
 
+    def _stop(self, why: str) -> None:
+        """Turn tracking off from outside the task, which is stopped."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        self._drop()
+        self._turn_off(why)
+
     def _turn_off(self, why: str) -> None:
         self.off = why
         self._answer()
@@ -261,6 +278,7 @@ class KeyWatch:
                 data = await self._connect()
                 client_id = await self._command(sub, "CLIENT", "ID")
                 await self._command(data, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+                self._table_max = await self._table_limit(data)
                 await sub.send_command("SUBSCRIBE", _CHANNEL)
                 reply = await sub.read_response()
                 if not isinstance(reply, list) or reply[:1] != [b"subscribe"]:
@@ -285,6 +303,18 @@ class KeyWatch:
             for conn in (sub, data):
                 if conn is not None:
                     await conn.disconnect(nowait=True)
+
+    async def _table_limit(self, data: AbstractConnection) -> int:
+        """The server's ``tracking-table-max-keys`` (0: no limit, or not told)."""
+        await data.send_command("CONFIG", "GET", "tracking-table-max-keys")
+        try:
+            reply = await data.read_response()
+        except ResponseError:  # CONFIG denied (a managed service): the rate tells
+            return 0
+        try:
+            return int(reply[1])
+        except (TypeError, ValueError, IndexError):
+            return 0
 
     async def _command(self, conn: AbstractConnection, *args: Any) -> Any:
         await conn.send_command(*args)
@@ -318,8 +348,8 @@ class KeyWatch:
                 subjects |= self._by_key.get(key, set())
                 if key in self._by_key and self._storm(key, now):
                     raise _Off(
-                        f"key {key!r} invalidated {self._storm_limit} times within a "
-                        "second: an eviction storm (tracking-table-max-keys too low?)"
+                        f"key {key!r} invalidated {self._storm_limit} times within ten "
+                        "seconds: an eviction storm (tracking-table-max-keys too low?)"
                     )
         keys = [key for key in keys if key in self._by_key]
         if not keys:
@@ -329,7 +359,7 @@ class KeyWatch:
 
     def _storm(self, key: bytes, now: float) -> bool:
         start, count = self._counts.get(key, (now, 0))
-        if now - start > 1.0:
+        if now - start > 10.0:
             start, count = now, 0
         self._counts[key] = (start, count + 1)
         return count + 1 >= self._storm_limit

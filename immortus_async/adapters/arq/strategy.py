@@ -334,7 +334,7 @@ class ArqStrategy(Connected):
         first watcher."""
         if self._tracking is not False and (self._watch is None or self._watch.off is None):
             return "client-tracking" if self._watch is not None else "undecided"
-        if self._notifications is None:
+        if self._notifications is None and self._arq_poller is None:
             return "undecided"
         return "keyspace-events" if self._notifications else "batched-look"
 
