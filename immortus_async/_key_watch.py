@@ -71,6 +71,7 @@ class _Off(Exception):
 class _Subject:
     keys: tuple[bytes, ...]
     sinks: set[Sink] = field(default_factory=set)
+    read: asyncio.Future[None] | None = None  # done once its keys are read (tracked)
 
 
 class KeyWatch:
@@ -148,6 +149,8 @@ class KeyWatch:
         known = self._subjects.get(subject)
         if known is not None:
             known.sinks.add(sink)
+            if known.read is not None and not known.read.done():
+                await asyncio.shield(known.read)  # tracked before this caller reads
             return True
         if self._table_max and len(self._by_key) + len(encoded) > self._table_max:
             self._stop(
@@ -155,12 +158,12 @@ class KeyWatch:
                 "allows: an eviction storm"
             )
             return False
-        self._subjects[subject] = _Subject(encoded, {sink})
+        watched = self._subjects[subject] = _Subject(encoded, {sink})
         for key in encoded:
             self._by_key.setdefault(key, set()).add(subject)
         if not self.connected:
             return True
-        read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        read = watched.read = asyncio.get_running_loop().create_future()
 
         def done() -> None:
             if not read.done():

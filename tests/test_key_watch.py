@@ -164,3 +164,33 @@ async def test_waiters_cost_nothing_while_they_wait(redis: Redis) -> None:
 async def _pinged(redis: Redis) -> dict[str, int] | None:
     stats = await _commandstats(redis)
     return stats if stats.get("ping", 0) >= 3 else None
+
+
+@pytest.mark.parametrize("flag", ["t", "P"])
+async def test_either_connection_lost_reconnects_both_and_nudges_everyone(
+    redis: Redis, arq_pool: ArqRedis, flag: str
+) -> None:
+    """The tracking connection (flag t) or the invalidation subscriber (P) is killed
+    as arq ends the job: both are made again, and the waiter still gets the end."""
+    job = await arq_pool.enqueue_job("never_decorated")
+    assert job is not None
+    async with Tracker(redis) as tracker:
+        watcher = await Watcher(tracker, job.job_id).subscribed()
+        clients = await redis.client_list()
+        tracking = [c for c in clients if "t" in str(c["flags"])]
+        assert len(tracking) == 1
+        if flag == "t":
+            victim = tracking[0]["id"]
+        else:
+            victim = str(tracking[0]["redir"])
+        await redis.client_kill_filter(_id=victim)
+        await run_worker(arq_pool, [known])
+        assert (await watcher.finished())[-1].status is S.FAILED
+        await wait_until(
+            lambda: _tracking_clients(redis), message="client-side caching reconnected"
+        )
+        assert tracker.stats() == {"watching": "client-tracking"}
+
+
+async def _tracking_clients(redis: Redis) -> bool:
+    return any("t" in str(c["flags"]) for c in await redis.client_list())

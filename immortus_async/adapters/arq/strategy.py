@@ -15,11 +15,15 @@ the job (``arq:job:<id>`` or the queue)      ``queued``; ``retrying`` once tried
 nothing                                      ``unknown`` (never "completed")
 ===========================================  ======================================
 
-Push: when the server publishes keyspace notifications for generic, string and
-expiry events (``notify-keyspace-events`` containing ``K`` and ``g$x``, or ``KA``,
-e.g. ``CONFIG SET notify-keyspace-events Kg$x``), a watcher subscribes to the four
-keys of its job and re-reads only when one changes. Otherwise, or when ``CONFIG``
-is not allowed (some managed services), it re-reads every ``poll_interval``.
+Push: a watcher's job's four keys are read on a client-side caching connection
+(:mod:`immortus_async._key_watch`), and Redis says when one changes: no command
+while nothing does. Where Redis refuses ``CLIENT TRACKING`` (or it storms), when
+the server publishes keyspace notifications for generic, string and expiry events
+(``notify-keyspace-events`` containing ``K`` and ``g$x``, or ``KA``, e.g.
+``CONFIG SET notify-keyspace-events Kg$x``), a watcher subscribes to the four keys
+of its job and re-reads only when one changes. Otherwise, or when ``CONFIG`` is not
+allowed (some managed services), one poller looks at every watched job's records
+in batches, from every ``poll_interval``.
 """
 
 from __future__ import annotations
