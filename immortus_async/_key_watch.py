@@ -48,6 +48,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .exceptions import TrackerClosed
+
 __all__ = ["KeyWatch", "Sink"]
 
 logger = logging.getLogger("immortus_async.key_watch")
@@ -134,12 +136,19 @@ class KeyWatch:
         every change after. While the connections are down it returns at once: the
         reconnection tells every watcher to re-read. The sink is watched even if
         this is cancelled: the caller unwatches it in any case.
+
+        Raises:
+            TrackerClosed: it is closed.
         """
-        if self.off is not None or self._closed:
+        if self._closed:
+            raise TrackerClosed("the strategy's client-side caching is closed")
+        if self.off is not None:
             return False
         self._start()
         if self._answered is not None and not self._answered.done():
             await asyncio.shield(self._answered)
+            if self._closed:
+                raise TrackerClosed("the strategy's client-side caching is closed")
             if self.off is not None:
                 return False
         try:
@@ -201,6 +210,8 @@ class KeyWatch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._drop()  # whoever waits for a read goes on, to find the tracker closed
+        self._answer()
         self._subjects.clear()
         self._by_key.clear()
 

@@ -70,6 +70,75 @@ def _decode_message(payload: bytes) -> JobState:
     return state
 
 
+# A change of the queue's records that the job side reports itself (arq marks a job
+# in progress as @tracked writes `started`) needs no re-read: it is read only if no
+# `started` state with a heartbeat is pushed within this many seconds of it.
+_SETTLE = 0.02
+
+
+class _Settling:
+    """The sink of a job's channel, and what the fallback nudges: a nudge re-reads
+    the job after ``_SETTLE`` unless a beating ``started`` state was pushed meanwhile.
+
+    Such a push proves the job side alive and reporting; what the queue did on its
+    own at that very moment is then read at the heartbeat's deadline at the latest.
+    Any other state (``retrying``: arq may end the job at its next try, on its own)
+    is read again.
+    """
+
+    def __init__(self, job_id: str, buffer: StateBuffer) -> None:
+        self._job_id = job_id
+        self._buffer = buffer
+        self._pushes = 0
+        self._beating = False  # the last state pushed is started, with a heartbeat
+        self._timer: asyncio.TimerHandle | None = None
+
+    def push(self, item: Any) -> None:
+        self._pushes += 1
+        announced = _announced.get(self._job_id)
+        self._beating = (
+            isinstance(item, JobState)
+            and item.status is JobStatus.STARTED
+            and announced is not None
+            and announced[0] == item.attempt
+        )
+        self._buffer.push(item)
+
+    def fail(self, error: BaseException) -> None:
+        self._buffer.fail(error)
+
+    def request_resync(self) -> None:
+        """What the hub asks after a reconnection: at once."""
+        self._buffer.request_resync()
+
+    def nudge(self) -> None:
+        if self._timer is None:
+            seen = self._pushes
+            self._timer = asyncio.get_running_loop().call_later(_SETTLE, self._settled, seen)
+
+    def _settled(self, seen: int) -> None:
+        self._timer = None
+        if self._pushes == seen or not self._beating:
+            self._buffer.request_resync()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Nudged:
+    """What the fallback's ``changes`` is given in place of the buffer."""
+
+    def __init__(self, settling: _Settling) -> None:
+        self._settling = settling
+
+    def request_resync(self) -> None:
+        self._settling.nudge()
+
+    def fail(self, error: BaseException) -> None:
+        self._settling.fail(error)
+
+
 @dataclass
 class _Recheck:
     """When a watcher must read its job again though nothing was published.
@@ -444,7 +513,8 @@ class RedisPubSubStrategy(Connected):
         channel = self.keys.channel(job_id)
         hub = self._pubsub()
         _following[job_id] += 1
-        subscribing = asyncio.ensure_future(hub.subscribe(channel, buffer, self._decode))
+        settling = _Settling(job_id, buffer)
+        subscribing = asyncio.ensure_future(hub.subscribe(channel, settling, self._decode))
         # Retrieved even when the block is left before it is awaited.
         subscribing.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
@@ -453,13 +523,14 @@ class RedisPubSubStrategy(Connected):
                 await subscribing
                 yield
                 return
-            async with changes(job_id, buffer) as poll:
+            async with changes(job_id, _Nudged(settling)) as poll:
                 recheck.poll = poll
                 await subscribing
                 yield
         finally:
             subscribing.cancel()
-            hub.unsubscribe(channel, buffer)
+            settling.cancel()
+            hub.unsubscribe(channel, settling)
             _following[job_id] -= 1
             if not _following[job_id]:
                 del _following[job_id]
