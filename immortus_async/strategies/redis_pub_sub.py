@@ -357,10 +357,10 @@ class RedisPubSubStrategy(Connected):
         record = self.keys.record(update.job_id)
         async with self.reading, self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(record)
-            stored = await pipe.hget(record, "state")  # type: ignore[misc]
+            stored = await pipe.hget(record, "state")  # type: ignore[misc, unused-ignore]
             if (_decode_state(stored, None).get("seq", 0) if stored else 0) != seq:
                 return None
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call, unused-ignore]
             keys, args = self._call(update, None)
             await self._script(keys=keys, args=args, client=pipe)
             try:
