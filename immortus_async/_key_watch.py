@@ -44,13 +44,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._pubsub import connection_factory
 from .exceptions import TrackerClosed
 
-__all__ = ["KeyWatch", "Sink"]
+__all__ = ["KeyWatch", "KeyWatching", "Sink"]
 
 logger = logging.getLogger("immortus_async.key_watch")
 
@@ -423,3 +425,34 @@ def _nudge(sinks: list[Sink]) -> Callable[[], None]:
             sink.request_resync()
 
     return nudge
+
+
+class KeyWatching:
+    """What a reader of a queue's records that watches its keys has: one
+    :class:`KeyWatch` on its client, made on first use, and statistics saying how
+    its watchers learn of changes (:attr:`watching`)."""
+
+    redis: Redis
+    _watch: KeyWatch | None = None
+
+    @property
+    def watching(self) -> str:
+        """How watchers learn of the queue's writes (``"client-tracking"``, ...)."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """What this strategy does, for a health endpoint: ``watching`` (see the
+        attribute), and why client-side caching is off when it is."""
+        stats: dict[str, Any] = {"watching": self.watching}
+        if self._watch is not None and self._watch.off is not None:
+            stats["client_tracking_off"] = self._watch.off
+        return stats
+
+    def _key_watch(self) -> KeyWatch:
+        if self._watch is None:
+            self._watch = KeyWatch(connection_factory(self.redis), on_off=self._hand_over)
+        return self._watch
+
+    def _hand_over(self, subjects: dict[str, set[Sink]]) -> None:
+        """Client-side caching turned off under these watchers: watch them another way."""
+        raise NotImplementedError

@@ -48,9 +48,8 @@ from redis.exceptions import RedisError, ResponseError
 from ..._buffer import StateBuffer
 from ..._describe import describe_error
 from ..._follow import follow
-from ..._key_watch import KeyWatch
+from ..._key_watch import KeyWatching
 from ..._key_watch import Sink as KeyWatchSink
-from ..._pubsub import connection_factory
 from ..._records import Nudge as _Nudge
 from ..._records import lifecycle_seq as _seq
 from ..._records import ms_time as _time
@@ -94,7 +93,7 @@ class _Polling:
     interval: float | None = None
 
 
-class ArqStrategy(Connected):
+class ArqStrategy(KeyWatching, Connected):
     """Reads a job's state from arq's records; pushes through keyspace notifications.
 
     ``seq`` is derived from the lifecycle (``4 * attempt`` plus the step within the
@@ -152,7 +151,6 @@ class ArqStrategy(Connected):
         self._asking: asyncio.Future[bool] | None = None
         self._arq_poller: ArqPoller | None = None
         self._tracking = client_tracking
-        self._watch: KeyWatch | None = None
         self._handovers: dict[_Nudge, asyncio.Future[None]] = {}
         self.poll_interval = poll_interval
         self._buffer_size = buffer_size
@@ -341,19 +339,6 @@ class ArqStrategy(Connected):
         if self._notifications is None and self._arq_poller is None:
             return "undecided"
         return "keyspace-events" if self._notifications else "batched-look"
-
-    def stats(self) -> dict[str, Any]:
-        """What this strategy does, for a health endpoint: ``watching`` (see the
-        attribute), and why client-side caching is off when it is."""
-        stats: dict[str, Any] = {"watching": self.watching}
-        if self._watch is not None and self._watch.off is not None:
-            stats["client_tracking_off"] = self._watch.off
-        return stats
-
-    def _key_watch(self) -> KeyWatch:
-        if self._watch is None:
-            self._watch = KeyWatch(connection_factory(self.redis), on_off=self._hand_over)
-        return self._watch
 
     def _hand_over(self, subjects: dict[str, set[KeyWatchSink]]) -> None:
         """Client-side caching turned off under these watchers: the poller takes them."""

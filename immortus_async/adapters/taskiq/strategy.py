@@ -41,9 +41,8 @@ from redis.asyncio import ConnectionPool, Redis
 
 from ..._buffer import StateBuffer
 from ..._follow import poll
-from ..._key_watch import KeyWatch
+from ..._key_watch import KeyWatching
 from ..._key_watch import Sink as KeyWatchSink
-from ..._pubsub import connection_factory
 from ..._records import Nudge
 from ...state import JobState
 from ...status import JobStatus
@@ -135,7 +134,7 @@ def _progress(meta: Any) -> tuple[float | None, dict[str, Any]]:
     return None, dict(meta)
 
 
-class TaskiqStrategy(Connected):
+class TaskiqStrategy(KeyWatching, Connected):
     """Reads a task's state from taskiq-redis's result backend records.
 
     Reading only: it never writes taskiq's keys and never deletes a result (even
@@ -179,7 +178,6 @@ class TaskiqStrategy(Connected):
         self.prefix_str = prefix_str
         self._serializer: Serializer = serializer or _SafePickle()
         self.poll_interval = poll_interval
-        self._watch: KeyWatch | None = None
         self._polling: dict[Nudge, asyncio.Future[None]] = {}
 
     @classmethod
@@ -313,18 +311,6 @@ class TaskiqStrategy(Connected):
         ``"client-tracking"``, or ``"polling"`` where Redis refuses it."""
         off = self._watch is not None and self._watch.off is not None
         return "polling" if off else "client-tracking"
-
-    def stats(self) -> dict[str, Any]:
-        """What this strategy does, for a health endpoint (see ``ArqStrategy.stats``)."""
-        stats: dict[str, Any] = {"watching": self.watching}
-        if self._watch is not None and self._watch.off is not None:
-            stats["client_tracking_off"] = self._watch.off
-        return stats
-
-    def _key_watch(self) -> KeyWatch:
-        if self._watch is None:
-            self._watch = KeyWatch(connection_factory(self.redis), on_off=self._hand_over)
-        return self._watch
 
     def _hand_over(self, subjects: dict[str, set[KeyWatchSink]]) -> None:
         """Client-side caching turned off under these watchers: they are nudged instead."""
