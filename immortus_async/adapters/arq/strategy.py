@@ -285,6 +285,10 @@ class ArqStrategy(KeyWatching, Connected):
         else:
             flags = set(_text(next(iter(reply.values()), None)) or "")
             self._notifications = "K" in flags and ("A" in flags or _NEEDED_EVENTS <= flags)
+            logger.info(
+                "watching arq's records by %s",
+                "keyspace events" if self._notifications else "a batched look",
+            )
         return self._notifications
 
     @contextlib.asynccontextmanager
