@@ -31,6 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import metrics
 from ._redis import REFUSED
 from .exceptions import (
     ImmortusError,
@@ -428,6 +429,8 @@ class PubSubHub:
                 continue
             try:
                 await self._resubscribe(conn, resync=ever_connected)
+                if ever_connected:
+                    metrics.reconnected()
                 if lost_logged:
                     logger.warning("pub/sub connection to Redis is back")
                 ever_connected, lost_logged, delay = True, False, self._backoff_min
@@ -571,6 +574,7 @@ class PubSubHub:
             self._resync_on_confirm.discard(channel)
             for sink in self._sinks.get(channel, ()):
                 sink.request_resync()
+                metrics.resynced()
 
     async def _write_loop(self) -> None:
         while True:

@@ -38,6 +38,7 @@ HOSTILE = {
     "year-zero": b'{"job_id": "x", "status": "queued", "enqueued_at": "0001-01-01T00:00:00+01:00"}',
     "not-utf8": b"\xff\xfe",
     "not-json": b"{",
+    "nan-result": b'{"job_id": "x", "status": "finished", "result": [1, NaN]}',
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -16,7 +17,9 @@ from redis.exceptions import WatchError
 
 from .. import config
 from .._buffer import StateBuffer
-from .._follow import follow
+from .._feed import OWNER_SNAPSHOT_LIMIT, FeedBuffer, decode_feed_message, follow_owner
+from .._follow import follow, retrying
+from .._pipe import ScriptPipe
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
 from ..state import JobState, JobUpdate
@@ -217,11 +220,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
+def _decode_state(stored_state: Any, stored_meta: Any, stored_result: Any = None) -> dict[str, Any]:
     try:
         data = json.loads(stored_state)
         encoded_meta = json.loads(stored_meta) if stored_meta else {}
         data["meta"] = {key: json.loads(value) for key, value in encoded_meta.items()}
+        data["result"] = json.loads(stored_result) if stored_result else None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidStateError(f"a stored job state is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -308,31 +312,53 @@ class RedisPubSubStrategy(Connected):
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
+        # An owner's index outlives its last enqueue by as long as a job queued
+        # then keeps a record after its end.
+        self._owner_ttl_ms = max(1, int((active_ttl + ttl) * 1000))
         self._script = self.redis.register_script(_SCRIPT)
         self._beat = self.redis.register_script(_HEARTBEAT)
+        # Writes go out pipelined on a connection of their own (see _pipe): a
+        # worker's concurrent jobs share round trips, and each costs less CPU.
+        self._pipe = ScriptPipe(self.redis)
         self._fallback = fallback
         self._buffer_size = buffer_size
 
     # Writing
 
     async def apply(
-        self, update: JobUpdate, *, stalled_after: float | None = None
+        self,
+        update: JobUpdate,
+        *,
+        stalled_after: float | None = None,
+        owner: str | None = None,
     ) -> JobState | None:
         """Apply ``update`` atomically; return the new state, or None if dropped.
 
         With ``stalled_after``, a ``started`` update is also a heartbeat (see
         :meth:`heartbeat`), in the same round trip: the job side's first beat rides
         on its ``started``.
+
+        With ``owner`` (the queued write of an enqueue), the job joins that owner's
+        feed (see :meth:`watch_owner`), unless it has an owner already: every
+        change of the job from then on, whoever writes it, is published on the
+        owner's channel too. That holds even when the update is dropped because
+        the worker wrote first.
         """
-        keys, args = self._call(update, stalled_after)
-        wire = await self._script(keys=keys, args=args)
+        if owner is not None:
+            await self._index(owner, update.job_id)
+        keys, args = self._call(update, stalled_after, owner)
+        wire = await self._pipe.call(self._script, keys, args)
         return JobState.from_json(wire) if wire else None
 
-    def _call(self, update: JobUpdate, stalled_after: float | None) -> tuple[list[str], list[Any]]:
+    def _call(
+        self, update: JobUpdate, stalled_after: float | None, owner: str | None = None
+    ) -> tuple[list[str], list[Any]]:
         """The script's keys and arguments for ``update``."""
         body = update.to_dict()
         if update.meta:
             body["meta"] = {key: json.dumps(value) for key, value in update.meta.items()}
+        if update.result is not None:
+            body["result"] = json.dumps(update.result)
         job_id = update.job_id
         return (
             [self.keys.record(job_id), self.keys.tombstone(job_id)],
@@ -344,6 +370,8 @@ class RedisPubSubStrategy(Connected):
                 self._ttl_ms,
                 self._tombstone_ms,
                 "" if stalled_after is None else self._beat_field(update.attempt, stalled_after),
+                owner or "",
+                self.keys.owner_channel_head,
             ],
         )
 
@@ -368,6 +396,18 @@ class RedisPubSubStrategy(Connected):
             except WatchError:
                 return None
         return JobState.from_json(wire) if wire else None
+
+    async def _index(self, owner: str, job_id: str) -> None:
+        """Add the job to its owner's index, before the job's own write: a feed
+        whose snapshot misses it is subscribed in time for that write's message."""
+        index = self.keys.owner_index(owner)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # Microseconds: jobs enqueued one after the other in one millisecond
+            # keep their order.
+            pipe.zadd(index, {job_id: time.time_ns() // 1000})
+            pipe.zremrangebyrank(index, 0, -OWNER_SNAPSHOT_LIMIT - 1)
+            pipe.pexpire(index, self._owner_ttl_ms)
+            await pipe.execute()
 
     def _beat_field(self, attempt: int, stalled_after: float) -> str:
         return f"{attempt}:{max(1, int(stalled_after * 1000))}:{self._active_ttl_ms}"
@@ -396,10 +436,15 @@ class RedisPubSubStrategy(Connected):
         the job is not ``started`` at that attempt (it ended, or was never started).
         """
         beat = self._beat_field(attempt, stalled_after)
-        written = await self._beat(
-            keys=[self.keys.record(job_id)], args=[attempt, beat, self._active_ttl_ms]
+        written = await self._pipe.call(
+            self._beat, [self.keys.record(job_id)], [attempt, beat, self._active_ttl_ms]
         )
         return bool(written)
+
+    async def aclose(self) -> None:
+        """Give the writes' connection back, then as :class:`Connected` does. Idempotent."""
+        await self._pipe.aclose()
+        await super().aclose()
 
     # Reading
 
@@ -439,12 +484,16 @@ class RedisPubSubStrategy(Connected):
     async def _record(self, job_id: str) -> tuple[JobState, float | None]:
         record = self.keys.record(job_id)
         async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record, ["state", "meta", "hb"])
+            pipe.hmget(record, ["state", "meta", "hb", "result"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
-            (stored_state, stored_meta, beat), ttl_left, tombstone = await pipe.execute()
+            (
+                (stored_state, stored_meta, beat, stored_result),
+                ttl_left,
+                tombstone,
+            ) = await pipe.execute()
         if stored_state is not None:
-            state = JobState.from_dict(_decode_state(stored_state, stored_meta))
+            state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
             return _heartbeat(state, beat, ttl_left)
         if tombstone is not None:
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
@@ -502,6 +551,69 @@ class RedisPubSubStrategy(Connected):
             unreachable_timeout=self.unreachable_timeout,
             where=self.where,
         )
+
+    def watch_owner(self, owner: str) -> AsyncIterator[JobState]:
+        """Yield the owner's jobs, then each change of any of them, for ever.
+
+        First the snapshot: the owner's newest jobs (at most
+        :data:`~immortus_async._feed.OWNER_SNAPSHOT_LIMIT`, 100), enqueued within
+        ``active_ttl + ttl`` of the owner's last enqueue and still recorded,
+        oldest first; then every state any job of the owner is written in
+        (queued, started, progress, terminal), in the order each job had them.
+        A reader that falls behind gets only the latest state per job; one that
+        falls behind on more than 100 jobs gets the snapshot again.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            SubscriptionRefused: Redis refused to subscribe to the owner's channel.
+            InvalidStateError: a message on the owner's channel is not a job state.
+        """
+        buffer = FeedBuffer()
+        channel = self.keys.owner_channel(owner)
+
+        async def snapshot() -> list[JobState]:
+            return await retrying(
+                lambda: self._owner_jobs(owner),
+                owner,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
+            )
+
+        async def read(job_id: str) -> JobState:
+            return await retrying(
+                lambda: self.status(job_id),
+                job_id,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
+            )
+
+        subscription = self._pubsub().subscription(channel, buffer, decode_feed_message)
+        return follow_owner(subscription, buffer, snapshot, read)
+
+    async def owner(self, job_id: str) -> str | None:
+        """The job's owner, as its queued write recorded it; None without one."""
+        async with self.reading:
+            found: Any = await self.redis.hget(self.keys.record(job_id), "owner")  # type: ignore[misc, unused-ignore]
+        return None if found is None else _text(found)
+
+    async def _owner_jobs(self, owner: str) -> list[JobState]:
+        """The owner's recorded jobs, oldest first: those whose record names this
+        owner (an id enqueued again by another keeps its first owner)."""
+        index = self.keys.owner_index(owner)
+        async with self.reading:
+            ids = [_text(job_id) for job_id in await self.redis.zrange(index, 0, -1)]
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.record(job_id), "owner")
+            owners = await pipe.execute() if ids else []
+        mine = [
+            job_id
+            for job_id, of in zip(ids, owners, strict=True)
+            if of is not None and _text(of) == owner
+        ]
+        states = await asyncio.gather(*(self.status(job_id) for job_id in mine))
+        gone = (JobStatus.UNKNOWN, JobStatus.EXPIRED)
+        return [state for state in states if state.status not in gone]
 
     @contextlib.asynccontextmanager
     async def _subscription(

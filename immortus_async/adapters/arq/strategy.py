@@ -45,6 +45,7 @@ from arq.constants import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ... import metrics
 from ..._buffer import StateBuffer
 from ..._describe import describe_error
 from ..._follow import follow
@@ -65,6 +66,8 @@ __all__ = ["ArqStrategy"]
 logger = logging.getLogger("immortus_async.adapters.arq")
 
 _NEEDED_EVENTS = frozenset("g$x")
+# How a watcher learns of changes to arq's records (the fallback_mode metric).
+_MODES = ("client-tracking", "keyspace", "poll")
 # Without keyspace events, a quiet job's records are looked at this often at least.
 _POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
@@ -309,14 +312,17 @@ class ArqStrategy(KeyWatching, Connected):
             if self._tracking is not False:
                 keys = [prefix + job_id for prefix in _PREFIXES]
                 if await self._key_watch().watch(job_id, keys, nudge):
+                    metrics.fallback_mode("arq", "client-tracking", _MODES)
                     yield None
                     return
             if not await self.notifications_enabled():
+                metrics.fallback_mode("arq", "poll", _MODES)
                 # One poller looks at every watched job in batches and nudges only
                 # the watchers whose job changed (see _poller).
                 await self._poller().register(job_id, nudge)
                 yield None
                 return
+            metrics.fallback_mode("arq", "keyspace", _MODES)
             hub = self._pubsub()
             db = self.redis.connection_pool.connection_kwargs.get("db", 0)
             async with contextlib.AsyncExitStack() as stack:
@@ -346,6 +352,7 @@ class ArqStrategy(KeyWatching, Connected):
 
     def _hand_over(self, subjects: dict[str, set[KeyWatchSink]]) -> None:
         """Client-side caching turned off under these watchers: the poller takes them."""
+        metrics.fallback_mode("arq", "poll", _MODES)
         poller = self._poller()
         for job_id, sinks in subjects.items():
             for sink in sinks:
