@@ -133,6 +133,21 @@ class Tracker:
         down, or one of its long-lived tasks is restarting after it failed."""
         return all(getattr(instance, "healthy", True) for instance in self._builder.instances())
 
+    def stats(self) -> dict[str, Any]:
+        """What this Tracker's strategies report of themselves, for a health endpoint.
+
+        ``watching``: how a queue's own endings reach waiters, once a waiter has
+        asked: ``"client-tracking"`` (client-side caching), ``"keyspace-events"``
+        or ``"batched-look"`` (where Redis refuses the first two); with
+        ``client_tracking_off`` saying why caching is not used.
+        """
+        stats: dict[str, Any] = {}
+        for instance in self._builder.instances():
+            report = getattr(instance, "stats", None)
+            if callable(report):
+                stats.update(report())
+        return stats
+
     def strategy(self, function: Function = None) -> object:
         """The strategy instance that tracks jobs of ``function`` (see :func:`strategy_for`).
 

@@ -305,8 +305,8 @@ async def test_the_bridge_command_serves_metrics_with_the_token_from_the_environ
 async def test_the_fallback_mode_in_use_is_shown(
     registry: CollectorRegistry, redis: Redis, strategy: RedisPubSubStrategy
 ) -> None:
-    """Watching a job follows arq's records by polling, until the server sends keyspace
-    events: the gauge says which mode is in use."""
+    """Watching a job follows arq's records by client-side caching; where Redis refuses
+    it, by polling, until the server sends keyspace events: the gauge says which."""
     pytest.importorskip("arq", reason="arq's records are the fallback watched here")
     await advance(strategy, "job", S.STARTED)
 
@@ -319,9 +319,11 @@ async def test_the_fallback_mode_in_use_is_shown(
             mode: registry.get_sample_value(
                 "immortus_fallback_mode", {"queue": "arq", "mode": mode}
             )
-            for mode in ("keyspace", "poll")
+            for mode in ("client-tracking", "keyspace", "poll")
         }
 
-    assert await watch_once() == {"keyspace": 0, "poll": 1}
+    assert await watch_once() == {"client-tracking": 1, "keyspace": 0, "poll": 0}
+    await redis.execute_command("ACL", "SETUSER", "default", "-client|tracking")
+    assert await watch_once() == {"client-tracking": 0, "keyspace": 0, "poll": 1}
     await redis.config_set("notify-keyspace-events", "KA")
-    assert await watch_once() == {"keyspace": 1, "poll": 0}
+    assert await watch_once() == {"client-tracking": 0, "keyspace": 1, "poll": 0}

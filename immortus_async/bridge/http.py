@@ -213,7 +213,8 @@ class HttpRoutes:
         ``not_found`` for a job the app's ``authorize`` refuses, 400 for a bad
         job id, 503 when Redis does not answer. Errors have a JSON body
         ``{"type": "error", "code": ..., "message": ...}``.
-        ``GET /healthz``: 200 ``{"status": "ok", "redis": "up"}`` when Redis
+        ``GET /healthz``: 200 ``{"status": "ok", "redis": "up", ...}`` (with
+        :meth:`Tracker.stats`) when Redis
         answers PING within ``redis_timeout`` and every pub/sub hub of the
         tracker is connected (:attr:`Tracker.healthy`), else 503.
         ``GET /immortus.js``, ``/immortus.mjs``, ``/immortus.d.ts``: the browser
@@ -559,5 +560,6 @@ class HttpRoutes:
         # anyone, even while PING answers: take this bridge out of rotation.
         healthy = up and self._tracker.healthy
         body = {"status": "ok" if healthy else "unavailable", "redis": "up" if up else "down"}
+        body.update(self._tracker.stats())  # how the queue's own endings reach waiters
         status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
         return _response(status, json.dumps(body))

@@ -123,6 +123,8 @@ local parts = {}
 for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ':' .. meta[k] end
 cur.completed = TERMINAL[cur.status] == true
 cur.stalled = false
+-- A started job's heartbeat travels with it: its watchers know when to look.
+if u.status == 'started' and ARGV[7] ~= '' then cur.hb = ARGV[7] end
 local wire = string.sub(cjson.encode(cur), 1, -2) .. ',"meta":{' .. table.concat(parts, ',')
   .. '},"result":' .. (result or 'null') .. '}'
 redis.call('PUBLISH', ARGV[1], wire)
