@@ -87,7 +87,7 @@ async def waiters(config: dict[str, Any], stream: AsyncIterator[dict[str, Any]])
     if method == "tracker":
         async with Tracker(config["redis"]) as tracker:
             strategy = tracker.strategy()
-            snapshots_read = _after_calls(strategy, "status", len(jobs))
+            snapshots_read = _after_calls(strategy, "_read", len(jobs))  # the snapshot read
 
             async def wait_tracker(job_id: str) -> None:
                 await tracker.completed(job_id, timeout=600)

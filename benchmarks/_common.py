@@ -49,12 +49,15 @@ class Sizes:
     selectivity_rate: int  # jobs finished per second
     selectivity_seconds: float
     selectivity_watched: int
+    peer_jobs: int = 500  # jobs, and as many waiters, per peer and run (peers.py)
+    peer_runs: int = 5
+    peer_window: float = 1.0  # seconds Redis's commands are counted while waiters wait
 
 
 SIZES = {
     "full": Sizes("full", 1000, 1000, 10_000, 1000, 2000, 5000, 200, 1.0, 10.0, 2000, 10.0, 10),
-    "quick": Sizes("quick", 1000, 500, 2000, 500, 2000, 2000, 100, 1.0, 0.0, 2000, 4.0, 10),
-    "smoke": Sizes("smoke", 20, 20, 50, 20, 500, 100, 10, 0.2, 0.0, 500, 0.5, 3),
+    "quick": Sizes("quick", 1000, 500, 2000, 500, 2000, 2000, 100, 1.0, 0.0, 2000, 4.0, 10, 500, 1),
+    "smoke": Sizes("smoke", 20, 20, 50, 20, 500, 100, 10, 0.2, 0.0, 500, 0.5, 3, 20, 1, 0.2),
 }
 
 

@@ -94,6 +94,7 @@ async def run(ctx: Context) -> list[Table]:
     )
     table.notes.append(
         "@tracked writes started (and its first heartbeat) before the function and finished "
-        "after it, each one EVALSHA; arq's own work per job is several round trips"
+        "after it, each one EVALSHA, pipelined with other jobs' writes on one connection; "
+        "arq's own work per job is several round trips"
     )
     return [table]

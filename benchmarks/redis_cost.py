@@ -209,8 +209,8 @@ async def run(ctx: Context) -> list[Table]:
         f"{count} jobs per phase, all running at once on one worker. Sent: commands clients "
         "sent (MONITOR); Redis ran: commandstats, which also counts the commands Lua "
         "scripts run inside Redis. A poller costs 4 commands (MULTI, GET, ZSCORE, EXEC) every "
-        "poll_delay; a Tracker waiter its subscription and snapshot, plus its share of the "
-        "batched looks at arq's records (without keyspace events); differences under 0.5 "
+        "poll_delay; a Tracker waiter its subscription and snapshot (and the re-reads that "
+        "client-side caching's invalidations ask for as arq moves the job); differences under 0.5 "
         "command per job (arq's own run-to-run variation) are left out"
     )
     return [table]

@@ -35,6 +35,7 @@ BENCHMARKS = [
     "overhead",
     "redis_cost",
     "selectivity",
+    "peers",
 ]
 
 

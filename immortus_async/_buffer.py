@@ -81,7 +81,36 @@ class BufferStatistics:
     dropped: int
 
 
-class StateBuffer:
+class _Signals:
+    """What a pub/sub hub tells a sink besides its items: an error, a resync."""
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+        self._resync = False
+        self._wakeup = Wakeup()
+
+    def fail(self, error: BaseException) -> None:
+        """Make the next :meth:`get` raise ``error``."""
+        self._error = error
+        self._wakeup.set()
+
+    def request_resync(self) -> None:
+        """Make the next :meth:`get` return :data:`RESYNC`."""
+        self._resync = True
+        self._wakeup.set()
+
+    def _signalled(self) -> _Resync | None:
+        """Raise the error given to :meth:`fail`, else RESYNC once if asked, else None."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._resync:
+            self._resync = False
+            return RESYNC
+        return None
+
+
+class StateBuffer(_Signals):
     """Holds the states a waiter has not read yet, oldest first.
 
     Only states newer (by ``seq``) than everything already accepted get in, so
@@ -93,6 +122,7 @@ class StateBuffer:
     def __init__(self, maxsize: int = 64) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, got {maxsize}")
+        super().__init__()
         # A list, not a deque: at most maxsize items, and an empty deque is 760 bytes.
         self._items: list[JobState] = []
         self._maxsize = maxsize
@@ -100,9 +130,6 @@ class StateBuffer:
         self._last_stalled = False
         self._last_completed = False
         self._dropped = 0
-        self._error: BaseException | None = None
-        self._resync = False
-        self._wakeup = Wakeup()
 
     def push(self, state: JobState) -> None:
         """Accept ``state`` if it is newer than anything seen, flips ``stalled``, or is
@@ -150,25 +177,12 @@ class StateBuffer:
             self._items = [state for state in self._items if state.seq >= seq]
         return older
 
-    def fail(self, error: BaseException) -> None:
-        """Make the next :meth:`get` raise ``error``."""
-        self._error = error
-        self._wakeup.set()
-
-    def request_resync(self) -> None:
-        """Make the next :meth:`get` return :data:`RESYNC`."""
-        self._resync = True
-        self._wakeup.set()
-
     async def get(self) -> JobState | _Resync:
         """Wait for the next state, a resync request, or an error (raised)."""
         while True:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            if self._resync:
-                self._resync = False
-                return RESYNC
+            signal = self._signalled()
+            if signal is not None:
+                return signal
             if self._items:
                 return self._items.pop(0)
             self._wakeup.clear()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
+from typing import TypeVar
 
 from ._buffer import RESYNC, StateBuffer, _Resync
 from ._redis import REFUSED, UNREACHABLE
@@ -18,14 +19,16 @@ __all__ = ["follow", "poll", "retrying"]
 
 logger = logging.getLogger("immortus_async.tracker")
 
+_T = TypeVar("_T")
+
 
 async def retrying(
-    read: Callable[[], Awaitable[JobState]],
+    read: Callable[[], Awaitable[_T]],
     job_id: str,
     *,
     unreachable_timeout: float | None,
     where: str = "Redis",
-) -> JobState:
+) -> _T:
     """Read a snapshot, waiting out a Redis outage (the caller's timeout still applies).
 
     Raises:

@@ -31,6 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import metrics
 from ._redis import REFUSED
 from .exceptions import (
     ImmortusError,
@@ -454,6 +455,8 @@ class PubSubHub(_Hub):
                 continue
             try:
                 await self._resubscribe(conn, resync=ever_connected)
+                if ever_connected:
+                    metrics.reconnected()
                 if lost_logged:
                     logger.warning("pub/sub connection to Redis is back")
                 ever_connected, lost_logged, delay = True, False, self._backoff_min
@@ -636,6 +639,7 @@ class PubSubHub(_Hub):
             self._resync_on_confirm.discard(channel)
             for sink in self._sinks.get(channel, ()):
                 sink.request_resync()
+                metrics.resynced()
 
     async def _write_loop(self) -> None:
         while True:

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from .bridge.auth import Authorize, Gatekeeper
+from . import metrics
+from .bridge.auth import Authorize, AuthorizeOwner, Gatekeeper
 from .bridge.http import Answer, EventStream, HttpRoutes
 from .bridge.logs import RedactingLogger
 from .bridge.protocol import CloseCode
@@ -51,8 +52,11 @@ def app(
     # Security
     secret: str | bytes | None = None,
     authorize: Authorize | None = None,
+    authorize_owner: AuthorizeOwner | None = None,
     allowed_origins: Sequence[str] = (),
     insecure_no_auth: bool = False,
+    metrics_token: str | None = None,
+    allow_abort: bool = False,
     # Limits
     max_frame_size: int = 4096,
     max_subscriptions: int = 100,
@@ -74,8 +78,23 @@ def app(
             middleware put in it). A job it refuses is answered exactly as a job
             that does not exist: HTTP 404 ``not_found``, or on a websocket an
             ``error`` frame ``not_found`` ending that subscription.
+        authorize_owner: the app's check for owner feeds, asked about every
+            feed requested without a token: ``authorize_owner(scope, owner)``,
+            sync or async (e.g. "is ``owner`` the user of this session?"). A
+            refused feed is answered as ``authorize`` refuses a job
+            (``not_found``). Without it, only an owner token opens a feed.
         allowed_origins: browser origins allowed besides the app's own (``"*"``: any).
         insecure_no_auth: follow any job without a token (development only).
+        metrics_token: serve the Prometheus metrics at ``GET <mount>/metrics``
+            to requests with ``Authorization: Bearer <metrics_token>``, turning
+            them on (:func:`immortus_async.metrics.enable`) if they are not;
+            None (the default): no ``/metrics``.
+        allow_abort: take abort requests, the websocket's ``abort`` message and
+            ``POST .../jobs/<job_id>/abort``, authorised as a subscription is (a
+            token for the job, or ``authorize``, which sees the request's method
+            and path in the scope and may be stricter for an abort); they call
+            :meth:`Tracker.abort <immortus_async.Tracker.abort>`. Off by default:
+            refused with ``abort_disabled``.
         max_frame_size: the largest inbound websocket frame, in bytes; a larger
             one closes the connection with code 1009. The ASGI server reads the
             frame first: keep its own limit low too (uvicorn ``--ws-max-size``).
@@ -91,13 +110,17 @@ def app(
     Raises:
         ValueError: no secret, no ``authorize`` and ``insecure_no_auth`` is False;
             a secret shorter than 32 bytes; a limit or timeout that is not positive.
+        ImportError: a ``metrics_token`` without ``prometheus-client`` installed.
     """
     return App(
         tracker,
         secret=secret,
         authorize=authorize,
+        authorize_owner=authorize_owner,
         allowed_origins=allowed_origins,
         insecure_no_auth=insecure_no_auth,
+        metrics_token=metrics_token,
+        allow_abort=allow_abort,
         max_frame_size=max_frame_size,
         max_subscriptions=max_subscriptions,
         send_timeout=send_timeout,
@@ -115,13 +138,16 @@ class App:
         *,
         secret: str | bytes | None,
         authorize: Authorize | None,
+        authorize_owner: AuthorizeOwner | None,
         allowed_origins: Sequence[str],
         insecure_no_auth: bool,
+        metrics_token: str | None,
         max_frame_size: int,
         max_subscriptions: int,
         send_timeout: float,
         close_timeout: float,
         redis_timeout: float,
+        allow_abort: bool = False,
     ) -> None:
         check_options(
             allowed_origins,
@@ -138,12 +164,15 @@ class App:
             insecure_no_auth=insecure_no_auth,
             allowed_origins=allowed_origins,
             authorize=authorize,
+            authorize_owner=authorize_owner,
+            allow_abort=allow_abort,
         )
         self._routes = HttpRoutes(
             tracker,
             self._gate,
             redis_timeout=redis_timeout,
             origin_option="pass allowed_origins=[{origin!r}] to immortus_async.asgi.app()",
+            metrics_token=metrics_token,
         )
         self._max_frame_size = max_frame_size
         self._max_subscriptions = max_subscriptions
@@ -365,6 +394,8 @@ class _Transport:
         """Close with ``code``, once; give up after the close timeout."""
         if self._closed:
             return
+        if code is CloseCode.SLOW_CLIENT:
+            metrics.slow_client_closed()
         last = self._last(code, reason)
         try:
             await self._push(last, self._close_timeout)
@@ -439,7 +470,8 @@ class _EventTransport(_Transport):
     """An HTTP response body as an event stream, the transport of a ``once`` session.
 
     Each frame is one event, its data the websocket frame unchanged: a state with
-    ``id: <seq>`` (what ``Last-Event-ID`` resumes from), an error as ``event: error``.
+    ``id: <seq>`` (what ``Last-Event-ID`` resumes from), an owner feed's state as
+    ``event: owner_state``, an error as ``event: error``.
     """
 
     async def receive(self) -> str | bytes:
@@ -451,6 +483,9 @@ class _EventTransport(_Transport):
         message = json.loads(frame)
         if message["type"] == "state":
             event = f"id: {message['seq']}\ndata: {frame}\n\n"
+        elif message["type"] == "owner_state":
+            # No id: a feed resumes with a fresh snapshot, not from a seq.
+            event = f"event: owner_state\ndata: {frame}\n\n"
         else:
             event = f"event: error\ndata: {frame}\n\n"
         await self._push(

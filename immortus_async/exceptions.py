@@ -10,6 +10,7 @@ The tree::
     ├── SubscriptionRefused    Redis refused to subscribe to a job's channel (ACL)
     ├── TrackerClosed          the Tracker was closed while, or before, it was used
     ├── InvalidStateError      a stored or published job state is not valid
+    ├── AbortUnsupported       the job's queue cannot abort it (taskiq), or was not given
     └── TokenError             a subscription token was refused
         ├── TokenInvalid       forged, malformed, or for another job
         └── TokenExpired       its ``exp`` has passed
@@ -21,6 +22,7 @@ raise :class:`ValueError` or :class:`TypeError`, as Python code expects.
 from __future__ import annotations
 
 __all__ = [
+    "AbortUnsupported",
     "ImmortusError",
     "InvalidStateError",
     "JobLost",
@@ -81,6 +83,12 @@ class TrackerClosed(ImmortusError, RuntimeError):
 
 class InvalidStateError(ImmortusError, ValueError):
     """A job state read from Redis, or a message published for a job, is not valid."""
+
+
+class AbortUnsupported(ImmortusError, NotImplementedError):
+    """``Tracker.abort``: the job's queue has no way to abort it (taskiq, the memory
+    adapter), or abort needs the queue object the Tracker was not given
+    (``Tracker(queue=worker)`` for streaQ); the message says which."""
 
 
 class TokenError(ImmortusError):

@@ -11,6 +11,7 @@ heartbeats, and the owner of the tasks a job leaves behind.
     from immortus_async.jobside import JobOptions, Leftovers, begin_job
 
     options = JobOptions.checked(heartbeat_interval=5.0)  # validated once, at import
+    # (report_result=True, max_result_bytes=...: the return value in `finished`)
     leftovers = Leftovers()        # one per worker; `await leftovers.aclose(grace)` on stop
 
     # as a job starts (attempt 1 for its first run):
@@ -19,7 +20,7 @@ heartbeats, and the owner of the tasks a job leaves behind.
                           queue="taskiq")
     # ... the job runs; it calls `await context.update(progress, **meta)` ...
     # as it ends, one of:
-    await context.finished()
+    await context.finished(result)   # the result is reported with report_result
     await context.failed("ValueError: bad row")      # describe_error(exc)
     await context.retrying("Retry: run again")       # the queue will run it again
     await context.aborted("cancelled")
@@ -83,8 +84,9 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from . import metrics, tracing
 from ._builder import StrategyBuilder
 from ._redis import UNREACHABLE, Client
 from .registry import StrategySpec
@@ -92,12 +94,24 @@ from .state import JobUpdate
 from .status import JobStatus
 from .strategies.base import Heartbeats, StateReader, StateWriter
 
-__all__ = ["MAX_META_BYTES", "UNOWNED", "JobContext", "JobOptions", "Leftovers", "begin_job"]
+__all__ = [
+    "MAX_META_BYTES",
+    "MAX_RESULT_BYTES",
+    "UNOWNED",
+    "JobContext",
+    "JobOptions",
+    "Leftovers",
+    "begin_job",
+]
 
 logger = logging.getLogger("immortus_async.jobside")
 
 MAX_META_BYTES = 64 * 1024
 """The largest ``meta`` one :meth:`JobContext.update` takes, encoded as JSON."""
+
+MAX_RESULT_BYTES = 64 * 1024
+"""The default largest result reported in a ``finished`` state, encoded as JSON
+(``max_result_bytes`` of each queue's job side changes it)."""
 
 _BACKOFF = (0.05, 1.0)
 _SETTLE_POLL = 0.02
@@ -168,6 +182,10 @@ class JobOptions:
     """How long a write is retried while Redis is unreachable."""
     write_timeout: float = 1.0
     """How long a tracking write (or a read of the queue's records) may hold the job."""
+    report_result: bool = False
+    """Whether the job's return value goes in its ``finished`` state."""
+    max_result_bytes: int = MAX_RESULT_BYTES
+    """The largest result reported, encoded as JSON; a larger one is left out (logged)."""
 
     @classmethod
     def checked(
@@ -176,6 +194,9 @@ class JobOptions:
         stalled_after: float | None = None,
         retry_for: float = 30.0,
         write_timeout: float = 1.0,
+        *,
+        report_result: bool = False,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> JobOptions:
         """Validated options; ``stalled_after`` defaults to three ``heartbeat_interval``.
 
@@ -199,7 +220,13 @@ class JobOptions:
                 "write_timeout must be a positive, finite number of seconds, got "
                 f"{write_timeout!r}: it is how long a tracking write may hold the job"
             )
-        return cls(heartbeat_interval, stalled, retry_for, write_timeout)
+        if isinstance(max_result_bytes, bool) or not isinstance(max_result_bytes, int):
+            raise ValueError(f"max_result_bytes must be an int, got {max_result_bytes!r}")
+        if max_result_bytes <= 0:
+            raise ValueError(f"max_result_bytes must be positive, got {max_result_bytes!r}")
+        return cls(
+            heartbeat_interval, stalled, retry_for, write_timeout, report_result, max_result_bytes
+        )
 
     def why(self, exc: BaseException) -> str:
         """What a write or read that raised one of UNREACHABLE ran into, for the log."""
@@ -214,6 +241,22 @@ def _strategy_on(redis: Client, spec: StrategySpec) -> object:
         # The job side only writes: its strategies need no reader of the queue.
         builder = redis.__dict__[_BUILDER] = StrategyBuilder(redis)
     return builder.get(spec)
+
+
+# What a strategy class can do, by class: a runtime Protocol check costs some 10 µs,
+# and a trivial job makes three (see benchmarks/README.md, Overhead).
+_KINDS: dict[type, tuple[bool, bool]] = {}
+
+
+def _kind(strategy: object) -> tuple[bool, bool]:
+    """``(is a Heartbeats, is a StateWriter)`` for ``strategy``, checked once per class."""
+    kind = _KINDS.get(type(strategy))
+    if kind is None:
+        kind = _KINDS[type(strategy)] = (
+            isinstance(strategy, Heartbeats),
+            isinstance(strategy, StateWriter),
+        )
+    return kind
 
 
 def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +275,34 @@ def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return decoded
 
 
+def _reported_result(job_id: str, result: Any, limit: int) -> Any:
+    """``result`` as JSON types when it is JSON-able and at most ``limit`` bytes as JSON;
+    else None, with one error logged saying why (the job itself is not touched)."""
+    try:
+        encoded = json.dumps(result, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.error(
+            "job %s: its result is not reported in its state, as it is not JSON-serialisable "
+            "(%s); the job is finished all the same, and its queue keeps the result",
+            job_id,
+            exc,
+        )
+        return None
+    size = len(encoded.encode())
+    if size > limit:
+        logger.error(
+            "job %s: its result is not reported in its state, as it is %d bytes as JSON, "
+            "over the %d-byte limit (max_result_bytes); the job is finished all the same, "
+            "and its queue keeps the result",
+            job_id,
+            size,
+            limit,
+        )
+        return None
+    # A copy in JSON types, as waiters will read it.
+    return json.loads(encoded)
+
+
 def _merge(older: JobUpdate | None, newer: JobUpdate) -> JobUpdate:
     """One update with the effect of ``older`` then ``newer`` (both of one attempt)."""
     if older is None:
@@ -245,6 +316,7 @@ def _merge(older: JobUpdate | None, newer: JobUpdate) -> JobUpdate:
         error=newer.error or older.error,
         function=newer.function or older.function,
         at=older.at if older.status is newer.status else newer.at,
+        result=newer.result if newer.result is not None else older.result,
     )
 
 
@@ -267,6 +339,10 @@ def _callback(update: JobUpdate) -> tuple[str, tuple[Any, ...]]:
 
 class JobContext:
     """What a tracked job reports progress and meta through (arq: ``ctx["immortus"]``).
+
+    A job gets it from its adapter: arq's ``ctx["immortus"]``, typed as
+    ``immortus_async.adapters.arq.job_context(ctx)``; taskiq's
+    ``job: JobContext = TaskiqDepends(tracking)``; streaQ's ``job_context()``.
 
     An adapter creates one per attempt as the job starts, with :func:`begin_job`.
     Created directly, ``JobContext(job_id)`` records nothing: it lets a test call a
@@ -295,7 +371,13 @@ class JobContext:
         self._backlog: JobUpdate | None = None
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # The next beat is a timer, and a task only while it writes: a job shorter
+        # than heartbeat_interval (most) never makes one.
+        self._next_beat: asyncio.TimerHandle | None = None
         self._ended = False
+        # The attempt's OpenTelemetry span, ended by the end of the attempt or by
+        # settle(), not by stop(): an adapter may stop the attempt before its end.
+        self._span: Any = None
 
     async def update(self, progress: float | None = None, **meta: Any) -> None:
         """Report how far the job is and merge ``meta`` into its state; waiters get it at once.
@@ -332,9 +414,17 @@ class JobContext:
         """True once the attempt's end was recorded (or :meth:`stop` ran)."""
         return self._ended
 
-    async def finished(self) -> None:
-        """The job returned: record ``finished``."""
-        await self._end(JobStatus.FINISHED)
+    async def finished(self, result: Any = None) -> None:
+        """The job returned ``result``: record ``finished``.
+
+        With ``report_result`` (the job side's option), ``result`` goes in the
+        state when it is JSON-serialisable and at most ``max_result_bytes`` as
+        JSON; else the state has none and one error is logged. Never raises for it.
+        """
+        reported = None
+        if self._options.report_result and result is not None:
+            reported = _reported_result(self.job_id, result, self._options.max_result_bytes)
+        await self._end(JobStatus.FINISHED, result=reported)
 
     async def failed(self, error: str) -> None:
         """The job raised and will not run again: record ``failed`` with ``error``."""
@@ -358,6 +448,8 @@ class JobContext:
         ``failed`` with ``missing`` (default: the queue kept no record of it).
         Stops the heartbeat at once. Without a reader, only that.
         """
+        span, self._span = self._span, None
+        tracing.finish(span)  # the outcome comes later, from the queue
         if self._reader is not None and self._strategy is not None:
             error = missing or f"{self._queue} kept no record of the job, so its outcome is unknown"
             self._leftovers.spawn(
@@ -376,8 +468,11 @@ class JobContext:
         The heartbeat is cancelled and awaited, so no beat of this attempt comes later.
         """
         self._ended = True
+        if self._next_beat is not None:
+            self._next_beat.cancel()
+            self._next_beat = None
         beat, self._heartbeat = self._heartbeat, None
-        if beat is not None:
+        if beat is not None and not beat.done():
             beat.cancel()
             # wait() and not `await beat`: a cancelled task raises CancelledError
             # in whoever awaits it, which would read as this job's own cancellation.
@@ -394,13 +489,23 @@ class JobContext:
         )
         beat = getattr(self._strategy, "heartbeat", None)
         if beat is not None:
-            if not isinstance(self._strategy, Heartbeats):
+            if not _kind(self._strategy)[0]:
                 # The first beat before the job's body runs: a worker that dies at
                 # once must read stalled too (a Heartbeats rides on `started`).
                 await self._beat_once(beat)
-            self._heartbeat = self._leftovers.spawn(
-                self._beat(beat), name=f"immortus: heartbeat of job {self.job_id}", wait=False
+            self._arm(beat)
+
+    def _arm(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        if not self._ended:
+            self._next_beat = asyncio.get_running_loop().call_later(
+                self._options.heartbeat_interval, self._due, beat
             )
+
+    def _due(self, beat: Callable[..., Awaitable[Any]]) -> None:
+        self._next_beat = None
+        self._heartbeat = self._leftovers.spawn(
+            self._beat(beat), name=f"immortus: heartbeat of job {self.job_id}", wait=False
+        )
 
     async def _beat_once(self, beat: Callable[..., Awaitable[Any]]) -> None:
         try:
@@ -411,14 +516,17 @@ class JobContext:
             logger.debug("heartbeat of job %s failed: %r", self.job_id, exc)
 
     async def _beat(self, beat: Callable[..., Awaitable[Any]]) -> None:
-        while True:
-            await asyncio.sleep(self._options.heartbeat_interval)
-            await self._beat_once(beat)
+        await self._beat_once(beat)
+        self._arm(beat)
 
-    async def _end(self, status: JobStatus, error: str | None = None) -> None:
+    async def _end(self, status: JobStatus, error: str | None = None, result: Any = None) -> None:
+        span, self._span = self._span, None
+        tracing.finish(span, status.value, error)
         await self.stop()
         await self._send(
-            JobUpdate(job_id=self.job_id, status=status, attempt=self.attempt, error=error)
+            JobUpdate(
+                job_id=self.job_id, status=status, attempt=self.attempt, error=error, result=result
+            )
         )
 
     async def _settle(self, reader: StateReader, *, wait: float, error: str) -> None:
@@ -506,6 +614,7 @@ class JobContext:
             while self._backlog is not None:
                 await asyncio.sleep(delay)
                 update, self._backlog = self._backlog, None
+                metrics.write_retried()
                 try:
                     async with asyncio.timeout(self._options.write_timeout):
                         await self._deliver(update)
@@ -521,6 +630,7 @@ class JobContext:
                             self._options.why(exc),
                         )
                         self._backlog = None
+                        metrics.write_given_up()
                         return
                     delay = min(delay * 2, longest)
             logger.info("tracking job %s: Redis is back, its state is written", self.job_id)
@@ -536,15 +646,18 @@ class JobContext:
 
     async def _deliver(self, update: JobUpdate) -> None:
         strategy = self._strategy
+        beats_too, writes = _kind(strategy)
         try:
-            if isinstance(strategy, Heartbeats):
+            if beats_too:
                 # A started (or progress) write is a heartbeat too: one round trip.
                 stalled_after = self._options.stalled_after
                 beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
-                await strategy.apply(update, stalled_after=stalled_after if beats else None)
+                await cast(Heartbeats, strategy).apply(
+                    update, stalled_after=stalled_after if beats else None
+                )
                 return
-            if isinstance(strategy, StateWriter):
-                await strategy.apply(update)
+            if writes:
+                await cast(StateWriter, strategy).apply(update)
                 return
             name, args = _callback(update)
             method = getattr(strategy, name, None)
@@ -595,5 +708,7 @@ async def begin_job(
     except Exception:
         logger.exception("cannot build tracking strategy %r; job %s runs untracked", spec, job_id)
         return context
+    context._span = tracing.processing(job_id, attempt, queue=queue, function=function)
     await context._start()
+    await tracing.link(context._span, context._strategy, job_id, timeout=options.write_timeout)
     return context

@@ -2,7 +2,8 @@
 
 Every name carries the job id in a hash tag (``{...}``) so that in a Redis Cluster a
 job's record, its tombstone and its channel all live in one slot, which the atomic
-update script and sharded pub/sub both need.
+update script and sharded pub/sub both need. An owner's names carry the owner in
+theirs: its index and its channel share a slot of their own.
 """
 
 from __future__ import annotations
@@ -42,3 +43,16 @@ class Keys:
         if channel.startswith(head) and channel.endswith("}"):
             return channel[len(head) : -1]
         return None
+
+    def owner_index(self, owner: str) -> str:
+        """The sorted set of an owner's job ids, scored by when each was enqueued (µs)."""
+        return f"{self.prefix}owner:{{{owner}}}"
+
+    def owner_channel(self, owner: str) -> str:
+        """The channel on which every state change of the owner's jobs is published too."""
+        return f"{self.owner_channel_head}{owner}}}"
+
+    @property
+    def owner_channel_head(self) -> str:
+        """What every owner channel starts with; the owner and ``}`` follow."""
+        return f"{self.prefix}owner-events:{{"

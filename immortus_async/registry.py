@@ -30,6 +30,11 @@ _registry: dict[str, type | str] = {
 }
 
 
+# What entry points and import paths resolved to: scanning the entry points costs
+# milliseconds, and a spec is resolved on every call of the Tracker.
+_found: dict[str, type | object] = {}
+
+
 def register_strategy(name: str, cls: type) -> None:
     """Make ``cls`` resolvable as ``name`` (replacing any class of that name).
 
@@ -80,15 +85,21 @@ def _resolve_name(name: str) -> type | object:
     tried = []
     found = _registry.get(name)
     if found is not None:
-        return _import_path(found) if isinstance(found, str) else found
+        if isinstance(found, str):
+            found = _registry[name] = _import_path(found)
+        return found
+    if name in _found:
+        return _found[name]
     tried.append(f"the registry ({', '.join(sorted(_registry))})")
     matches = entry_points(group=ENTRY_POINT_GROUP, name=name)
     for entry_point in matches:
-        return resolve_strategy(entry_point.load())
+        resolved = _found[name] = resolve_strategy(entry_point.load())
+        return resolved
     tried.append(f"the entry-point group {ENTRY_POINT_GROUP!r}")
     if ":" in name:
         try:
-            return resolve_strategy(_import_path(name))
+            resolved = _found[name] = resolve_strategy(_import_path(name))
+            return resolved
         except (ImportError, AttributeError) as exc:
             tried.append(f"the import path {name!r} ({exc})")
     else:

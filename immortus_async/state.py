@@ -62,6 +62,18 @@ def _check_progress(progress: Any) -> float | None:
     return value
 
 
+def _check_result(result: Any) -> Any:
+    """``result`` if it is a JSON value (NaN and infinities excluded), else InvalidStateError."""
+    if result is None:
+        return None
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        kind = type(result).__name__
+        raise InvalidStateError(f"result must be a JSON value, got {kind}: {exc}") from None
+    return result
+
+
 @dataclass(frozen=True, slots=True)
 class JobState:
     """Everything a waiter knows about one job at one moment. Immutable.
@@ -70,7 +82,10 @@ class JobState:
     the same job the one with the larger ``seq`` is the newer. ``completed`` is
     derived from ``status``: True for every terminal status, failed included.
     ``stalled`` is set by a reader (never stored) when a started job's worker has
-    stopped sending heartbeats.
+    stopped sending heartbeats. ``result`` is the job's return value (JSON types),
+    in a ``finished`` state whose job side was asked to report it and found it
+    JSON-able and small enough (see ``report_result`` on each queue's job side);
+    None otherwise.
     """
 
     job_id: str
@@ -85,6 +100,7 @@ class JobState:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     stalled: bool = False
+    result: Any = None
 
     @property
     def completed(self) -> bool:
@@ -107,6 +123,7 @@ class JobState:
             "started_at": _format_time(self.started_at),
             "finished_at": _format_time(self.finished_at),
             "stalled": self.stalled,
+            "result": self.result,
         }
 
     def to_json(self) -> str:
@@ -150,6 +167,7 @@ class JobState:
         for name in ("error", "function"):
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise InvalidStateError(f"{name} must be a string or null, got {data[name]!r}")
+        result = _check_result(data.get("result"))
         return cls(
             job_id=job_id,
             status=status,
@@ -163,6 +181,7 @@ class JobState:
             started_at=_parse_time("started_at", data.get("started_at")),
             finished_at=_parse_time("finished_at", data.get("finished_at")),
             stalled=bool(data.get("stalled", False)),
+            result=result,
         )
 
     @classmethod
@@ -189,6 +208,13 @@ class JobUpdate:
 
     Construct it with keywords; the constructor validates ``progress`` (a number in
     [0, 1]) and ``meta`` (a dict), raising ``ValueError`` otherwise.
+
+    ``result`` (JSON types, checked by the job side) goes with a ``finished``
+    update. ``since``, on a ``queued`` update of attempt 0, is when its enqueue
+    began: a record that reached its terminal state before then is of an earlier
+    run of the same id, and this update starts the id's new run (``seq`` goes on
+    growing; everything else starts afresh). Without ``since`` a terminal record
+    takes nothing more.
     """
 
     job_id: str
@@ -199,6 +225,8 @@ class JobUpdate:
     error: str | None = None
     function: str | None = None
     at: datetime = field(default_factory=utcnow)
+    result: Any = None
+    since: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "progress", _check_progress(self.progress))
@@ -241,6 +269,8 @@ class JobUpdate:
             "error": self.error,
             "function": self.function,
             "at": _format_time(self.at),
+            "result": self.result,
+            "since": _format_time(self.since),
         }
 
 
@@ -251,10 +281,13 @@ def apply_update(current: JobState | None, update: JobUpdate) -> JobState | None
     ``progress`` and ``error`` are replaced when given; a new attempt's ``started``
     clears the previous attempt's progress and error; ``finished`` sets progress to
     1; ``queued``, ``started`` and terminal statuses stamp their time; ``seq`` grows
-    by one.
+    by one. A ``queued`` update with ``since`` after a terminal record's end starts
+    the id's new run (see :class:`JobUpdate`).
     """
     if current is None:
         current = JobState(job_id=update.job_id)
+    if _renews(current, update):
+        current = JobState(job_id=update.job_id, status=JobStatus.UNKNOWN, seq=current.seq)
     if not is_forward(current.status, current.attempt, update.status, update.attempt):
         return None
     new_attempt = update.attempt > current.attempt and update.status is JobStatus.STARTED
@@ -271,6 +304,7 @@ def apply_update(current: JobState | None, update: JobUpdate) -> JobState | None
     }
     if update.status is JobStatus.FINISHED:
         changes["progress"] = 1.0
+        changes["result"] = update.result
     if update.status is JobStatus.QUEUED:
         changes["enqueued_at"] = current.enqueued_at or update.at
     elif update.status is JobStatus.STARTED and (new_attempt or current.started_at is None):
@@ -278,3 +312,13 @@ def apply_update(current: JobState | None, update: JobUpdate) -> JobState | None
     elif update.status.terminal:
         changes["finished_at"] = update.at
     return replace(current, **changes)
+
+
+def _renews(current: JobState, update: JobUpdate) -> bool:
+    """Whether ``update`` starts a new run of a job id whose record has ended."""
+    if update.since is None or update.status is not JobStatus.QUEUED or update.attempt != 0:
+        return False
+    if current.status is JobStatus.EXPIRED:
+        return True
+    ended = current.finished_at
+    return current.completed and ended is not None and ended < update.since

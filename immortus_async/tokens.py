@@ -1,7 +1,8 @@
 """Signed tokens that let a browser follow one job (JWT, HS256).
 
 Any language can mint one: an HS256 JWT whose claims are ``job_id`` (the job it
-opens) and ``exp`` (a Unix time), signed with the bridge's secret.
+opens) and ``exp`` (a Unix time), signed with the bridge's secret. A token for an
+owner's feed has ``owner`` instead of ``job_id``; neither kind opens the other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import jwt
 
 from .exceptions import TokenExpired, TokenInvalid
 
-__all__ = ["SECRET_ENV", "mint_token", "read_secret", "verify_token"]
+__all__ = [
+    "SECRET_ENV",
+    "mint_owner_token",
+    "mint_token",
+    "read_secret",
+    "verify_owner_token",
+    "verify_token",
+]
 
 SECRET_ENV = "IMMORTUS_SECRET"
 """The environment variable the bridge and the CLI read the signing secret from."""
@@ -44,9 +52,23 @@ def mint_token(job_id: str, secret: str | bytes, *, ttl: float = 3600) -> str:
     Raises:
         ValueError: the secret is shorter than 32 bytes, or ``ttl`` is not positive.
     """
+    return _mint("job_id", job_id, secret, ttl)
+
+
+def mint_owner_token(owner: str, secret: str | bytes, *, ttl: float = 3600) -> str:
+    """A token that opens ``owner``'s feed (every job enqueued with that owner) for
+    ``ttl`` seconds.
+
+    Raises:
+        ValueError: the secret is shorter than 32 bytes, or ``ttl`` is not positive.
+    """
+    return _mint("owner", owner, secret, ttl)
+
+
+def _mint(claim: str, value: str, secret: str | bytes, ttl: float) -> str:
     if ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    claims = {"job_id": job_id, "exp": int(time.time() + ttl)}
+    claims = {claim: value, "exp": int(time.time() + ttl)}
     return jwt.encode(claims, _key(secret), algorithm="HS256")
 
 
@@ -57,6 +79,21 @@ def verify_token(token: str, secret: str | bytes, job_id: str) -> float:
         TokenExpired: the token's ``exp`` has passed.
         TokenInvalid: malformed, badly signed, missing a claim, or for another job.
     """
+    return _verify(token, secret, "job_id", job_id, "job")
+
+
+def verify_owner_token(token: str, secret: str | bytes, owner: str) -> float:
+    """Check that ``token`` opens ``owner``'s feed; return its expiry (a Unix time).
+
+    Raises:
+        TokenExpired: the token's ``exp`` has passed.
+        TokenInvalid: malformed, badly signed, missing a claim (a job's token has
+            no ``owner``), or for another owner.
+    """
+    return _verify(token, secret, "owner", owner, "owner")
+
+
+def _verify(token: str, secret: str | bytes, claim: str, value: str, what: str) -> float:
     if not token.isascii():
         # A JWT is base64url and dots; PyJWT would raise UnicodeEncodeError on a
         # lone surrogate (which a JSON frame can carry) instead of refusing it.
@@ -66,12 +103,12 @@ def verify_token(token: str, secret: str | bytes, job_id: str) -> float:
             token,
             _key(secret),
             algorithms=["HS256"],
-            options={"require": ["exp", "job_id"]},
+            options={"require": ["exp", claim]},
         )
     except jwt.ExpiredSignatureError:
         raise TokenExpired("the token has expired") from None
     except jwt.InvalidTokenError as exc:
         raise TokenInvalid(f"the token is not valid: {exc}") from None
-    if claims["job_id"] != job_id:
-        raise TokenInvalid("the token is for another job")
+    if claims[claim] != value:
+        raise TokenInvalid(f"the token is for another {what}")
     return float(claims["exp"])

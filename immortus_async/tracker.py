@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 from redis.asyncio import Redis
 
-from . import adapters, config
+from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
 from ._redis import UNREACHABLE, Client, client_from
@@ -18,10 +20,18 @@ from .config import strategy_for
 from .exceptions import JobNotFound, TrackerClosed
 from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
-from .state import JobState, JobUpdate
+from .state import JobState, JobUpdate, utcnow
 from .status import JobStatus
 from .strategies.base import PushSource, StateReader, StateWriter
-from .tokens import mint_token, read_secret
+from .tokens import mint_owner_token, mint_token, read_secret
+
+if TYPE_CHECKING:
+    # For Tracker.enqueue's overloads only: at runtime the core imports no queue.
+    from streaq.task import AsyncRegisteredTask, SyncRegisteredTask, Task
+    from taskiq import AsyncTaskiqDecoratedTask, AsyncTaskiqTask
+    from taskiq.kicker import AsyncKicker
+
+    from ._targets import ArqPool, J, P, R, StreaqWorker, TaskiqBroker
 
 __all__ = ["Tracker"]
 
@@ -56,6 +66,10 @@ class Tracker:
             :meth:`watch`) rides out a Redis it cannot reach, at its first read or
             mid-wait, before it raises :class:`~immortus_async.RedisUnavailable`;
             None: only the caller's timeout ends the wait.
+        queue: what :meth:`abort` aborts through, as :meth:`enqueue` takes it: an
+            arq pool (its queue name is used), a taskiq broker, a streaQ worker.
+            Default: the queue adapter of :func:`~immortus_async.configure` on
+            ``queue_redis`` (else ``redis``), which is all arq needs.
 
     A Tracker holds at most one Redis pub/sub connection (per Redis) for all of
     its waiters. Use it as ``async with Tracker(...) as tracker:`` or call
@@ -72,7 +86,9 @@ class Tracker:
         poll_interval: tuple[float, float] = (0.01, 1.0),
         queue_redis: Redis | str | None = None,
         unreachable_timeout: float | None = 30.0,
+        queue: object | None = None,
     ) -> None:
+        self._queue = queue
         if unreachable_timeout is not None and not unreachable_timeout > 0:
             raise ValueError(
                 "unreachable_timeout must be a positive number of seconds or None, "
@@ -118,6 +134,21 @@ class Tracker:
         """False while any pub/sub connection of this Tracker has waiters and is
         down, or one of its long-lived tasks is restarting after it failed."""
         return all(getattr(instance, "healthy", True) for instance in self._builder.instances())
+
+    def stats(self) -> dict[str, Any]:
+        """What this Tracker's strategies report of themselves, for a health endpoint.
+
+        ``watching``: how a queue's own endings reach waiters, once a waiter has
+        asked: ``"client-tracking"`` (client-side caching), ``"keyspace-events"``
+        or ``"batched-look"`` (where Redis refuses the first two); with
+        ``client_tracking_off`` saying why caching is not used.
+        """
+        stats: dict[str, Any] = {}
+        for instance in self._builder.instances():
+            report = getattr(instance, "stats", None)
+            if callable(report):
+                stats.update(report())
+        return stats
 
     def strategy(self, function: Function = None) -> object:
         """The strategy instance that tracks jobs of ``function`` (see :func:`strategy_for`).
@@ -182,6 +213,9 @@ class Tracker:
         """Wait until the job is terminal and return that state.
 
         A failed, aborted or expired job returns normally: look at ``status``.
+        The job's return value is ``state.result`` where its job side reports
+        results (``report_result``); the queue's own result store may not have
+        it yet when this returns (arq stores it after the job side's write).
 
         Raises:
             JobNotFound: at once, if the job has no record anywhere.
@@ -190,23 +224,81 @@ class Tracker:
             TimeoutError: ``timeout`` seconds passed first.
             ImmortusError: any other documented failure of :meth:`watch`.
         """
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(timeout), tracing.waiting(job_id) as span:
             states = self.watch(job_id, function=function)
             try:
                 first = True
                 async for state in states:
                     if first and state.status is JobStatus.UNKNOWN:
                         raise JobNotFound(job_id)
-                    first = False
+                    if first:
+                        await tracing.link(span, self.strategy(function), job_id)
                     if state.completed:
+                        if not first:  # it waited: the push woke it
+                            metrics.woke(state.finished_at)
                         return state
+                    first = False
             finally:
                 close = getattr(states, "aclose", None)
                 if close is not None:
                     await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
-    async def enqueue(self, target: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+    # The queue's own job type comes back, for each queue's target (see _targets.py).
+    # Where taskiq or streaQ is not installed its types are Any, so the type checker
+    # finds the overloads after the first of that queue unreachable: hence the ignores.
+    @overload
+    async def enqueue(
+        self, target: ArqPool[J], function: str, *args: Any, owner: str | None = None, **kwargs: Any
+    ) -> J: ...
+    @overload
+    async def enqueue(
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, Coroutine[Any, Any, R]]
+        | AsyncKicker[P, Coroutine[Any, Any, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: TaskiqBroker,
+        function: AsyncTaskiqDecoratedTask[P, R] | AsyncKicker[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AsyncTaskiqTask[R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: TaskiqBroker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncTaskiqTask[Any]: ...
+    @overload
+    async def enqueue(
+        self,
+        target: StreaqWorker,
+        function: AsyncRegisteredTask[P, R] | SyncRegisteredTask[P, R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self, target: StreaqWorker, function: Task[P, R], *, owner: str | None = None
+    ) -> Task[P, R]: ...
+    @overload
+    async def enqueue(  # type: ignore[overload-cannot-match, unused-ignore]
+        self,
+        target: StreaqWorker,
+        function: str,
+        *args: Any,
+        owner: str | None = None,
+        **kwargs: Any,
+    ) -> Task[Any, Any]: ...
+    async def enqueue(self, target: object, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Enqueue with the queue ``target`` belongs to, record ``queued``; return its job.
 
         ``target`` is what the queue enqueues on, and decides the adapter
@@ -218,6 +310,14 @@ class Tracker:
         is never moved back. Returns None, and writes nothing, when the queue
         refuses the job (arq: a duplicate ``_job_id``).
 
+        ``owner`` (keyword-only, taken by the Tracker: not passed to the queue)
+        records who the job is for, e.g. ``owner="user-42"``: the job joins that
+        owner's feed (:meth:`watch_owner`), which a page follows to list a
+        user's jobs live. A job keeps its first owner (a new run of an ended id
+        takes the owner of its enqueue). The overloads that check a taskiq or
+        streaQ task's own arguments do not name it: the type checker refuses
+        arguments after a ``ParamSpec``'s.
+
         The job is enqueued once the queue has it: if the tracking Redis cannot be
         reached for the queued state, that is logged and the job returned all the
         same (raising would invite the caller to enqueue it twice); the worker's
@@ -225,25 +325,161 @@ class Tracker:
 
         Raises:
             TypeError: no queue adapter takes ``target``.
+            ValueError: ``owner`` is not a non-empty string, or the Tracker's
+                default strategy keeps no owner feeds (before anything is enqueued).
         """
+        owner = kwargs.pop("owner", None)
         adapter = adapters.for_target(target)
-        return await adapter.enqueue(target, function, args, kwargs, self._queued)
+        # Taken before the queue has the job: a record of this id that ended
+        # earlier is of a run before this one, which this enqueue starts afresh.
+        queued = functools.partial(self._queued, since=utcnow())
+        if owner is not None:
+            self._feed_strategy(owner)
+            queued = functools.partial(queued, owner=owner)
+        with tracing.publishing(adapter.name, function):
+            return await adapter.enqueue(target, function, args, kwargs, queued)
 
-    async def _queued(self, job_id: str, function: str | None) -> None:
+    async def _queued(
+        self,
+        job_id: str,
+        function: str | None,
+        *,
+        since: datetime | None = None,
+        owner: str | None = None,
+    ) -> None:
         """Record that the queue has ``job_id``; a Redis out of reach is only logged."""
         strategy = self.strategy(function)
+        if owner is not None and not _feeds(strategy):
+            logger.warning(
+                "job %s has an owner, but its strategy %s keeps no owner feeds",
+                job_id,
+                type(strategy).__name__,
+            )
+            owner = None
         try:
             if isinstance(strategy, StateWriter):
                 update = JobUpdate(
-                    job_id=job_id, status=JobStatus.QUEUED, attempt=0, function=function
+                    job_id=job_id,
+                    status=JobStatus.QUEUED,
+                    attempt=0,
+                    function=function,
+                    since=since,
                 )
-                await strategy.apply(update)
+                if owner is None:
+                    await strategy.apply(update)
+                else:
+                    await strategy.apply(update, owner=owner)  # type: ignore[call-arg]
+                await tracing.carry(strategy, job_id)
             elif callable(getattr(strategy, "job_enqueued", None)):
                 await strategy.job_enqueued(job_id)  # type: ignore[attr-defined]
         except UNREACHABLE as exc:
             logger.warning(
                 "job %s is enqueued, but its queued state was not written: %s", job_id, exc
             )
+
+    def watch_owner(self, owner: str) -> AsyncIterator[JobState]:
+        """Iterate over the owner's jobs: the newest (at most 100) now, then every
+        change of any of them as it happens, each job queued later included; never
+        ends by itself (break, or ``aclose()`` it).
+
+        Only jobs enqueued with ``owner=`` (:meth:`enqueue`) belong to an owner.
+        A waiter that falls behind gets only the latest state per job. The feed
+        is the default strategy's (``"redis_pub_sub"``).
+
+        Raises:
+            ValueError: ``owner`` is not a non-empty string, or the strategy
+                keeps no owner feeds.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            InvalidStateError: a message on the owner's channel is not a job state.
+        """
+        feed: AsyncIterator[JobState] = self._feed_strategy(owner).watch_owner(owner)
+        return feed
+
+    def _feed_strategy(self, owner: object) -> Any:
+        """The default strategy, which keeps the owner feeds; ValueError if it cannot."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            raise ValueError(
+                f"{type(strategy).__name__} keeps no owner feeds: use the 'redis_pub_sub' strategy"
+            )
+        return strategy
+
+    async def owner(self, job_id: str) -> str | None:
+        """The owner the job was enqueued with (``enqueue(..., owner=...)``), or None
+        (no owner, no record, or a strategy without owner feeds): what an app's
+        ``authorize`` asks to let a user see their own jobs.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        strategy = self.strategy()
+        if not _feeds(strategy):
+            return None
+        found: str | None = await retrying(
+            lambda: strategy.owner(job_id),  # type: ignore[attr-defined]
+            job_id,
+            unreachable_timeout=self._unreachable_timeout,
+            where=getattr(strategy, "where", "Redis"),
+        )
+        return found
+
+    def owner_token(self, owner: str, *, ttl: float = 3600) -> str:
+        """A signed token (JWT, HS256, claim ``owner``) that lets a browser follow
+        ``owner``'s feed for ``ttl`` s; it opens no single job.
+
+        Raises:
+            ValueError: the Tracker has no secret.
+        """
+        if self._secret is None:
+            raise ValueError("no signing secret: pass Tracker(secret=...) or set IMMORTUS_SECRET")
+        return mint_owner_token(owner, self._secret, ttl=ttl)
+
+    async def abort(self, job_id: str) -> bool:
+        """Ask the job's queue to abort it; False, asking nothing, if it has ended.
+
+        The queue is the adapter of ``queue`` (the Tracker's argument), else of
+        :func:`~immortus_async.configure`. A job the queue takes out before it
+        runs is recorded ``aborted`` at once; a running job is cancelled by its
+        worker (arq: only a worker with ``allow_abort_jobs=True``), whose tracking
+        records ``aborted``. Either way every watcher gets the terminal
+        ``aborted``, unless the job ends otherwise first: ``await
+        tracker.completed(job_id)`` tells which. Returns once the queue has the
+        request, without waiting for the job to stop.
+
+        Raises:
+            JobNotFound: the job has no record anywhere.
+            AbortUnsupported: its queue cannot abort a job (taskiq), or needs the
+                ``queue`` object this Tracker was not given (streaQ's worker).
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+        """
+        state = await self.status(job_id)
+        if state.status is JobStatus.UNKNOWN:
+            raise JobNotFound(job_id)
+        if state.completed:
+            return False
+        if self._queue is not None:
+            adapter, target = adapters.for_target(self._queue), self._queue
+        else:
+            adapter = adapters.load(config.queue_adapter() or adapters.DEFAULT)
+            target = self._queue_redis or self._redis
+        await adapter.abort(target, job_id, functools.partial(self._aborted, state))
+        return True
+
+    async def _aborted(self, state: JobState, job_id: str) -> None:
+        """Record ``aborted`` for a job its queue took out before it ran."""
+        strategy = self.strategy(state.function)
+        update = JobUpdate(
+            job_id=job_id,
+            status=JobStatus.ABORTED,
+            attempt=state.attempt,
+            error="aborted before it ran",
+        )
+        if isinstance(strategy, StateWriter):
+            await strategy.apply(update)
+        elif callable(getattr(strategy, "job_failed", None)):
+            await strategy.job_failed(job_id, update.error)  # type: ignore[attr-defined]
 
     def token(self, job_id: str, *, ttl: float = 3600) -> str:
         """A signed token (JWT, HS256) that lets a browser follow ``job_id`` for ``ttl`` s.
@@ -307,3 +543,8 @@ async def _read(strategy: object, job_id: str) -> JobState:
         if claimed_status.terminal == done:
             status = claimed_status
     return JobState(job_id=job_id, status=status, meta=meta)
+
+
+def _feeds(strategy: object) -> bool:
+    """Whether ``strategy`` keeps owner feeds (the ``redis_pub_sub`` strategy does)."""
+    return callable(getattr(strategy, "watch_owner", None))

@@ -35,6 +35,7 @@ from immortus_async import (
     RedisPubSubStrategy,
     RedisServer,
     Tracker,
+    job_context,
     track_worker,
     tracked,
 )
@@ -68,6 +69,11 @@ async def flaky(ctx: dict[str, Any]) -> str:
 @tracked
 async def always_retry(ctx: dict[str, Any]) -> None:
     raise Retry()
+
+
+@tracked
+async def typed_progress(ctx: dict[str, Any]) -> None:
+    await job_context(ctx).update(progress=0.5, half=True)
 
 
 @tracked
@@ -190,6 +196,26 @@ async def test_success_is_finished_with_the_result_untouched(
     assert (final.progress, final.error, final.function) == (1.0, None, "add")
     assert final.started_at is not None and final.finished_at is not None
     assert await job.result(timeout=5) == 5
+
+
+@tracked(report_result=True)
+async def unreportable(ctx: dict[str, Any]) -> set[int]:
+    return {1, 2}
+
+
+async def test_a_result_that_is_not_json_is_left_out_and_arq_keeps_it(
+    pool: ArqRedis, tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """report_result with a result JSON cannot hold: the job ends finished without a
+    result, the job side logs why once, and arq's own result is untouched."""
+    job = await enqueue(tracker, pool, "unreportable")
+    with caplog.at_level(logging.ERROR, logger="immortus_async.jobside"):
+        await run_worker(pool, [unreportable])
+    state = await tracker.completed(job.job_id, timeout=10)
+    assert (state.status, state.result) == (S.FINISHED, None)
+    errors = [r.getMessage() for r in caplog.records if "not reported" in r.getMessage()]
+    assert len(errors) == 1 and "not JSON-serialisable" in errors[0]
+    assert await job.result(timeout=5) == {1, 2}
 
 
 async def test_exception_is_failed_with_its_text(pool: ArqRedis, tracker: Tracker) -> None:
@@ -432,6 +458,21 @@ async def test_job_context_outside_a_worker_records_nothing() -> None:
     assert isinstance(ctx["immortus"], JobContext)
     with pytest.raises(ValueError, match="progress"):
         await JobContext("j").update(progress=2)
+
+
+async def test_job_context_is_the_job_s_ctx_immortus_or_one_that_records_nothing(
+    pool: ArqRedis, tracker: Tracker
+) -> None:
+    """job_context(ctx) is what @tracked put at ctx["immortus"] (its updates reach the
+    waiter); a ctx without one gets a context of its job id that records nothing."""
+    job = await pool.enqueue_job("typed_progress")
+    assert job is not None
+    await run_worker(pool, [typed_progress])
+    state = await tracker.completed(job.job_id, timeout=10)
+    assert (state.status, state.meta) == (S.FINISHED, {"half": True})
+    untracked = job_context({"job_id": "j1"})
+    assert (type(untracked), untracked.job_id) == (JobContext, "j1")
+    await untracked.update(progress=0.5)  # records nothing, raises nothing
 
 
 # 4. Tracking Redis away in the middle of a job

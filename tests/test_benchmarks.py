@@ -26,6 +26,7 @@ TITLES = [
     "### Overhead:",
     "### Redis cost:",
     "### Selectivity:",
+    "### Peers:",
 ]
 
 

@@ -3,6 +3,7 @@ the process-wide retention of records."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -207,3 +208,16 @@ def test_configure_refuses_a_bad_retention(retention: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(retention))):
         configure(tracking_strategy="memory", **retention)
     assert (config_module._retention, config_module._global_strategy) == (before, None)
+
+
+def test_a_path_is_resolved_once() -> None:
+    """A "module:Class" spec is imported (after a scan of the entry points) once: later
+    calls, such as the Tracker's on every wait, find it without either."""
+    path = "tests.strategies_for_tests:OnlyCompleted"
+    first = resolve_strategy(path)
+    module = sys.modules.pop("tests.strategies_for_tests")
+    try:
+        assert resolve_strategy(path) is first
+        assert "tests.strategies_for_tests" not in sys.modules
+    finally:
+        sys.modules["tests.strategies_for_tests"] = module

@@ -17,7 +17,13 @@ pytest.importorskip("mkdocs", reason=NOT_INSTALLED)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The modules whose __all__ the site must document, besides every adapter's.
-DOCUMENTED = ["immortus_async", "immortus_async.bridge", "immortus_async.asgi"]
+DOCUMENTED = [
+    "immortus_async",
+    "immortus_async.bridge",
+    "immortus_async.asgi",
+    "immortus_async.metrics",
+    "immortus_async.tracing",
+]
 
 
 @pytest.mark.timeout(120)

@@ -10,10 +10,10 @@ from .conftest import NOT_INSTALLED
 pytest.importorskip("arq", reason=NOT_INSTALLED)
 
 import os
-import secrets
+import re
 import sqlite3
 import sys
-from contextlib import AsyncExitStack, closing
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -54,46 +54,68 @@ def test_custom_strategy_tracks_a_job_in_sqlite(redis_server: RedisServer, tmp_p
         assert not redis.keys("immortus:*"), "the job is tracked in SQLite only"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 async def test_fastapi_app_end_to_end(redis_server: RedisServer, browser: Browser) -> None:
-    """examples/fastapi_app: a click enqueues, the bar follows, the custom verify adds."""
+    """examples/fastapi_app in one uvicorn process: each user logs in, starts a report,
+    sees it in "my jobs" until it finishes with its result, and never sees the
+    other's; a running report is cancelled; no token is ever in a URL, so none is in
+    uvicorn's access log."""
     folder = EXAMPLES / "fastapi_app"
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "REDIS_URL": redis_server.url, "IMMORTUS_SECRET": secrets.token_hex(32)}
-    async with AsyncExitStack() as stack:
-
-        async def python_m(*command: str, cwd: Path | None = None) -> Spawned:
-            spawned = await Spawned.start(sys.executable, "-m", *command, cwd=cwd, env=env)
-            return await stack.enter_async_context(spawned)
-
-        bridge = await python_m(
-            "immortus_async.cli", "bridge", "--redis", redis_server.url, "--port", "0",
-            "--allowed-origin", origin,
-        )  # fmt: skip
-        bridge_port = (await bridge.expect(r"listening on ws://127.0.0.1:(\d+)")).group(1)
-        env["BRIDGE_URL"] = f"http://127.0.0.1:{bridge_port}"
-        worker = await python_m("arq", "worker.WorkerSettings", cwd=folder)
-        app = await python_m("uvicorn", "app:app", "--port", str(port), cwd=folder)
+    env = {**os.environ, "REDIS_URL": redis_server.url}
+    env.pop("IMMORTUS_SECRET", None)  # the app's login decides: no tokens at all
+    command = (sys.executable, "-m", "uvicorn", "app:app", "--port", str(port))
+    async with await Spawned.start(*command, cwd=folder, env=env) as app:
         await app.expect("Application startup complete")
-
-        page = await browser.new_page()
-        await page.goto(origin + "/")
-        await page.click("#build")
-        link = await page.wait_for_selector("#result a", timeout=30_000)
-        assert link is not None
-        assert await page.inner_text("#status") == "finished"
-        assert await page.eval_on_selector("#bar", "(bar) => bar.value") == 1
-        assert await page.inner_text("#result") == "Download the report (12 pages, 0 left)"
         ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "fastapi-app.png"))
-        download = origin + str(await link.get_attribute("href"))
-        job_id = download.split("/")[-2]
-        async with httpx.AsyncClient() as client:
-            report = await client.get(download)
-            refused = await client.get(f"{origin}/reports/{job_id}/verify?token=not-a-token")
-        assert report.text.splitlines()[-1] == "page 12: all good"
-        assert refused.status_code == 403
-        assert "build_report" in (await worker.expect(rf"{job_id}:build_report ●")).group(0)
-        for process in (app, worker, bridge):
-            await process.stop()
+        users = {}
+        for user, password in (("ada", "lovelace"), ("bob", "builder")):
+            context = await browser.new_context()
+            page = await context.new_page()
+            await page.goto(origin + "/")
+            await page.fill("#user", user)
+            await page.fill("#password", password)
+            await page.click("#login")
+            await page.wait_for_selector("#build")
+            await page.click("#build")
+            # The row appears when the feed tells of the job: queued, then on to finished.
+            done = await page.wait_for_selector('#jobs li[data-status="finished"]', timeout=30_000)
+            assert done is not None
+            job_id = await done.get_attribute("data-job")
+            assert job_id is not None
+            assert await done.eval_on_selector("progress", "(bar) => bar.value") == 1
+            report = await done.eval_on_selector(".report pre", "(pre) => pre.textContent")
+            assert report.splitlines()[-1] == "page 12: all good", "the result, with the end"
+            assert await page.locator("#jobs li").count() == 1, "only this user's job"
+            users[user] = (job_id, page, context)
+        ada_job, ada_page, ada_context = users["ada"]
+        bob_job, bob_page, bob_context = users["bob"]
+        # Ada's feed went on while bob worked: his job never reached it.
+        assert await ada_page.locator(f'#jobs li[data-job="{bob_job}"]').count() == 0
+        # A long report, cancelled while it runs: the feed brings its end.
+        await ada_page.fill("#pages", "500")
+        await ada_page.click("#build")
+        running = await ada_page.wait_for_selector('#jobs li[data-status="started"]')
+        assert running is not None
+        long_job = await running.get_attribute("data-job")
+        await running.eval_on_selector(".cancel", "(button) => button.click()")
+        await ada_page.wait_for_selector(f'#jobs li[data-job="{long_job}"][data-status="aborted"]')
+        await ada_page.screenshot(path=str(ARTIFACTS / "fastapi-app.png"))
+        assert await bob_page.locator("#jobs li").count() == 1
+        cookies = {}
+        for user, (_, _, context) in users.items():
+            cookies[user] = {c["name"]: c["value"] for c in await context.cookies()}
+        async with httpx.AsyncClient(cookies=cookies["bob"]) as bob:
+            feed = await bob.get(f"{origin}/immortus/owners/ada/events")
+            job = await bob.get(f"{origin}/immortus/jobs/{ada_job}")
+            abort = await bob.post(f"{origin}/immortus/jobs/{ada_job}/abort")
+        for answer in (feed, job, abort):
+            assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
+        for context in (ada_context, bob_context):
+            await context.close()
+        await app.stop()
+    access = [line for line in app.lines if '"GET ' in line or '"POST ' in line]
+    assert any("/immortus/immortus.js" in line for line in access), app.lines
+    assert any("/abort" in line for line in access), "the cancel went through the mount"
+    assert not [line for line in access if "token" in line or re.search(r"eyJ[\w-]+\.", line)]

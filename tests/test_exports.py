@@ -50,12 +50,14 @@ def test_package_all_is_the_union_of_its_top_level_modules() -> None:
         if name.count(".") == 1 or name == "immortus_async.strategies":
             union |= set(importlib.import_module(name).__all__)
     # Subpackages with an API of their own (the bridge, the CLI, the adapters) and
-    # the ASGI integration (immortus_async.asgi.app) stay out of the root.
+    # the ASGI integration (immortus_async.asgi.app), metrics and tracing stay out of the root.
     own_api = {
         "immortus_async.cli",
         "immortus_async.bridge",
         "immortus_async.adapters",
         "immortus_async.asgi",
+        "immortus_async.metrics",
+        "immortus_async.tracing",
     }
     for name in own_api & set(_public_modules()):
         union -= set(importlib.import_module(name).__all__)

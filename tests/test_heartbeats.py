@@ -75,3 +75,49 @@ async def test_watcher_sees_stalled_at_the_deadline_without_polling(redis: Redis
     await asyncio.wait_for(watching, 5 * SCALE)
     assert [s.stalled for s in seen] == [False, True, False, False]
     await strategy.aclose()
+
+
+async def test_the_deadline_travels_with_started(redis: Redis) -> None:
+    """A watcher learns the heartbeat's deadline from the started message: it reads
+    nothing for a job that ends before it, and sees one that goes silent stalled."""
+    writer, reader = RedisPubSubStrategy(redis), RedisPubSubStrategy(redis)
+    for job_id in ("quick", "silent"):
+        await writer.apply(JobUpdate(job_id=job_id, status=S.QUEUED, attempt=0))
+    seen: list[JobState] = []
+
+    async def follow() -> None:
+        async for state in reader.watch("quick"):
+            seen.append(state)
+
+    following = asyncio.create_task(follow())
+    await wait_until(lambda: seen, message="the watcher's snapshot")
+    await redis.config_resetstat()  # what the watcher costs from here on
+    started = JobUpdate(job_id="quick", status=S.STARTED, attempt=1)
+    await writer.apply(started, stalled_after=600)
+    await wait_until(lambda: seen[-1].status is S.STARTED, message="started pushed")
+    # Long past the old first look for a heartbeat (50 ms after started): a second
+    # of the record's TTL gone, read with TTL (a watcher's reads use PTTL).
+    record, full = writer.keys.record("quick"), await redis.ttl(writer.keys.record("quick"))
+    await wait_until(lambda: _ttl_below(redis, record, full), message="a second to pass")
+    await writer.apply(JobUpdate(job_id="quick", status=S.FINISHED, attempt=1))
+    await asyncio.wait_for(following, 10 * SCALE)
+    stats = await redis.info("commandstats")
+    # The writer's script runs HMGET inside Redis; only a read of ours sends PTTL.
+    assert "cmdstat_pttl" not in stats, stats
+    assert [state.status for state in seen] == [S.QUEUED, S.STARTED, S.FINISHED]
+
+    silent = reader.watch("silent")
+    assert (await anext(silent)).status is S.QUEUED
+    await writer.apply(
+        JobUpdate(job_id="silent", status=S.STARTED, attempt=1), stalled_after=0.2 * SCALE
+    )
+    assert (await anext(silent)).status is S.STARTED
+    stalled = await asyncio.wait_for(anext(silent), 10 * SCALE)
+    assert stalled.stalled and stalled.status is S.STARTED
+    await silent.aclose()
+    await reader.aclose()
+    await writer.aclose()
+
+
+async def _ttl_below(redis: Redis, key: str, ttl: int) -> bool:
+    return bool(await redis.ttl(key) < ttl)

@@ -25,15 +25,8 @@ import httpx
 from immortus_async import RedisServer
 from immortus_async.cli import build_parser
 
+from .readme import BLOCKS, FILES, README, ROOT, SNIPPETS, write_files
 from .utils import SCALE, Spawned, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```$", README, flags=re.MULTILINE | re.DOTALL)
-PYTHON = [code for language, code in BLOCKS if language == "python"]
-# A block whose first line is "# name.py: ..." is a file of the quick start.
-FILES = {found[1]: code for code in PYTHON if (found := re.match(r"# (\w+\.py):", code))}
-SNIPPETS = [code for code in PYTHON if not re.match(r"# \w+\.py:", code)]
 
 
 def commands(code: str) -> list[str]:
@@ -54,15 +47,20 @@ def test_the_first_lines_give_the_demo_and_the_test_command() -> None:
 
 
 def test_the_snippets_are_all_found() -> None:
-    """The quick start's two files and the four other Python snippets are all found."""
-    assert set(FILES) == {"tasks.py", "app.py", "web.py"}
+    """Each queue's quick start (arq's with its web app) and the four other Python
+    snippets are all found."""
+    assert {queue: set(files) for queue, files in FILES.items()} == {
+        "arq": {"tasks.py", "app.py", "web.py"},
+        "taskiq": {"tasks.py", "app.py"},
+        "streaq": {"tasks.py", "app.py"},
+    }
     assert len(SNIPPETS) == 4
 
 
 @pytest.mark.timeout(60)
 async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_path: Path) -> None:
     """tasks.py and app.py as written (but the Redis URL) run the job and print its end."""
-    _write_files(tmp_path, redis_server)
+    write_files(tmp_path, "arq", redis_server.url)
     command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]
     async with await Spawned.start(*command, cwd=tmp_path) as worker:
         app = await Spawned.start(sys.executable, "app.py", cwd=tmp_path)
@@ -73,18 +71,13 @@ async def test_the_quick_start_runs_as_written(redis_server: RedisServer, tmp_pa
     assert re.search(r"import_csv ● 100", worker.output), worker.output
 
 
-def _write_files(folder: Path, redis_server: RedisServer) -> None:
-    for name, code in FILES.items():
-        (folder / name).write_text(code.replace("redis://localhost:6379", redis_server.url))
-
-
 @pytest.mark.timeout(90)
 async def test_the_mount_serves_the_job_s_events_as_written(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """web.py as written, under uvicorn: POST /jobs starts the job; its event stream on
     the mount carries it to finished; the page's script is served there too."""
-    _write_files(tmp_path, redis_server)
+    write_files(tmp_path, "arq", redis_server.url)
     port = free_port()
     env = {**os.environ, "IMMORTUS_SECRET": "readme-secret-0123456789abcdef-0123"}
     worker_command = [sys.executable, "-m", "arq", "tasks.WorkerSettings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from immortus_async import (
     RedisPubSubStrategy,
     Tracker,
 )
+from immortus_async.state import utcnow
 
 from .test_status import TRANSITIONS
 from .utils import wait_until
@@ -164,7 +166,7 @@ async def test_one_round_trip_per_update(redis: Redis) -> None:
     stats = await redis.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
     # Redis counts the commands a script runs too; those are what the script may run.
-    inside_script = {"hmget", "exists", "hset", "pexpire", "set", "publish"}
+    inside_script = {"hmget", "exists", "get", "hdel", "hset", "pexpire", "set", "publish"}
     outside = {name: n for name, n in calls.items() if name not in inside_script}
     outside.pop("config|resetstat", None)
     assert outside == {"evalsha": 3}
@@ -200,3 +202,68 @@ async def test_a_fallback_read_raced_by_the_job_side_reads_the_newer_record(redi
     strategy = RedisPubSubStrategy(redis, fallback=_RacedFallback(writer))
     state = await strategy.status("raced")
     assert (state.status, state.seq) == (S.ABORTED, 1)
+
+
+async def test_a_result_travels_verbatim_in_the_finished_state(redis: Redis) -> None:
+    """A finished update's result is in the published and the stored state, exactly
+    as given (an empty list stays a list, a long int keeps its digits)."""
+    strategy = RedisPubSubStrategy(redis)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(strategy.keys.channel("res"))
+    await pubsub.get_message(timeout=1)
+    result = {"rows": [], "total": 12345678901234567890, "name": "é"}
+    await strategy.apply(update("res", S.STARTED))
+    finished = await strategy.apply(update("res", S.FINISHED, result=result))
+    assert finished is not None and finished.result == result
+    assert (await strategy.status("res")).result == result
+    published = []
+    while len(published) < 2:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None
+        published.append(JobState.from_json(message["data"]))
+    assert [state.result for state in published] == [None, result]
+
+
+async def test_lua_and_memory_agree_on_a_new_run_of_an_id(redis: Redis) -> None:
+    """A queued update with `since` after the record ended starts the id afresh, with
+    seq going on; one with `since` before that end, or none, is dropped."""
+    lua, memory = RedisPubSubStrategy(redis), MemoryStrategy()
+    first = [
+        update("n", S.QUEUED, attempt=0, meta={"a": 1}),
+        update("n", S.STARTED),
+        update("n", S.FINISHED, result=[1]),
+    ]
+    for item in first:
+        await lua.apply(item)
+        await memory.apply(item)
+    ended = (await lua.status("n")).finished_at
+    assert ended is not None
+    before = update("n", S.QUEUED, attempt=0, since=ended - timedelta(seconds=1))
+    plain = update("n", S.QUEUED, attempt=0)
+    for stale in (before, plain):
+        assert await lua.apply(stale) is None and await memory.apply(stale) is None
+    again = update("n", S.QUEUED, attempt=0, since=ended + timedelta(milliseconds=1))
+    a, b = await lua.apply(again), await memory.apply(again)
+    assert a is not None and b is not None
+    assert a.to_dict() == b.to_dict()
+    assert (a.status, a.seq, a.meta, a.result, a.attempt) == (S.QUEUED, 4, {}, None, 0)
+    assert a.started_at is None and a.finished_at is None
+    started = await lua.apply(update("n", S.STARTED))
+    assert started is not None and started.status is S.STARTED
+
+
+async def test_a_new_run_of_an_expired_id_goes_on_from_its_tombstone(redis: Redis) -> None:
+    """Past its record's TTL an id reads expired; an enqueue with `since` starts it
+    again, with a seq above the expired one."""
+    strategy = RedisPubSubStrategy(redis, ttl=0.05, tombstone_ttl=60)
+    await strategy.apply(update("e", S.FINISHED))
+
+    async def gone() -> bool:
+        return not await redis.exists(strategy.keys.record("e"))
+
+    await wait_until(gone, message="the record's TTL to pass")
+    expired = await strategy.status("e")
+    assert expired.status is S.EXPIRED
+    assert await strategy.apply(update("e", S.QUEUED, attempt=0)) is None
+    again = await strategy.apply(update("e", S.QUEUED, attempt=0, since=utcnow()))
+    assert again is not None and again.status is S.QUEUED and again.seq > expired.seq

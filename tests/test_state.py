@@ -25,6 +25,7 @@ def test_round_trip_every_status(status: JobStatus) -> None:
         enqueued_at=datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
         started_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
         finished_at=None,
+        result={"rows": [], "total": 10**30} if status is JobStatus.FINISHED else None,
     )
     wire = json.loads(state.to_json())
     assert wire["completed"] is status.terminal
@@ -45,6 +46,8 @@ def test_round_trip_every_status(status: JobStatus) -> None:
         ('{"job_id": "x", "meta": [1]}', "meta"),
         ('{"job_id": "x", "started_at": "yesterday"}', "started_at"),
         (b"\xff\xfe", "not valid JSON"),
+        ('{"job_id": "x", "result": NaN}', "result must be a JSON value"),
+        ('{"job_id": "x", "result": [1, Infinity]}', "result must be a JSON value"),
     ],
 )
 def test_malformed_wire_form_raises_clear_error(raw: str | bytes, match: str) -> None:

@@ -142,8 +142,10 @@ async def test_thousand_waiters_one_connection(
     waiters = {j: asyncio.create_task(tracker.completed(j, timeout=30)) for j in job_ids}
     hub = tracker.strategy()._pubsub()  # type: ignore[attr-defined]
     await wait_until(lambda: hub.channels == 1000 and not hub._ready, timeout=30)
-    clients = await pubsub_clients(redis)
-    assert len(clients) == 1 and int(clients[0]["sub"]) == 1000
+    clients = [int(c["sub"]) for c in await pubsub_clients(redis)]  # type: ignore[call-overload]
+    # One connection holds every channel; beside it at most client-side caching's
+    # own, on its one channel (where a queue's reader watches the queue's keys).
+    assert clients.count(1000) == 1 and sorted(clients)[:-1] in ([], [1])
     endings = {j: random.choice([S.FINISHED, S.FAILED, S.ABORTED]) for j in job_ids}
     order = list(job_ids)
     random.shuffle(order)
@@ -178,9 +180,9 @@ class RacingStrategy(RedisPubSubStrategy):
 
     finisher: RedisPubSubStrategy
 
-    async def status(self, job_id: str) -> JobState:
-        snapshot = await super().status(job_id)
-        if snapshot.status is S.QUEUED:
+    async def _read(self, job_id: str, *, catch_up: bool) -> tuple[JobState, float | None]:
+        snapshot = await super()._read(job_id, catch_up=catch_up)
+        if snapshot[0].status is S.QUEUED:
             await finish(self.finisher, job_id)
         return snapshot
 
@@ -327,6 +329,8 @@ async def test_arq_fallback_shares_the_one_pubsub_connection(
     create_pool, RedisSettings = connections.create_pool, connections.RedisSettings
 
     await redis.config_set("notify-keyspace-events", "KEA")
+    # Client-side caching refused (as by a managed service): keyspace events carry it.
+    await redis.execute_command("ACL", "SETUSER", "default", "-client|tracking")
     pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
     try:
         plain = await pool.enqueue_job("never_decorated")

@@ -16,7 +16,9 @@ from immortus_async import tracked
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379")
 
 
-@tracked
+# The report goes in the finished state (state.result), so the page shows it with
+# the job's end; a result over max_result_bytes (64 KiB) would stay in arq alone.
+@tracked(report_result=True)
 async def build_report(ctx: dict[str, Any], pages: int) -> str:
     """Pretend to render a report page by page, reporting each page."""
     lines = []
@@ -31,4 +33,5 @@ class WorkerSettings:
     """What ``arq worker.WorkerSettings`` runs."""
 
     functions = (build_report,)
+    allow_abort_jobs = True  # the page's cancel button aborts a running report
     redis_settings = RedisSettings.from_dsn(REDIS_URL)

@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 __all__ = [
     "ADAPTERS",
     "DEFAULT",
+    "Aborted",
     "AdapterEntry",
     "QueueAdapter",
     "Queued",
@@ -51,6 +52,10 @@ __all__ = [
 
 Queued = Callable[[str, str | None], Awaitable[None]]
 """``await queued(job_id, function)``: records the ``queued`` state of a job."""
+
+Aborted = Callable[[str], Awaitable[None]]
+"""``await aborted(job_id)``: records the ``aborted`` state of a job that the queue
+took out before it ran (no worker will record it)."""
 
 
 @runtime_checkable
@@ -83,6 +88,18 @@ class QueueAdapter(Protocol):
         """Enqueue on ``target``; once the queue has the job, ``await queued(id,
         function name)``; return the queue's own job object (None when the queue
         refused it, with nothing recorded)."""
+        ...
+
+    async def abort(self, target: Any, job_id: str, aborted: Aborted) -> None:
+        """Ask the queue to abort ``job_id``, a job not yet ended, through ``target``
+        (the ``queue`` given to the Tracker, else its queue Redis). A job the queue
+        takes out before it runs is recorded with ``await aborted(job_id)``; a
+        running one records its own end as the queue cancels it.
+
+        Raises:
+            AbortUnsupported: the queue cannot abort the job, or ``target`` is not
+                what it aborts through (the message says what is).
+        """
         ...
 
 

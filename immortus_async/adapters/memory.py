@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import ADAPTERS, Queued
+from ..exceptions import AbortUnsupported
+from . import ADAPTERS, Aborted, Queued
 
 __all__ = ["MemoryAdapter", "adapter"]
 
@@ -31,6 +32,10 @@ class MemoryAdapter:
     ) -> Any:
         """Raises: there is no queue to enqueue on."""
         raise TypeError("the memory adapter has no queue to enqueue on")
+
+    async def abort(self, target: Any, job_id: str, aborted: Aborted) -> None:
+        """Raises: there is no queue to abort a job in."""
+        raise AbortUnsupported("the memory adapter has no queue to abort a job in")
 
 
 adapter = MemoryAdapter()

@@ -5,23 +5,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
 
-from ..commands._shared import EXIT_FAILED, EXIT_USAGE, add_redis_arguments, port
+from ..commands._shared import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_redis_arguments,
+    port,
+    use_queue_adapter,
+)
 from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
 from ..tokens import SECRET_ENV, read_secret
+from .http import check_metrics_token
 from .server import serve
 
 __all__ = ["add_arguments", "run"]
+
+# Like the secret, never an option: a command line is visible to every user of the host.
+_METRICS_TOKEN_ENV = "IMMORTUS_METRICS_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bridge's options to ``parser``. The secret is never an option."""
     parser.description = (
         f"Push job states to browsers over websockets. The token signing secret is "
-        f"read from ${SECRET_ENV} (at least 32 bytes)."
+        f"read from ${SECRET_ENV} (at least 32 bytes). With ${_METRICS_TOKEN_ENV} set, "
+        "GET /metrics serves Prometheus metrics to requests with "
+        "'Authorization: Bearer <that token>'."
     )
     # The bridge's own default: how long start-up, /verify and /healthz wait on Redis.
     add_redis_arguments(parser, redis_timeout=5.0)
@@ -41,12 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="follow any job without a token (development only)",
     )
     parser.add_argument(
+        "--allow-abort",
+        action="store_true",
+        help="take abort requests for a job (the websocket's abort message, "
+        "POST /jobs/<job_id>/abort), authorised by the job's token",
+    )
+    parser.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help="Redis key and channel prefix (%(default)s)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the bridge until SIGINT or SIGTERM, then close it. Returns the exit status."""
+    if not use_queue_adapter(args, "immortus-async bridge"):
+        return EXIT_USAGE
     if not args.insecure_no_auth:
         try:
             secret = read_secret()
@@ -60,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+    args.metrics_token = os.environ.get(_METRICS_TOKEN_ENV) or None
+    try:
+        check_metrics_token(args.metrics_token)
+    except (ValueError, ImportError) as exc:
+        print(f"immortus-async bridge: ${_METRICS_TOKEN_ENV}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     _tune_garbage_collector()
     try:
         asyncio.run(_serve(args))
@@ -105,7 +132,9 @@ async def _serve(args: argparse.Namespace) -> None:
         prefix=args.prefix,
         insecure_no_auth=args.insecure_no_auth,
         allowed_origins=args.allowed_origin,
+        allow_abort=args.allow_abort,
         queue_redis=args.queue_redis,
         redis_timeout=args.redis_timeout,
+        metrics_token=args.metrics_token,
     ):
         await stop.wait()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hmac
 import json
 import logging
 from collections.abc import Callable, MutableMapping
@@ -25,13 +26,34 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .. import metrics
 from ..exceptions import ImmortusError
 from ..tracker import Tracker
-from .auth import Gatekeeper, not_found
+from .auth import Gatekeeper, not_found, owner_not_found
 from .logs import RedactingLogger
-from .protocol import JOBS_PATH, ErrorCode, Rejection, check_job_id, error_frame
+from .protocol import (
+    ABORT_SUFFIX,
+    JOBS_PATH,
+    OWNERS_PATH,
+    Abort,
+    ErrorCode,
+    Rejection,
+    check_job_id,
+    check_owner,
+    error_frame,
+)
+from .session import abort_job
 
-__all__ = ["EVENTS_SUFFIX", "STATIC_FILES", "VERIFY_PATH", "Answer", "EventStream", "HttpRoutes"]
+__all__ = [
+    "EVENTS_SUFFIX",
+    "METRICS_PATH",
+    "STATIC_FILES",
+    "VERIFY_PATH",
+    "Answer",
+    "EventStream",
+    "HttpRoutes",
+    "check_metrics_token",
+]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
 
@@ -40,7 +62,12 @@ VERIFY_PATH = "/verify/"
 
 EVENTS_SUFFIX = "/events"
 """``GET /jobs/<job_id>/events?token=...``: the job's states as Server-Sent Events
-(the ASGI mount; the bridge answers 404)."""
+(the ASGI mount; the bridge answers 404). ``GET /owners/<owner>/events`` streams
+that owner's feed."""
+
+METRICS_PATH = "/metrics"
+"""``GET /metrics`` with ``Authorization: Bearer <metrics_token>``: the Prometheus
+metrics (:mod:`immortus_async.metrics`), served only with a ``metrics_token``."""
 
 STATIC_FILES = {
     "/immortus.js": "immortus.js",
@@ -60,6 +87,10 @@ _STATUS_OF = {
     ErrorCode.TOKEN_INVALID: HTTPStatus.FORBIDDEN,
     ErrorCode.TOKEN_EXPIRED: HTTPStatus.FORBIDDEN,
     ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    ErrorCode.ABORT_DISABLED: HTTPStatus.FORBIDDEN,
+    ErrorCode.ABORT_UNSUPPORTED: HTTPStatus.NOT_IMPLEMENTED,
+    ErrorCode.REDIS_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
 
@@ -117,6 +148,7 @@ def _response(
 
 
 def _error(status: HTTPStatus, code: ErrorCode, message: str) -> Answer:
+    metrics.error(code)
     return _response(status, error_frame(code, message))
 
 
@@ -135,8 +167,34 @@ def _not_allowed(method: str, allow: str) -> Answer:
     return answer
 
 
+def check_metrics_token(token: str | None) -> None:
+    """Check a ``metrics_token`` option, and turn metrics on when it serves them.
+
+    Metrics go on the registry of :func:`immortus_async.metrics.enable`; when it
+    was not called, on ``prometheus_client.REGISTRY``.
+
+    Raises:
+        ValueError: an empty token, or one that cannot be sent in a header.
+        ImportError: ``prometheus-client`` is not installed (with the command).
+    """
+    if token is None:
+        return
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("metrics_token must be a non-empty token of printable ASCII, no spaces")
+    if metrics.enabled_registry() is None:
+        metrics.enable()
+
+
 def _events_path(path: str) -> bool:
-    return path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+    return path.startswith((JOBS_PATH, OWNERS_PATH)) and path.endswith(EVENTS_SUFFIX)
+
+
+def _abort_path(path: str) -> bool:
+    return (
+        path.startswith(JOBS_PATH)
+        and path.endswith(ABORT_SUFFIX)
+        and len(path) > len(JOBS_PATH) + len(ABORT_SUFFIX)
+    )
 
 
 def _last_event_id(text: str | None) -> int | None:
@@ -155,7 +213,8 @@ class HttpRoutes:
         ``not_found`` for a job the app's ``authorize`` refuses, 400 for a bad
         job id, 503 when Redis does not answer. Errors have a JSON body
         ``{"type": "error", "code": ..., "message": ...}``.
-        ``GET /healthz``: 200 ``{"status": "ok", "redis": "up"}`` when Redis
+        ``GET /healthz``: 200 ``{"status": "ok", "redis": "up", ...}`` (with
+        :meth:`Tracker.stats`) when Redis
         answers PING within ``redis_timeout`` and every pub/sub hub of the
         tracker is connected (:attr:`Tracker.healthy`), else 503.
         ``GET /immortus.js``, ``/immortus.mjs``, ``/immortus.d.ts``: the browser
@@ -163,6 +222,12 @@ class HttpRoutes:
         ``/`` and ``/jobs/<job_id>``: websocket handshakes, 403 from a foreign origin.
         On the mount, a plain ``GET /jobs/<job_id>`` is verify, and
         ``GET /jobs/<job_id>/events`` an :class:`EventStream`, refused as verify is.
+        ``POST /jobs/<job_id>/abort?token=...`` (bridge and mount): asks the job's
+        queue to abort it, 200 ``{"type": "abort", "job_id": ..., "requested":
+        true}`` (``false``: it had ended); 403 ``abort_disabled`` unless the
+        server allows aborts; refused as verify is otherwise (404 ``not_found``
+        for a job the caller may not see or no one knows); 501
+        ``abort_unsupported`` for a queue that cannot abort.
         Anything else: 404.
 
     ``HEAD`` is answered as ``GET`` without the body (405 on the handshake
@@ -177,6 +242,9 @@ class HttpRoutes:
         redis_timeout: seconds a request may wait on Redis.
         origin_option: how to allow an origin, for the refusal's message
             (``{origin}`` is replaced).
+        metrics_token: serve ``GET /metrics`` to requests with ``Authorization:
+            Bearer <metrics_token>`` (401 without it, 403 with another); None
+            (the default): ``/metrics`` is 404, as any unknown path.
     """
 
     def __init__(
@@ -188,7 +256,10 @@ class HttpRoutes:
         origin_option: str = (
             "start the bridge with --allowed-origin {origin} (serve(allowed_origins=[...]))"
         ),
+        metrics_token: str | None = None,
     ) -> None:
+        check_metrics_token(metrics_token)
+        self._metrics_token = None if metrics_token is None else metrics_token.encode()
         self._tracker = tracker
         self._gate = gate
         self._redis_timeout = redis_timeout
@@ -248,14 +319,15 @@ class HttpRoutes:
         """
         parts = urlsplit(target)
         path = parts.path
-        handshake = path == "/" or path.startswith(JOBS_PATH)
+        abort = method == "POST" and websocket is not True and _abort_path(path)
+        handshake = path == "/" or path.startswith((JOBS_PATH, OWNERS_PATH))
         if websocket is not None:
             handshake = websocket
-        stream = websocket is False and path.startswith(JOBS_PATH) and path.endswith(EVENTS_SUFFIX)
+        stream = websocket is False and _events_path(path)
         # A websocket handshake is a GET (RFC 6455 4.1); websockets would accept
         # a HEAD. An event stream has no HEAD: its answer never ends.
         methods = ("GET",) if handshake or stream else ("GET", "HEAD")
-        if method not in methods:
+        if method not in methods and not abort:
             return _not_allowed(method, ", ".join(methods))
         for name in _SINGLE_HEADERS:
             if len(header(name)) > 1:
@@ -266,6 +338,18 @@ class HttpRoutes:
         origin = origins[0] if origins else None
         hosts = header("Host")
         allowed = self._gate.origin_allowed(origin, hosts[0] if hosts else None)
+        if abort:
+            # A foreign page's POST carries the user's cookies (what an app's
+            # authorize may trust): refused first, as a cross-site request forgery.
+            if not allowed:
+                assert origin is not None
+                return self._foreign_origin(origin)
+            abort_answer = await self._abort(
+                path[len(JOBS_PATH) : -len(ABORT_SUFFIX)], parts.query, scope
+            )
+            if origin is not None:
+                abort_answer.allow_origin(origin)
+            return abort_answer
         if handshake and websocket is None and not header("Upgrade") and _events_path(path):
             # The bridge streams no events: say so readably (CORS), so that a
             # client moves on to /verify at once instead of retrying a failure.
@@ -278,6 +362,17 @@ class HttpRoutes:
                 return None
             assert origin is not None  # no Origin is always allowed
             return self._foreign_origin(origin)
+        if stream and path.startswith(OWNERS_PATH):
+            if not allowed:
+                assert origin is not None
+                return self._foreign_origin(origin)
+            raw_owner = path[len(OWNERS_PATH) : len(path) - len(EVENTS_SUFFIX)]
+            feed = await self._owner_events(raw_owner, parts.query, scope)
+            if origin is not None and isinstance(feed, Answer):
+                feed.allow_origin(origin)
+            elif isinstance(feed, EventStream) and origin is not None:
+                feed = EventStream(feed.path, origin)
+            return feed
         job = None
         if path.startswith(VERIFY_PATH):
             job = path[len(VERIFY_PATH) :]
@@ -302,6 +397,8 @@ class HttpRoutes:
             return answer
         if path == "/healthz":
             return await self._healthz()
+        if path == METRICS_PATH and self._metrics_token is not None:
+            return self._metrics(header("Authorization"))
         if path in self._static:
             return _response(
                 HTTPStatus.OK,
@@ -311,6 +408,18 @@ class HttpRoutes:
                 allow_origin="*",
             )
         return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such path")
+
+    async def _abort(
+        self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer:
+        job_id = check_job_id(unquote(raw_job_id))
+        if isinstance(job_id, Rejection):
+            return _refusal(job_id)
+        token = parse_qs(query).get("token", [None])[0]
+        answer = await abort_job(self._tracker, self._gate, Abort(job_id, token), scope)
+        if isinstance(answer, Rejection):
+            return _refusal(answer)
+        return _response(HTTPStatus.OK, answer.frame())
 
     def _foreign_origin(self, origin: str) -> Answer:
         option = self._origin_option.format(origin="'*'" if origin == "null" else origin)
@@ -371,6 +480,25 @@ class HttpRoutes:
         query = urlencode({name: value for name, value in connect.items() if value is not None})
         return EventStream(f"{JOBS_PATH}{quote(job_id, safe='')}?{query}", None)
 
+    async def _owner_events(
+        self, raw_owner: str, query: str, scope: MutableMapping[str, Any] | None
+    ) -> Answer | EventStream:
+        """An owner's feed as an event stream, once the token or the app's
+        ``authorize_owner`` lets the caller follow it."""
+        token = parse_qs(query).get("token", [None])[0]
+        owner = check_owner(unquote(raw_owner))
+        if isinstance(owner, Rejection):
+            return _refusal(owner)
+        grant = self._gate.authorize_owner(owner, token)
+        if isinstance(grant, Rejection):
+            return _refusal(grant)
+        if self._gate.asks_app(token, owner=True) and not await self._gate.app_allows_owner(
+            scope, owner
+        ):
+            return _refusal(owner_not_found(owner))
+        connect = urlencode({"token": token} if token else {})
+        return EventStream(f"{OWNERS_PATH}{quote(owner, safe='')}?{connect}", None)
+
     async def _verify(
         self, raw_job_id: str, query: str, scope: MutableMapping[str, Any] | None
     ) -> Answer:
@@ -392,6 +520,33 @@ class HttpRoutes:
             )
         return _response(HTTPStatus.OK, state.to_json())
 
+    def _metrics(self, authorization: list[str]) -> Answer:
+        assert self._metrics_token is not None
+        scheme, _, given = (authorization[0] if len(authorization) == 1 else "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            answer = _error(
+                HTTPStatus.UNAUTHORIZED,
+                ErrorCode.TOKEN_REQUIRED,
+                "send Authorization: Bearer <metrics token>",
+            )
+            answer.headers.append(("WWW-Authenticate", 'Bearer realm="metrics"'))
+            return answer
+        if not hmac.compare_digest(given.strip().encode("latin-1", "replace"), self._metrics_token):
+            return _error(HTTPStatus.FORBIDDEN, ErrorCode.TOKEN_INVALID, "not the metrics token")
+        exposition = metrics.exposition()
+        if exposition is None:  # metrics.disable() was called since
+            return _error(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "metrics are off")
+        body, content_type = exposition
+        return Answer(
+            HTTPStatus.OK,
+            body,
+            [
+                ("Content-Length", str(len(body))),
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+
     async def _healthz(self) -> Answer:
         redis = self._tracker.redis
         up = False
@@ -405,5 +560,6 @@ class HttpRoutes:
         # anyone, even while PING answers: take this bridge out of rotation.
         healthy = up and self._tracker.healthy
         body = {"status": "ok" if healthy else "unavailable", "redis": "up" if up else "down"}
+        body.update(self._tracker.stats())  # how the queue's own endings reach waiters
         status = HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE
         return _response(status, json.dumps(body))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import metrics
 from .._buffer import Wakeup
+from .._feed import OWNER_SNAPSHOT_LIMIT
 from ..state import JobState
-from .protocol import Rejection, state_frame
+from .protocol import AbortReply, Rejection, owner_state_frame, state_frame
 
 __all__ = ["Outbox", "OutboxStatistics"]
 
@@ -17,18 +19,28 @@ class OutboxStatistics:
 
     ``jobs``: jobs with a frame waiting; ``errors``: connection-level errors waiting;
     ``replaced``: states overwritten by a newer one before they were sent;
-    ``errors_dropped``: connection-level errors dropped when the queue was full.
+    ``errors_dropped``: connection-level errors dropped when the queue was full;
+    ``feeds``: owner feeds with a frame waiting; ``feed_dropped``: states of a
+    feed dropped because more than :data:`OWNER_SNAPSHOT_LIMIT` of its jobs waited.
     """
 
     jobs: int
     errors: int
     replaced: int
     errors_dropped: int
+    feeds: int = 0
+    feed_dropped: int = 0
 
 
 @dataclass(slots=True)
 class _Pending:
     state: JobState | None = None
+    end: Rejection | None = None
+
+
+@dataclass(slots=True)
+class _FeedPending:
+    states: dict[str, JobState]
     end: Rejection | None = None
 
 
@@ -44,6 +56,11 @@ class Outbox:
     outbox holds at most one state and one error per followed job, plus
     ``max_errors`` errors.
 
+    An owner's feed is kept apart, as ``owner_state`` frames: the latest state
+    per job of the feed, at most :data:`OWNER_SNAPSHOT_LIMIT` jobs a feed (one
+    more drops the oldest waiting state, a non-terminal one if there is one), and
+    the error that ended the feed.
+
     One consumer (the connection's sender) calls :meth:`take`. Not thread-safe.
     """
 
@@ -51,9 +68,11 @@ class Outbox:
         if max_errors < 1:
             raise ValueError(f"max_errors must be at least 1, got {max_errors}")
         self._jobs: dict[str, _Pending] = {}
+        self._feeds: dict[str, _FeedPending] = {}
+        self._feed_dropped = 0
         # Lists, not deques, and a Wakeup, not an Event: an empty deque is 760
         # bytes, and a bridge holds one outbox per connection.
-        self._errors: list[Rejection] = []
+        self._errors: list[Rejection | AbortReply] = []
         self._max_errors = max_errors
         self._replaced = 0
         self._errors_dropped = 0
@@ -75,6 +94,7 @@ class Outbox:
             if pending.state.completed:
                 return
             self._replaced += 1
+            metrics.state_coalesced()
         pending.state = state
         self._wakeup.set()
 
@@ -88,14 +108,51 @@ class Outbox:
         if pending.state is not None and pending.state.completed:
             return
         pending.end = rejection
+        metrics.error(rejection.code)
         self._wakeup.set()
+
+    def put_owner_state(self, owner: str, state: JobState) -> None:
+        """Queue ``state`` on ``owner``'s feed, replacing the job's waiting state."""
+        pending = self._feeds.setdefault(owner, _FeedPending({}))
+        states = pending.states
+        if state.job_id in states:
+            self._replaced += 1
+            del states[state.job_id]  # to the end: the order is that of the changes
+        elif len(states) >= OWNER_SNAPSHOT_LIMIT:
+            going = next((job for job, s in states.items() if not s.completed), None)
+            del states[going if going is not None else next(iter(states))]
+            self._feed_dropped += 1
+        states[state.job_id] = state
+        self._wakeup.set()
+
+    def end_owner(self, rejection: Rejection) -> None:
+        """Queue the error that ended the feed of ``rejection.owner``."""
+        assert rejection.owner is not None, "a feed's end names its owner"
+        self._feeds.setdefault(rejection.owner, _FeedPending({})).end = rejection
+        self._wakeup.set()
+
+    def discard_owner(self, owner: str) -> None:
+        """Forget everything waiting for ``owner``'s feed (the client unsubscribed)."""
+        self._feeds.pop(owner, None)
+
+    def owners(self) -> set[str]:
+        """The owner feeds with something waiting to be sent."""
+        return set(self._feeds)
 
     def reject(self, rejection: Rejection) -> None:
         """Queue an error about the client's input; the oldest goes when full."""
+        metrics.error(rejection.code)
+        self._answer(rejection)
+
+    def reply(self, reply: AbortReply) -> None:
+        """Queue the answer to a request (an ``abort``), with the input's errors."""
+        self._answer(reply)
+
+    def _answer(self, answer: Rejection | AbortReply) -> None:
         if len(self._errors) >= self._max_errors:
             del self._errors[0]
             self._errors_dropped += 1
-        self._errors.append(rejection)
+        self._errors.append(answer)
         self._wakeup.set()
 
     def discard(self, job_id: str) -> None:
@@ -110,9 +167,9 @@ class Outbox:
         """Wait until something is waiting, then return every waiting frame, in order.
 
         Errors about input come first, then each job's state and end, jobs in
-        the order they first had something waiting.
+        the order they first had something waiting, then each feed's states and end.
         """
-        while not (self._jobs or self._errors):
+        while not (self._jobs or self._errors or self._feeds):
             self._wakeup.clear()
             await self._wakeup.wait()
         frames = [rejection.frame() for rejection in self._errors]
@@ -121,8 +178,13 @@ class Outbox:
                 frames.append(state_frame(pending.state))
             if pending.end is not None:
                 frames.append(pending.end.frame())
+        for owner, feed in self._feeds.items():
+            frames.extend(owner_state_frame(owner, state) for state in feed.states.values())
+            if feed.end is not None:
+                frames.append(feed.end.frame())
         self._errors.clear()
         self._jobs.clear()
+        self._feeds.clear()
         if self._taken is not None:
             self._taken.set()
         return frames
@@ -141,5 +203,10 @@ class Outbox:
     def statistics(self) -> OutboxStatistics:
         """Current fill and what was dropped so far."""
         return OutboxStatistics(
-            len(self._jobs), len(self._errors), self._replaced, self._errors_dropped
+            len(self._jobs),
+            len(self._errors),
+            self._replaced,
+            self._errors_dropped,
+            len(self._feeds),
+            self._feed_dropped,
         )

@@ -21,6 +21,7 @@ from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import CONNECTING, OPEN
 
+from .. import metrics
 from .._redis import CLUSTER_SCHEMES, Client, client_from
 from ..exceptions import RedisUnavailable
 from ..keys import DEFAULT_PREFIX
@@ -28,7 +29,7 @@ from ..registry import StrategySpec
 from ..strategies._connected import address
 from ..tracker import Tracker
 from .auth import Gatekeeper
-from .http import HttpRoutes
+from .http import HttpRoutes, check_metrics_token
 from .logs import RedactingLogger
 from .protocol import CloseCode
 from .session import Disconnected, Session
@@ -213,6 +214,7 @@ class _Connection(ServerConnection):
             self.remote_address,
         )
         if self.protocol.state is OPEN:
+            metrics.slow_client_closed()  # once: the session's own timeout may have closed it
             # The close frame goes in the buffer behind everything else: a client
             # that starts reading now still learns why.
             self.protocol.fail(CloseCode.SLOW_CLIENT, "the client does not read")
@@ -256,6 +258,8 @@ class _Transport:
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with ``code``; abort the TCP connection if the client does not read."""
+        if code is CloseCode.SLOW_CLIENT and self._ws.protocol.state is OPEN:
+            metrics.slow_client_closed()  # not when the connection's own timer closed it
         try:
             async with asyncio.timeout(self._close_timeout):
                 await self._ws.close(code, reason)
@@ -292,9 +296,21 @@ class Bridge:
             inferred one (``"redis_pub_sub"``).
         secret: the token signing secret; default ``$IMMORTUS_SECRET``.
         insecure_no_auth: follow any job without a token (development only).
+        allow_abort: take abort requests (the ``abort`` message and ``POST
+            /jobs/<job_id>/abort``), authorised by the job's token; they call
+            :meth:`Tracker.abort <immortus_async.Tracker.abort>` on the bridge's
+            tracker, which aborts through the configured queue adapter on
+            ``queue_redis`` (arq), else through ``queue``. Off by default: refused
+            with ``abort_disabled``.
+        queue: what the bridge's tracker aborts through (its ``queue``: a
+            taskiq broker, a streaQ worker); default the queue Redis, all arq needs.
         allowed_origins: browser origins allowed besides the bridge's own
             (``"*"``: any); other origins get HTTP 403. Requests without an
             ``Origin`` header (not browsers) are allowed.
+        metrics_token: serve the Prometheus metrics at ``GET /metrics`` to
+            requests with ``Authorization: Bearer <metrics_token>``; metrics are
+            turned on (:func:`immortus_async.metrics.enable`) if they are not.
+            None (the default): no ``/metrics``.
         max_frame_size: the largest inbound frame, in bytes; a larger one
             closes the connection with code 1009.
         max_subscriptions: jobs one connection may follow at once.
@@ -316,6 +332,7 @@ class Bridge:
     Raises:
         ValueError: no secret and ``insecure_no_auth`` is False, a secret
             shorter than 32 bytes, or a limit or timeout that is not positive.
+        ImportError: a ``metrics_token`` without ``prometheus-client`` installed.
     """
 
     def __init__(
@@ -331,6 +348,9 @@ class Bridge:
         secret: str | bytes | None = None,
         insecure_no_auth: bool = False,
         allowed_origins: Sequence[str] = (),
+        metrics_token: str | None = None,
+        allow_abort: bool = False,
+        queue: object | None = None,
         # Limits
         max_frame_size: int = 4096,
         max_subscriptions: int = 100,
@@ -360,10 +380,16 @@ class Bridge:
             },
         )
         self._gate = Gatekeeper(
-            secret=secret, insecure_no_auth=insecure_no_auth, allowed_origins=allowed_origins
+            secret=secret,
+            insecure_no_auth=insecure_no_auth,
+            allowed_origins=allowed_origins,
+            allow_abort=allow_abort,
         )
+        check_metrics_token(metrics_token)
+        self._metrics_token = metrics_token
         self._redis_spec = redis
         self._queue_redis = queue_redis
+        self._queue = queue
         self._host, self._port = host, port
         self._prefix = prefix
         self._tracking_strategy = tracking_strategy
@@ -439,8 +465,14 @@ class Bridge:
                 tracking_strategy=self._tracking_strategy,
                 prefix=self._prefix,
                 queue_redis=self._queue_redis,
+                queue=self._queue,
             )
-            routes = HttpRoutes(self._tracker, self._gate, redis_timeout=self._redis_timeout)
+            routes = HttpRoutes(
+                self._tracker,
+                self._gate,
+                redis_timeout=self._redis_timeout,
+                metrics_token=self._metrics_token,
+            )
             self._server = await websockets_serve(
                 self._handle,
                 self._host,

@@ -8,32 +8,44 @@ server brings is a :class:`Transport`, the connection's I/O face.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
-from ..exceptions import JobLost, RedisUnavailable
+from redis.exceptions import RedisError
+
+from .. import metrics
+from ..exceptions import AbortUnsupported, JobLost, JobNotFound, RedisUnavailable
 from ..state import JobState
 from ..status import JobStatus
 from ..tracker import Tracker
-from .auth import Gatekeeper, not_found
+from .auth import Gatekeeper, not_found, owner_not_found
 from .logs import RedactingLogger
 from .outbox import Outbox
 from .protocol import (
+    Abort,
+    AbortReply,
+    ClientMessage,
     CloseCode,
     ErrorCode,
     Rejection,
     Subscribe,
+    SubscribeOwner,
     Unsubscribe,
+    UnsubscribeOwner,
     parse_connect_path,
     parse_message,
 )
 
-__all__ = ["Disconnected", "Session", "Transport"]
+__all__ = ["Disconnected", "Session", "Transport", "abort_job"]
 
 logger = RedactingLogger(logging.getLogger("immortus_async.bridge"))
+
+# Errors of a Redis that does not answer, as an abort request meets them.
+_REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
 
 class Disconnected(Exception):
@@ -100,8 +112,9 @@ class Session:
         path: the request path (query included) relative to where the protocol is
             served; ``/jobs/<job_id>?...`` subscribes on connect.
         scope: what the app's ``authorize`` callable is given (the ASGI scope).
-        max_subscriptions: subscriptions a connection may hold at once; a job
-            whose last frames are still waiting to be sent holds its slot.
+        max_subscriptions: subscriptions a connection may hold at once, jobs and
+            owner feeds together; one whose last frames are still waiting to be
+            sent holds its slot.
         send_timeout: seconds one frame may wait for the client to read.
         once: serve the connect path's subscription only, then close.
         app_checked: the server has asked the app's ``authorize`` about the
@@ -132,19 +145,23 @@ class Session:
         self._app_checked = app_checked
         self.outbox = Outbox()
         self._subscriptions: dict[str, asyncio.Task[None]] = {}
+        self._feeds: dict[str, asyncio.Task[None]] = {}
+        # The abort requests in flight, by job: at most max_subscriptions of them.
+        self._aborts: dict[str, asyncio.Task[None]] = {}
         # Cancelled subscriptions stay here until they have finished unwinding.
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def subscriptions(self) -> int:
-        """How many jobs this connection follows now."""
-        return len(self._subscriptions)
+        """How many jobs and owner feeds this connection follows now."""
+        return len(self._subscriptions) + len(self._feeds)
 
     async def run(self) -> None:
         """Serve the connection until it closes; then cancel and await every task."""
         if self._path is not None:
             self._receive(partial(parse_connect_path, self._path))
         sender = asyncio.create_task(self._send_loop(), name="immortus-bridge-sender")
+        metrics.connection_opened("events" if self._once else "websocket")
         try:
             if self._once:
                 # Nothing to read: the stream ends with its subscription, or the
@@ -163,6 +180,7 @@ class Session:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
                     logger.error("a connection task failed", exc_info=result)
+            metrics.connection_closed("events" if self._once else "websocket")
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with ``code``; abort the connection if the client does not read."""
@@ -170,7 +188,7 @@ class Session:
 
     # Messages
 
-    def _receive(self, parse: Callable[[], Subscribe | Unsubscribe | Rejection | None]) -> None:
+    def _receive(self, parse: Callable[[], ClientMessage | Rejection | None]) -> None:
         """Handle one input (the connect path or a frame); whatever it raises fails it alone."""
         try:
             message = parse()
@@ -184,9 +202,16 @@ class Session:
                 Rejection(ErrorCode.INTERNAL_ERROR, "the bridge could not handle this input")
             )
 
-    def _handle(self, message: Subscribe | Unsubscribe | Rejection) -> None:
+    def _handle(self, message: ClientMessage | Rejection) -> None:
         if isinstance(message, Rejection):
             self.outbox.reject(message)
+        elif isinstance(message, SubscribeOwner):
+            self._subscribe_owner(message)
+        elif isinstance(message, UnsubscribeOwner):
+            self._stop_owner(message.owner)
+            self.outbox.discard_owner(message.owner)
+        elif isinstance(message, Abort):
+            self._abort(message)
         elif isinstance(message, Unsubscribe):
             self._stop(message.job_id)
             self.outbox.discard(message.job_id)
@@ -201,7 +226,7 @@ class Session:
             self.outbox.reject(expires_at)
             return
         held = self._subscriptions.keys() | self.outbox.jobs()
-        if job_id not in held and len(held) >= self._max_subscriptions:
+        if job_id not in held and len(held) + self._feeds_held() >= self._max_subscriptions:
             self.outbox.reject(
                 Rejection(
                     ErrorCode.TOO_MANY_SUBSCRIPTIONS,
@@ -222,8 +247,77 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _abort(self, request: Abort) -> None:
+        """Answer an ``abort`` in a task of its own: it waits on the app and on Redis."""
+        job_id = request.job_id
+        if not self._gate.allow_abort:
+            self.outbox.reject(_abort_disabled(job_id))
+            return
+        if job_id in self._aborts:
+            return  # the request in flight answers this one too
+        if len(self._aborts) >= self._max_subscriptions:
+            self.outbox.reject(
+                Rejection(
+                    ErrorCode.TOO_MANY_ABORTS,
+                    f"a connection may have at most {self._max_subscriptions} aborts in flight",
+                    job_id,
+                )
+            )
+            return
+        task = asyncio.create_task(self._answer_abort(request), name="immortus-bridge-abort")
+        self._aborts[job_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_abort(self, request: Abort) -> None:
+        try:
+            answer = await abort_job(self._tracker, self._gate, request, self._scope)
+        finally:
+            del self._aborts[request.job_id]
+        if isinstance(answer, Rejection):
+            self.outbox.reject(answer)
+        else:
+            self.outbox.reply(answer)
+
     def _stop(self, job_id: str) -> None:
         task = self._subscriptions.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _feeds_held(self) -> int:
+        return len(self._feeds.keys() | self.outbox.owners())
+
+    def _subscribe_owner(self, request: SubscribeOwner) -> None:
+        owner = request.owner
+        expires_at = self._gate.authorize_owner(owner, request.token)
+        if isinstance(expires_at, Rejection):
+            self.outbox.reject(expires_at)
+            return
+        ask_app = self._gate.asks_app(request.token, owner=True) and not self._app_checked
+        held = self._subscriptions.keys() | self.outbox.jobs()
+        feeds = self._feeds.keys() | self.outbox.owners()
+        if owner not in feeds and len(held) + len(feeds) >= self._max_subscriptions:
+            self.outbox.reject(
+                Rejection(
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                    f"a connection may follow at most {self._max_subscriptions} jobs "
+                    "and owners at once",
+                    owner=owner,
+                )
+            )
+            return
+        # Subscribing again replaces the feed (a new token), with a new snapshot.
+        self._stop_owner(owner)
+        self.outbox.discard_owner(owner)
+        task = asyncio.create_task(
+            self._follow_owner(owner, expires_at, ask_app=ask_app), name="immortus-bridge-feed"
+        )
+        self._feeds[owner] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stop_owner(self, owner: str) -> None:
+        task = self._feeds.pop(owner, None)
         if task is not None:
             task.cancel()
 
@@ -239,11 +333,9 @@ class Session:
         ``authorize`` refuses the job, that frame is ``not_found``, the same bytes
         whether the job exists or not: nothing about it is read before the app says yes.
         """
-        deadline = None
-        if expires_at is not None:
-            deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
-        scope = asyncio.timeout_at(deadline)
+        scope = _until(expires_at)
         states: AsyncIterator[JobState] | None = None
+        metrics.subscribed()
         try:
             try:
                 async with scope:
@@ -261,14 +353,36 @@ class Session:
             # meanwhile: the subscription is over already, nothing more is said.
             await self.outbox.taken(job_id)
         finally:
+            metrics.unsubscribed()
             if self._subscriptions.get(job_id) is asyncio.current_task():
                 del self._subscriptions[job_id]
-            close = getattr(states, "aclose", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception:
-                    logger.exception("closing the subscription to job %r failed", job_id)
+            await _close(states, "the subscription to job", job_id)
+
+    async def _follow_owner(self, owner: str, expires_at: float | None, *, ask_app: bool) -> None:
+        """Forward the owner's feed to the outbox until an error ends it.
+
+        A feed has no terminal state: it ends when the client unsubscribes, with
+        its token's expiry (``token_expired``), or with the error that stopped it.
+        A feed the app's ``authorize_owner`` refuses ends with ``not_found``
+        before anything of the owner is read.
+        """
+        scope = _until(expires_at)
+        states: AsyncIterator[JobState] | None = None
+        try:
+            async with scope:
+                if ask_app and not await self._gate.app_allows_owner(self._scope, owner):
+                    self.outbox.end_owner(owner_not_found(owner))
+                    return
+                states = self._tracker.watch_owner(owner)
+                async for state in states:
+                    self.outbox.put_owner_state(owner, state)
+        except Exception as exc:
+            ending = _ending(owner, exc, expired=scope.expired())
+            self.outbox.end_owner(dataclasses.replace(ending, job_id=None, owner=owner))
+        finally:
+            if self._feeds.get(owner) is asyncio.current_task():
+                del self._feeds[owner]
+            await _close(states, "the feed of owner", owner)
 
     async def _forward(self, states: AsyncIterator[JobState], since_seq: int | None) -> None:
         """Queue every state to send, up to the terminal one, then return.
@@ -302,6 +416,7 @@ class Session:
                     return
                 for frame in await self._next_frames():
                     await self._transport.send(frame, self._send_timeout)
+                    metrics.frame_sent()
         except Disconnected:
             pass  # the reading side sees it too and ends the session
         except TimeoutError:
@@ -319,7 +434,8 @@ class Session:
     def _over(self) -> bool:
         """Whether every subscription has ended and its last frame is sent."""
         waiting = self.outbox.statistics()
-        return not (waiting.jobs or waiting.errors) and all(task.done() for task in self._tasks)
+        pending = waiting.jobs or waiting.errors or waiting.feeds
+        return not pending and all(task.done() for task in self._tasks)
 
     async def _next_frames(self) -> list[str]:
         """What the outbox has to send; in ``once`` mode, [] when a subscription ends first."""
@@ -334,6 +450,65 @@ class Session:
         finally:
             take.cancel()  # it has no effect before it returns
         return [] if take.cancelled() else take.result()
+
+
+def _until(expires_at: float | None) -> asyncio.Timeout:
+    """A timeout that ends a subscription when its token expires (None: never)."""
+    deadline = None
+    if expires_at is not None:
+        deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
+    return asyncio.timeout_at(deadline)
+
+
+async def _close(states: AsyncIterator[JobState] | None, what: str, name: str) -> None:
+    close = getattr(states, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            logger.exception("closing %s %r failed", what, name)
+
+
+def _abort_disabled(job_id: str | None) -> Rejection:
+    return Rejection(ErrorCode.ABORT_DISABLED, "this server does not take abort requests", job_id)
+
+
+async def abort_job(
+    tracker: Tracker,
+    gate: Gatekeeper,
+    request: Abort,
+    scope: MutableMapping[str, Any] | None,
+) -> AbortReply | Rejection:
+    """The answer to an abort request, for every server (a websocket message, HTTP).
+
+    Refused with ``abort_disabled`` unless the gate allows aborts, before anything
+    else; then authorised as a subscription is (the token, else the app's
+    ``authorize``): a job the caller may not see, and a job no one knows, are
+    both ``not_found``. Then :meth:`Tracker.abort <immortus_async.Tracker.abort>`.
+    """
+    job_id = request.job_id
+    if not gate.allow_abort:
+        return _abort_disabled(job_id)
+    grant = gate.authorize(job_id, request.token)
+    if isinstance(grant, Rejection):
+        return grant
+    try:
+        if gate.asks_app(request.token) and not await gate.app_allows(scope, job_id):
+            return not_found(job_id)
+        requested = await tracker.abort(job_id)
+    except JobNotFound:
+        return not_found(job_id)
+    except AbortUnsupported as exc:
+        return Rejection(ErrorCode.ABORT_UNSUPPORTED, str(exc), job_id)
+    except _REDIS_DOWN as exc:
+        logger.warning("cannot abort job %r: %s", job_id, exc)
+        return Rejection(
+            ErrorCode.REDIS_UNAVAILABLE, "Redis cannot be reached: try again later", job_id
+        )
+    except Exception:
+        logger.exception("aborting job %r failed", job_id)
+        return Rejection(ErrorCode.INTERNAL_ERROR, "the server could not abort this job", job_id)
+    return AbortReply(job_id, requested)
 
 
 def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:

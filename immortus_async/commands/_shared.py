@@ -1,4 +1,4 @@
-"""What every ``immortus-async`` command shares: its exit codes and its Redis options.
+"""What every ``immortus-async`` command shares: its exit codes, its Redis and queue options.
 
 The same table for every command:
 
@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from redis.connection import parse_url
+
+from .. import adapters, config
 
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
@@ -77,7 +80,8 @@ def seconds(text: str) -> float:
 
 
 def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float) -> None:
-    """``--redis``, ``--queue-redis`` (from the environment by default), ``--redis-timeout``."""
+    """``--redis``, ``--queue-redis`` (from the environment by default), ``--queue-adapter``,
+    ``--redis-timeout``."""
     parser.add_argument(
         "--redis",
         type=redis_url,
@@ -95,6 +99,14 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float
         f"(default: ${QUEUE_REDIS_URL_ENV}, else the same as --redis)",
     )
     parser.add_argument(
+        "--queue-adapter",
+        choices=sorted(adapters.ADAPTERS),
+        default=None,
+        help="the queue whose own records answer for jobs with no record of ours, as "
+        f"configure(queue_adapter=...) takes it (default: {adapters.DEFAULT}, where it is "
+        "installed)",
+    )
+    parser.add_argument(
         "--redis-timeout",
         type=seconds,
         default=redis_timeout,
@@ -102,3 +114,21 @@ def add_redis_arguments(parser: argparse.ArgumentParser, *, redis_timeout: float
         help=f"how long an unreachable Redis is waited for before giving up "
         f"with exit code {EXIT_UNAVAILABLE} (%(default)s)",
     )
+
+
+def use_queue_adapter(args: argparse.Namespace, prog: str) -> bool:
+    """Make ``--queue-adapter``, if given, this process's ``configure(queue_adapter=...)``.
+
+    False, with one line on stderr that gives the install command, when its queue
+    is not installed here (the command then exits with :data:`EXIT_USAGE`).
+    """
+    name: str | None = args.queue_adapter
+    if name is None:
+        return True
+    try:
+        adapters.require(name)
+    except ImportError as exc:
+        print(f"{prog}: --queue-adapter {name}: {exc}", file=sys.stderr)
+        return False
+    config.configure(queue_adapter=name)
+    return True

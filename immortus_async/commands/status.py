@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from ._jobs import add_job_arguments, exit_code, summary, tracker
+from ._shared import EXIT_USAGE, use_queue_adapter
 
 __all__ = ["add_arguments", "run"]
 
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the state once and print it."""
+    if not use_queue_adapter(args, "immortus-async status"):
+        return EXIT_USAGE
     return asyncio.run(_status(args))
 
 

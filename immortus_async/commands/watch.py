@@ -12,7 +12,7 @@ from ..exceptions import JobNotFound
 from ..state import JobState
 from ..status import JobStatus
 from ._jobs import add_job_arguments, exit_code, summary, tracker
-from ._shared import EXIT_NO_JOB, EXIT_NOT_ENDED, seconds
+from ._shared import EXIT_NO_JOB, EXIT_NOT_ENDED, EXIT_USAGE, seconds, use_queue_adapter
 
 __all__ = ["add_arguments", "render_bar", "run"]
 
@@ -39,6 +39,8 @@ def render_bar(state: JobState, width: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Follow the job; on a terminal, redraw one line; elsewhere, print each change."""
+    if not use_queue_adapter(args, "immortus-async watch"):
+        return EXIT_USAGE
     try:
         return asyncio.run(_watch(args, sys.stdout))
     except JobNotFound as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -15,7 +17,9 @@ from redis.exceptions import ConnectionError, NoScriptError
 
 from .. import config
 from .._buffer import StateBuffer
-from .._follow import follow
+from .._feed import OWNER_SNAPSHOT_LIMIT, FeedBuffer, decode_feed_message, follow_owner
+from .._follow import follow, retrying
+from .._pipe import ScriptPipe
 from .._redis import Client, is_cluster
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
@@ -49,50 +53,150 @@ return 1
 """
 
 
-# A started job's first heartbeat follows its `started` by a round trip: a watcher
-# looks for it after _FIRST_LOOK, then backs off, and after _LOOKS reads without
-# one takes it that this job has no heartbeat (a worker that does not beat).
-_FIRST_LOOK = 0.05
-_LOOKS = 6
 # A fallback that cannot push is read at its interval, growing by half with each
 # read that finds the job where it was, up to this: many waiters on jobs that sit in
 # a queue stay cheap, and a job the queue ends on its own is still seen within it.
 _POLL_MAX = 2.0
 
+# The heartbeats announced by the `started` messages of the jobs followed here:
+# job id -> (attempt, seconds to stale, loop time the message arrived). Filled by
+# the channels' decoder (one per channel, whichever strategy subscribed it first),
+# emptied as the last watcher of a job leaves.
+_announced: dict[str, tuple[int, float, float]] = {}
+_following: Counter[str] = Counter()
+
+
+def _decode_message(payload: bytes) -> JobState:
+    """A job's published state; a ``started`` one's heartbeat noted in ``_announced``."""
+    state = JobState.from_json(payload)
+    if state.status is JobStatus.STARTED and state.job_id in _following:
+        try:
+            beat = json.loads(payload).get("hb")
+            attempt, stalled_ms, _ = (int(part) for part in str(beat).split(":"))
+        except (ValueError, TypeError, AttributeError):
+            return state
+        if attempt == state.attempt:
+            # Fresh as it arrives: the beat rode on this very write.
+            _announced[state.job_id] = (attempt, stalled_ms / 1000, _now())
+    return state
+
+
+# A change of the queue's records that the job side reports itself (arq marks a job
+# in progress as @tracked writes `started`) needs no re-read: it is read only if no
+# `started` state with a heartbeat is pushed within this many seconds of it.
+_SETTLE = 0.02
+
+
+class _Settling:
+    """The sink of a job's channel, and what the fallback nudges: a nudge re-reads
+    the job after ``_SETTLE`` unless a beating ``started`` state was pushed meanwhile.
+
+    Such a push proves the job side alive and reporting; what the queue did on its
+    own at that very moment is then read at the heartbeat's deadline at the latest.
+    Any other state (``retrying``: arq may end the job at its next try, on its own)
+    is read again.
+    """
+
+    def __init__(self, job_id: str, buffer: StateBuffer) -> None:
+        self._job_id = job_id
+        self._buffer = buffer
+        self._pushes = 0
+        self._beating = False  # the last state pushed is started, with a heartbeat
+        self._timer: asyncio.TimerHandle | None = None
+
+    def push(self, item: Any) -> None:
+        self._pushes += 1
+        announced = _announced.get(self._job_id)
+        self._beating = (
+            isinstance(item, JobState)
+            and item.status is JobStatus.STARTED
+            and announced is not None
+            and announced[0] == item.attempt
+        )
+        self._buffer.push(item)
+
+    def fail(self, error: BaseException) -> None:
+        self._buffer.fail(error)
+
+    def request_resync(self) -> None:
+        """What the hub asks after a reconnection: at once."""
+        self._buffer.request_resync()
+
+    def nudge(self) -> None:
+        if self._timer is None:
+            seen = self._pushes
+            self._timer = asyncio.get_running_loop().call_later(_SETTLE, self._settled, seen)
+
+    def _settled(self, seen: int) -> None:
+        self._timer = None
+        if self._pushes == seen or not self._beating:
+            self._buffer.request_resync()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Nudged:
+    """What the fallback's ``changes`` is given in place of the buffer."""
+
+    def __init__(self, settling: _Settling) -> None:
+        self._settling = settling
+
+    def request_resync(self) -> None:
+        self._settling.nudge()
+
+    def fail(self, error: BaseException) -> None:
+        self._settling.fail(error)
+
 
 @dataclass
 class _Recheck:
-    """When a watcher must read its job again though nothing was published."""
+    """When a watcher must read its job again though nothing was published.
 
+    Only a ``started`` job whose worker beats is read again, once its heartbeat
+    may have gone stale: the deadline comes from the last read (its ``hb`` field
+    and TTL) or from the ``started`` message, which carries the heartbeat. A job
+    that ends first costs no read; one that runs past the deadline one read per
+    deadline, which tells the next.
+    """
+
+    job_id: str
     poll: float | None = None  # the fallback's polling interval; None when it pushes
     read: JobState | None = None  # what the last read returned
     stale_at: float | None = None  # loop time at which its heartbeat goes stale
-    step: tuple[JobStatus, int] | None = None  # the watcher's (status, attempt)
-    reads: int = 0  # reads in that step
-    unbeaten: int = 0  # reads in that step that found no heartbeat
+    read_at: float = 0.0  # loop time of the last read
+    reads: int = 0  # reads since the watcher's (status, attempt) last changed
+    step: tuple[JobStatus, int] | None = None
 
     def seen(self, state: JobState, stale_in: float | None) -> None:
         self.read = state
-        self.stale_at = None if stale_in is None else _now() + stale_in
+        self.read_at = _now()
+        self.stale_at = None if stale_in is None else self.read_at + stale_in
         self.reads += 1
-        self.unbeaten = 0 if stale_in is not None else self.unbeaten + 1
 
     def next(self, state: JobState) -> float | None:
         """Seconds until the next read, given the state the watcher has now."""
         if state.completed:
             return None
         if (state.status, state.attempt) != self.step:
-            self.step, self.reads, self.unbeaten = (state.status, state.attempt), 0, 0
+            self.step, self.reads = (state.status, state.attempt), 0
         waits = []
         beating = False
         if state.status is JobStatus.STARTED:
+            stale_at = None
             read = self.read
-            if self.stale_at is not None and read is not None and read.attempt == state.attempt:
-                waits.append(max(self.stale_at - _now(), 0.0) + 0.01)
+            if read is not None and read.attempt == state.attempt:
+                stale_at = self.stale_at
+            announced = _announced.get(self.job_id)
+            if announced is not None and announced[0] == state.attempt:
+                _, stale_in, at = announced
+                if stale_at is None or at > self.read_at:
+                    stale_at = at + stale_in
+            if stale_at is not None:
+                waits.append(max(stale_at - _now(), 0.0) + 0.01)
                 # A job whose worker beats needs no polling: that worker writes its end.
                 beating = not state.stalled
-            elif self.unbeaten < _LOOKS:
-                waits.append(_FIRST_LOOK * 2**self.unbeaten)
         if self.poll is not None and not beating:
             waits.append(min(self.poll * 1.5**self.reads, max(self.poll, _POLL_MAX)))
         return min(waits, default=None)
@@ -150,11 +254,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode_state(stored_state: Any, stored_meta: Any) -> dict[str, Any]:
+def _decode_state(stored_state: Any, stored_meta: Any, stored_result: Any = None) -> dict[str, Any]:
     try:
         data = json.loads(stored_state)
         encoded_meta = json.loads(stored_meta) if stored_meta else {}
         data["meta"] = {key: json.loads(value) for key, value in encoded_meta.items()}
+        data["result"] = json.loads(stored_result) if stored_result else None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidStateError(f"a stored job state is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -244,35 +349,69 @@ class RedisPubSubStrategy(Connected):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if tombstone_ttl < 0:
             raise ValueError(f"tombstone_ttl must not be negative, got {tombstone_ttl!r}")
-        super().__init__(redis, decode=JobState.from_json, unreachable_timeout=unreachable_timeout)
+        super().__init__(redis, decode=_decode_message, unreachable_timeout=unreachable_timeout)
         self.keys = Keys(prefix)
         self._ttl_ms = str(max(1, int(ttl * 1000)))
         self._active_ttl_ms = str(max(1, int(active_ttl * 1000)))
         self._tombstone_ms = str(int(tombstone_ttl * 1000))
+        # An owner's index outlives its last enqueue by as long as a job queued
+        # then keeps a record after its end.
+        self._owner_ttl_ms = max(1, int((active_ttl + ttl) * 1000))
         # redis-py types register_script for Redis alone; RedisCluster has it too.
         client: Any = self.redis
         self._script = client.register_script(_SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
         self._beat = client.register_script(_HEARTBEAT)
+        # On one Redis, writes go out pipelined on a connection of their own (see
+        # _pipe): a worker's concurrent jobs share round trips, and each costs less
+        # CPU. A cluster's writes go to the node of each job's slot, one by one.
+        self._pipe = None if is_cluster(client) else ScriptPipe(client)
         self._fallback = fallback
         self._buffer_size = buffer_size
 
     # Writing
 
     async def apply(
-        self, update: JobUpdate, *, stalled_after: float | None = None
+        self,
+        update: JobUpdate,
+        *,
+        stalled_after: float | None = None,
+        owner: str | None = None,
     ) -> JobState | None:
         """Apply ``update`` atomically; return the new state, or None if dropped.
 
         With ``stalled_after``, a ``started`` update is also a heartbeat (see
         :meth:`heartbeat`), in the same round trip: the job side's first beat rides
         on its ``started``.
+
+        With ``owner`` (the queued write of an enqueue), the job joins that owner's
+        feed (see :meth:`watch_owner`), unless it has an owner already: every
+        change of the job from then on, whoever writes it, is published on the
+        owner's channel too. That holds even when the update is dropped because
+        the worker wrote first.
         """
+        if owner is not None:
+            await self._index(owner, update.job_id)
+        keys, args = self._call(update, stalled_after, owner)
+        wire = await self._write(self._script, keys, args)
+        return JobState.from_json(wire) if wire else None
+
+    def _call(
+        self,
+        update: JobUpdate,
+        stalled_after: float | None,
+        owner: str | None = None,
+        *,
+        unmoved: int | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """The script's keys and arguments for ``update`` (``unmoved``: the record's
+        seq it was decided on, for the script to drop it if the record moved)."""
         body = update.to_dict()
         if update.meta:
             body["meta"] = {key: json.dumps(value) for key, value in update.meta.items()}
+        if update.result is not None:
+            body["result"] = json.dumps(update.result)
         job_id = update.job_id
-        wire = await _run(
-            self._script,
+        return (
             [self.keys.record(job_id), self.keys.tombstone(job_id)],
             [
                 self.keys.channel(job_id),
@@ -282,9 +421,35 @@ class RedisPubSubStrategy(Connected):
                 self._ttl_ms,
                 self._tombstone_ms,
                 "" if stalled_after is None else self._beat_field(update.attempt, stalled_after),
+                owner or "",
+                self.keys.owner_channel_head,
+                "" if unmoved is None else unmoved,
             ],
         )
+
+    async def _apply_unmoved(self, update: JobUpdate, seq: int) -> JobState | None:
+        """:meth:`apply`, unless the job's record has moved past ``seq`` meanwhile.
+
+        What a catch-up writes was true when the record was read at ``seq``: written
+        over what the job side said since (``started`` over its progress is a move
+        forward), it would tell every waiter that again, as a new state. The script
+        checks the seq itself, in the same step (no WATCH: a cluster has none).
+        """
+        keys, args = self._call(update, None, unmoved=seq)
+        wire = await self._write(self._script, keys, args)
         return JobState.from_json(wire) if wire else None
+
+    async def _index(self, owner: str, job_id: str) -> None:
+        """Add the job to its owner's index, before the job's own write: a feed
+        whose snapshot misses it is subscribed in time for that write's message."""
+        index = self.keys.owner_index(owner)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # Microseconds: jobs enqueued one after the other in one millisecond
+            # keep their order.
+            pipe.zadd(index, {job_id: time.time_ns() // 1000})
+            pipe.zremrangebyrank(index, 0, -OWNER_SNAPSHOT_LIMIT - 1)
+            pipe.pexpire(index, self._owner_ttl_ms)
+            await pipe.execute()
 
     def _beat_field(self, attempt: int, stalled_after: float) -> str:
         return f"{attempt}:{max(1, int(stalled_after * 1000))}:{self._active_ttl_ms}"
@@ -313,10 +478,21 @@ class RedisPubSubStrategy(Connected):
         the job is not ``started`` at that attempt (it ended, or was never started).
         """
         beat = self._beat_field(attempt, stalled_after)
-        written = await _run(
+        written = await self._write(
             self._beat, [self.keys.record(job_id)], [attempt, beat, self._active_ttl_ms]
         )
         return bool(written)
+
+    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._pipe is None:
+            return await _run(script, keys, args)
+        return await self._pipe.call(script, keys, args)
+
+    async def aclose(self) -> None:
+        """Give the writes' connection back, then as :class:`Connected` does. Idempotent."""
+        if self._pipe is not None:
+            await self._pipe.aclose()
+        await super().aclose()
 
     # Reading
 
@@ -333,53 +509,62 @@ class RedisPubSubStrategy(Connected):
         return await self._status(job_id, catch_up=True)
 
     async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
+        return (await self._read(job_id, catch_up=catch_up))[0]
+
+    async def _read(self, job_id: str, *, catch_up: bool) -> tuple[JobState, float | None]:
+        """The job's state and the seconds until its heartbeat goes stale (None: none).
+
+        Our record and the fallback's are read at once: one round trip's wait.
+        """
+        fallback = self._fallback if catch_up else None
+        if fallback is None:
+            state, stale_in = await self._record(job_id)
+        else:
+            (state, stale_in), theirs = await asyncio.gather(
+                self._record(job_id), fallback.status(job_id)
+            )
+            if not state.completed:
+                caught = await self._catch_up(state, theirs)
+                if caught is not state:
+                    state, stale_in = caught, None
+        return state, stale_in
+
+    async def _record(self, job_id: str) -> tuple[JobState, float | None]:
         record = self.keys.record(job_id)
         async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record, ["state", "meta", "hb"])
+            pipe.hmget(record, ["state", "meta", "hb", "result"])
             pipe.pttl(record)
             pipe.get(self.keys.tombstone(job_id))
-            (stored_state, stored_meta, beat), ttl_left, tombstone = await self._execute(pipe)
+            (
+                (stored_state, stored_meta, beat, stored_result),
+                ttl_left,
+                tombstone,
+            ) = await self._execute(pipe)
         if stored_state is not None:
-            state = JobState.from_dict(_decode_state(stored_state, stored_meta))
-            state, _ = _heartbeat(state, beat, ttl_left)
-        elif tombstone is not None:
-            return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1)
-        else:
-            state = JobState(job_id=job_id)
-        if catch_up and self._fallback is not None and not state.completed:
-            state = await self._catch_up(state, self._fallback)
-        return state
+            state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
+            return _heartbeat(state, beat, ttl_left)
+        if tombstone is not None:
+            return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
+        return JobState(job_id=job_id), None
 
     async def _execute(self, pipe: Any) -> list[Any]:
         with _raced(is_cluster(self.redis)):
             replies: list[Any] = await pipe.execute()
         return replies
 
-    async def _stale_in(self, state: JobState) -> float | None:
-        """Seconds until a started job's heartbeat goes stale (None: it has none)."""
-        if state.status is not JobStatus.STARTED:
-            return None
-        record = self.keys.record(state.job_id)
-        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(record, "hb")
-            pipe.pttl(record)
-            beat, ttl_left = await self._execute(pipe)
-        return _heartbeat(state, beat, ttl_left)[1]
-
-    async def _catch_up(self, state: JobState, fallback: StateReader) -> JobState:
-        """Record what the fallback knows when it is ahead of our record."""
-        theirs = await fallback.status(state.job_id)
+    async def _catch_up(self, state: JobState, theirs: JobState) -> JobState:
+        """Record what the fallback knows (``theirs``) when it is ahead of our record."""
         if (
             theirs.status is JobStatus.UNKNOWN
             or (theirs.status, theirs.attempt) == (state.status, state.attempt)
             or not is_forward(state.status, state.attempt, theirs.status, theirs.attempt)
         ):
             return state
-        applied = await self.apply(JobUpdate.from_state(theirs))
+        applied = await self._apply_unmoved(JobUpdate.from_state(theirs), state.seq)
         if applied is not None:
             return applied
         # Dropped: a write of the job's own raced this one and is ahead (the job
-        # side ended it meanwhile); what was read before it is stale now.
+        # side moved it meanwhile); what was read before it is stale now.
         return await self._status(state.job_id, catch_up=False)
 
     async def completed(self, job_id: str) -> bool:
@@ -402,11 +587,11 @@ class RedisPubSubStrategy(Connected):
             InvalidStateError: a message on the job's channel is not a job state.
         """
         buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
-        recheck = _Recheck()
+        recheck = _Recheck(job_id)
 
         async def read() -> JobState:
-            state = await self.status(job_id)
-            recheck.seen(state, await self._stale_in(state))
+            state, stale_in = await self._read(job_id, catch_up=True)
+            recheck.seen(state, stale_in)
             return state
 
         subscription = self._subscription(job_id, buffer, recheck)
@@ -420,19 +605,98 @@ class RedisPubSubStrategy(Connected):
             where=self.where,
         )
 
+    def watch_owner(self, owner: str) -> AsyncIterator[JobState]:
+        """Yield the owner's jobs, then each change of any of them, for ever.
+
+        First the snapshot: the owner's newest jobs (at most
+        :data:`~immortus_async._feed.OWNER_SNAPSHOT_LIMIT`, 100), enqueued within
+        ``active_ttl + ttl`` of the owner's last enqueue and still recorded,
+        oldest first; then every state any job of the owner is written in
+        (queued, started, progress, terminal), in the order each job had them.
+        A reader that falls behind gets only the latest state per job; one that
+        falls behind on more than 100 jobs gets the snapshot again.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            SubscriptionRefused: Redis refused to subscribe to the owner's channel.
+            InvalidStateError: a message on the owner's channel is not a job state.
+        """
+        buffer = FeedBuffer()
+        channel = self.keys.owner_channel(owner)
+
+        async def snapshot() -> list[JobState]:
+            return await retrying(
+                lambda: self._owner_jobs(owner),
+                owner,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
+            )
+
+        async def read(job_id: str) -> JobState:
+            return await retrying(
+                lambda: self.status(job_id),
+                job_id,
+                unreachable_timeout=self.unreachable_timeout,
+                where=self.where,
+            )
+
+        subscription = self._pubsub().subscription(channel, buffer, decode_feed_message)
+        return follow_owner(subscription, buffer, snapshot, read)
+
+    async def owner(self, job_id: str) -> str | None:
+        """The job's owner, as its queued write recorded it; None without one."""
+        async with self.reading:
+            found: Any = await self.redis.hget(self.keys.record(job_id), "owner")  # type: ignore[misc, unused-ignore]
+        return None if found is None else _text(found)
+
+    async def _owner_jobs(self, owner: str) -> list[JobState]:
+        """The owner's recorded jobs, oldest first: those whose record names this
+        owner (an id enqueued again by another keeps its first owner)."""
+        index = self.keys.owner_index(owner)
+        async with self.reading:
+            ids = [_text(job_id) for job_id in await self.redis.zrange(index, 0, -1)]
+        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self.keys.record(job_id), "owner")
+            owners = await pipe.execute() if ids else []
+        mine = [
+            job_id
+            for job_id, of in zip(ids, owners, strict=True)
+            if of is not None and _text(of) == owner
+        ]
+        states = await asyncio.gather(*(self.status(job_id) for job_id in mine))
+        gone = (JobStatus.UNKNOWN, JobStatus.EXPIRED)
+        return [state for state in states if state.status not in gone]
+
     @contextlib.asynccontextmanager
     async def _subscription(
         self, job_id: str, buffer: StateBuffer, recheck: _Recheck
     ) -> AsyncIterator[None]:
-        # Nested blocks rather than an AsyncExitStack: one less object (and its
-        # 760-byte deque) for every job a bridge's clients follow.
+        # The channel's SUBSCRIBE and the fallback's registration (ArqStrategy.changes)
+        # go out together: both are live before the snapshot is read, after one
+        # round trip's wait rather than two.
         channel = self.keys.channel(job_id)
-        async with self._pubsub().subscription(channel, buffer, self._decode):
-            # A fallback that can say when its records change (ArqStrategy.changes).
+        hub = self._pubsub()
+        _following[job_id] += 1
+        settling = _Settling(job_id, buffer)
+        subscribing = asyncio.ensure_future(hub.subscribe(channel, settling, self._decode))
+        # Retrieved even when the block is left before it is awaited.
+        subscribing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
             changes = getattr(self._fallback, "changes", None)
             if changes is None:
+                await subscribing
                 yield
                 return
-            async with changes(job_id, buffer) as poll:
+            async with changes(job_id, _Nudged(settling)) as poll:
                 recheck.poll = poll
+                await subscribing
                 yield
+        finally:
+            subscribing.cancel()
+            settling.cancel()
+            hub.unsubscribe(channel, settling)
+            _following[job_id] -= 1
+            if not _following[job_id]:
+                del _following[job_id]
+                _announced.pop(job_id, None)

@@ -18,11 +18,17 @@ from arq.worker import Worker
 
 from immortus_async import tracked
 
-from .drivers import HEARTBEAT_INTERVAL, READY, STALLED_AFTER
+from .drivers import HEARTBEAT_INTERVAL, MAX_RESULT_BYTES, READY, RESULT_VALUE, STALLED_AFTER
 
 IN_PROGRESS_S = 1.0
 
 track = tracked(heartbeat_interval=HEARTBEAT_INTERVAL, stalled_after=STALLED_AFTER)
+reporting = tracked(
+    heartbeat_interval=HEARTBEAT_INTERVAL,
+    stalled_after=STALLED_AFTER,
+    report_result=True,
+    max_result_bytes=MAX_RESULT_BYTES,
+)
 
 
 @track
@@ -69,6 +75,18 @@ async def hang_once(ctx: dict[str, Any]) -> str:
     return "done"
 
 
+@reporting
+async def result(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Returns a result that goes in its state."""
+    return RESULT_VALUE
+
+
+@reporting
+async def big_result(ctx: dict[str, Any]) -> str:
+    """Returns a result too large for its state."""
+    return "x" * (2 * MAX_RESULT_BYTES)
+
+
 async def plain(ctx: dict[str, Any]) -> int:
     """Never heard of tracking."""
     return 42
@@ -76,7 +94,7 @@ async def plain(ctx: dict[str, Any]) -> int:
 
 async def main(url: str) -> None:
     worker = Worker(
-        functions=[finish, fail, retry, wait, progress, hang_once, plain],
+        functions=[finish, fail, retry, wait, progress, hang_once, result, big_result, plain],
         redis_settings=RedisSettings.from_dsn(url),
         poll_delay=0.05,
         handle_signals=False,

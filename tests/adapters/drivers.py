@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import psutil
@@ -30,6 +30,12 @@ PROGRESS = "progress"  # progress 0.5 (rows=1), then 1.0 (rows=2), then returns
 HANG_ONCE = "hang_once"  # progress 0.1 and hangs on attempt 1; returns on attempt 2
 PLAIN = "plain"  # an untracked function: returns
 MISSING = "no_such_function"  # a function no worker has: the queue ends it unrun
+RESULT = "result"  # returns RESULT_VALUE, reported in its state
+BIG_RESULT = "big_result"  # returns a string over MAX_RESULT_BYTES, reported: left out
+
+RESULT_VALUE = {"rows": [], "total": 12345678901234567890, "name": "done"}
+MAX_RESULT_BYTES = 1024
+"""The workers' result limit: BIG_RESULT returns twice as much."""
 
 HEARTBEAT_INTERVAL = 0.1
 STALLED_AFTER = 0.5
@@ -38,6 +44,8 @@ READY = "contract worker ready"
 
 # The cases a queue may be unable to do (Driver.cannot's keys).
 ABORT = "abort"
+ABORT_QUEUED_AGAIN = "abort_queued_again"  # enqueue the id of a job aborted before it ran
+ABORT_RUNNING_AGAIN = "abort_running_again"  # enqueue the id of a job aborted while running
 NEVER_RUN = "never_run"
 RUN_AGAIN = "run_again"
 UNSEEN_QUEUED = "unseen_queued"  # see a queued job that code that never heard of us enqueued
@@ -55,8 +63,9 @@ class Driver(Protocol):
         """A Tracker (configured for this queue) on the test's Redis."""
         ...
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        """Enqueue a job of ``kind`` through ``tracker.enqueue``; its id."""
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        """Enqueue a job of ``kind`` through ``tracker.enqueue`` (``options``:
+        the Tracker's own, ``owner=``); its id."""
         ...
 
     async def enqueue_untracked(self, kind: str) -> str:
@@ -75,6 +84,23 @@ class Driver(Protocol):
         """Ask the queue to cancel ``job_id`` for good."""
         ...
 
+    async def tracker_abort(self, tracker: Tracker, job_id: str) -> bool:
+        """``tracker.abort(job_id)``, with what the queue needs around it."""
+        ...
+
+    def abort_queue(self) -> contextlib.AbstractAsyncContextManager[object | None]:
+        """What a server's Tracker aborts through (``queue=``), ready while entered."""
+        ...
+
+    async def worker_output(self, pattern: str) -> None:
+        """Return once the running worker has printed a line matching ``pattern``."""
+        ...
+
+    async def enqueue_as(self, tracker: Tracker, kind: str, job_id: str) -> str | None:
+        """Enqueue a job of ``kind`` with the id ``job_id`` through ``tracker.enqueue``;
+        its id, or None when the queue refuses the id."""
+        ...
+
     async def aclose(self) -> None:
         """Stop every worker and close every connection of the driver."""
         ...
@@ -84,7 +110,12 @@ class ArqDriver:
     """arq: workers are ``python -m tests.adapters.arq_worker URL``."""
 
     adapter = "arq"
-    cannot: Mapping[str, str] = {}
+    cannot: Mapping[str, str] = {
+        ABORT_RUNNING_AGAIN: (
+            "arq keeps the result of a job aborted while it ran (keep_result) and "
+            "refuses a new job of that id until the result expires"
+        ),
+    }
 
     def __init__(self, url: str) -> None:
         from arq.connections import RedisSettings, create_pool
@@ -104,8 +135,8 @@ class ArqDriver:
     def tracker(self) -> Tracker:
         return Tracker(self._url)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        job = await tracker.enqueue(await self._arq(), kind)
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        job = await tracker.enqueue(await self._arq(), kind, **options)
         assert job is not None
         return str(job.job_id)
 
@@ -127,6 +158,20 @@ class ArqDriver:
 
         assert await Job(job_id, await self._arq()).abort(timeout=10)
 
+    async def tracker_abort(self, tracker: Tracker, job_id: str) -> bool:
+        return await tracker.abort(job_id)
+
+    @contextlib.asynccontextmanager
+    async def abort_queue(self) -> AsyncIterator[object | None]:
+        yield None  # a Tracker's own queue Redis is all arq needs
+
+    async def worker_output(self, pattern: str) -> None:
+        await self._workers[-1].expect(pattern)
+
+    async def enqueue_as(self, tracker: Tracker, kind: str, job_id: str) -> str | None:
+        job = await tracker.enqueue(await self._arq(), kind, _job_id=job_id)
+        return None if job is None else str(job.job_id)
+
     async def aclose(self) -> None:
         for worker in self._workers:
             await worker.stop(signal.SIGTERM)
@@ -139,7 +184,12 @@ class StreaqDriver:
     through our middleware; jobs are enqueued through a streaQ client of the tasks."""
 
     adapter = "streaq"
-    cannot: Mapping[str, str] = {}
+    cannot: Mapping[str, str] = dict.fromkeys(
+        (ABORT_QUEUED_AGAIN, ABORT_RUNNING_AGAIN),
+        "streaQ keeps an aborted task's result (its ttl) and its records answer that "
+        "result for a new task of the same id until the new one ends: the two runs "
+        "cannot be told apart",
+    )
 
     def __init__(self, url: str) -> None:
         from .streaq_worker import make_worker
@@ -152,11 +202,11 @@ class StreaqDriver:
 
     def tracker(self) -> Tracker:
         configure(queue_adapter="streaq")
-        return Tracker(self._url)
+        return Tracker(self._url, queue=self._client)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
         async with self._client:
-            task = await tracker.enqueue(self._client, kind)
+            task = await tracker.enqueue(self._client, kind, **options)
         return str(task.id)
 
     async def enqueue_untracked(self, kind: str) -> str:
@@ -177,6 +227,25 @@ class StreaqDriver:
     async def abort(self, job_id: str) -> None:
         async with self._client:
             assert await self._client.abort_by_id(job_id, timeout=10)
+
+    async def tracker_abort(self, tracker: Tracker, job_id: str) -> bool:
+        async with self._client:
+            return await tracker.abort(job_id)
+
+    @contextlib.asynccontextmanager
+    async def abort_queue(self) -> AsyncIterator[object | None]:
+        async with self._client:
+            yield self._client
+
+    async def worker_output(self, pattern: str) -> None:
+        await self._workers[-1].expect(pattern)
+
+    async def enqueue_as(self, tracker: Tracker, kind: str, job_id: str) -> str | None:
+        async with self._client:
+            task = self._client.registry[kind].enqueue()
+            task.id = job_id
+            await tracker.enqueue(self._client, task)
+        return job_id
 
     async def aclose(self) -> None:
         for worker in self._workers:
@@ -243,8 +312,8 @@ class TaskiqDriver:
         configure(queue_adapter="taskiq")
         return Tracker(self._url)
 
-    async def enqueue(self, tracker: Tracker, kind: str) -> str:
-        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind))
+    async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
+        task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind), **options)
         return str(task.task_id)
 
     async def enqueue_untracked(self, kind: str) -> str:
@@ -285,6 +354,20 @@ class TaskiqDriver:
 
     async def abort(self, job_id: str) -> None:
         raise NotImplementedError(self.cannot[ABORT])
+
+    async def tracker_abort(self, tracker: Tracker, job_id: str) -> bool:
+        return await tracker.abort(job_id)  # raises AbortUnsupported
+
+    @contextlib.asynccontextmanager
+    async def abort_queue(self) -> AsyncIterator[object | None]:
+        yield await self.client()
+
+    async def worker_output(self, pattern: str) -> None:
+        await self._workers[-1].expect(pattern)
+
+    async def enqueue_as(self, tracker: Tracker, kind: str, job_id: str) -> str | None:
+        kicker = self._tasks[kind].kicker().with_task_id(job_id)
+        return str((await tracker.enqueue(await self.client(), kicker)).task_id)
 
     async def aclose(self) -> None:
         for worker in self._workers:

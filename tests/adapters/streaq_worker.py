@@ -20,7 +20,7 @@ from streaq import StreaqRetry, Worker
 
 from immortus_async.adapters.streaq import job_context, track_worker
 
-from .drivers import HEARTBEAT_INTERVAL, READY, STALLED_AFTER
+from .drivers import HEARTBEAT_INTERVAL, MAX_RESULT_BYTES, READY, RESULT_VALUE, STALLED_AFTER
 
 # streaQ hands a task whose worker went silent to another worker after this
 # (its default is 60 s).
@@ -46,7 +46,12 @@ def make_worker(url: str, *, tracked: bool = True, **options: Any) -> Worker[Any
     worker: Worker[Any] = Worker(redis_url=url, **options)
     if tracked:
         track_worker(
-            worker, redis=url, heartbeat_interval=HEARTBEAT_INTERVAL, stalled_after=STALLED_AFTER
+            worker,
+            redis=url,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            stalled_after=STALLED_AFTER,
+            report_result=True,
+            max_result_bytes=MAX_RESULT_BYTES,
         )
 
     def tries(name: str) -> int:
@@ -92,6 +97,14 @@ def make_worker(url: str, *, tracked: bool = True, **options: Any) -> Worker[Any
     @worker.task(name="plain")
     async def plain() -> int:
         return 42
+
+    @worker.task(name="result")
+    async def result() -> dict[str, Any]:
+        return RESULT_VALUE
+
+    @worker.task(name="big_result")
+    async def big_result() -> str:
+        return "x" * (2 * MAX_RESULT_BYTES)
 
     # The streaQ-only ones.
 

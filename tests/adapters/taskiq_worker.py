@@ -28,7 +28,7 @@ from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBr
 from immortus_async import JobContext
 from immortus_async.adapters.taskiq import TrackingMiddleware, tracking
 
-from .drivers import HEARTBEAT_INTERVAL, READY, STALLED_AFTER
+from .drivers import HEARTBEAT_INTERVAL, MAX_RESULT_BYTES, READY, RESULT_VALUE, STALLED_AFTER
 
 # A default that declares a dependency is how taskiq's injection is written.
 # ruff: noqa: B008
@@ -61,7 +61,11 @@ def make_broker(url: str, kind: str, *, tracked: bool, tracking: str | None = No
     if tracked:
         middlewares.append(
             TrackingMiddleware(
-                tracking, heartbeat_interval=HEARTBEAT_INTERVAL, stalled_after=STALLED_AFTER
+                tracking,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                stalled_after=STALLED_AFTER,
+                report_result=True,
+                max_result_bytes=MAX_RESULT_BYTES,
             )
         )
     return queue.with_middlewares(*middlewares)
@@ -132,6 +136,18 @@ async def hang_once(job: JobContext = TaskiqDepends(tracking)) -> str:
 async def plain() -> int:
     """Never heard of tracking."""
     return 42
+
+
+@broker.task(task_name="result")
+async def result() -> dict[str, Any]:
+    """Returns a result that goes in its state."""
+    return RESULT_VALUE
+
+
+@broker.task(task_name="big_result")
+async def big_result() -> str:
+    """Returns a result too large for its state."""
+    return "x" * (2 * MAX_RESULT_BYTES)
 
 
 @broker.task(task_name="doomed", retry_on_error=True, max_retries=2)

@@ -8,20 +8,33 @@ environment lacks is skipped as not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect
 
-from immortus_async import JobNotFound, JobState, JobStatus, RedisServer, Tracker, mint_token
+from immortus_async import (
+    AbortUnsupported,
+    JobNotFound,
+    JobState,
+    JobStatus,
+    RedisServer,
+    Tracker,
+    mint_token,
+)
 from immortus_async.adapters import installed
 from immortus_async.bridge import serve
 
+from ..bridge.helpers import MountServer
 from ..conftest import NOT_INSTALLED
 from ..utils import SCALE
 from .drivers import (
     ABORT,
+    ABORT_QUEUED_AGAIN,
+    ABORT_RUNNING_AGAIN,
+    BIG_RESULT,
     DRIVERS,
     FAIL,
     FINISH,
@@ -30,6 +43,8 @@ from .drivers import (
     NEVER_RUN,
     PLAIN,
     PROGRESS,
+    RESULT,
+    RESULT_VALUE,
     RETRY,
     RUN_AGAIN,
     UNSEEN_QUEUED,
@@ -94,6 +109,39 @@ async def test_finished(driver: Driver, tracker: Tracker) -> None:
     await driver.start_worker()
     state = await tracker.completed(job_id, timeout=30 * SCALE)
     assert (state.status, state.attempt, state.error) == (S.FINISHED, 1, None)
+
+
+async def test_a_job_with_an_owner_is_in_the_owners_feed_to_its_end(
+    driver: Driver, tracker: Tracker
+) -> None:
+    """enqueue(owner=) through the adapter: the owner's feed gets the job queued, then
+    its end, though the job side knows no owner; another owner's feed gets nothing."""
+    feeds = {owner: tracker.watch_owner(owner) for owner in ("ada", "bob")}
+    seen: dict[str, list[JobState]] = {"ada": [], "bob": []}
+
+    async def read(owner: str) -> None:
+        async for state in feeds[owner]:
+            seen[owner].append(state)
+            if state.completed:
+                return
+
+    # The feeds are subscribed before the enqueue: their snapshots are empty.
+    readers = [asyncio.create_task(read(owner)) for owner in feeds]
+    try:
+        job_id = await driver.enqueue(tracker, FINISH, owner="ada")
+        await driver.start_worker()
+        async with asyncio.timeout(30 * SCALE):
+            await readers[0]
+        assert await tracker.owner(job_id) == "ada"
+        assert {state.job_id for state in seen["ada"]} == {job_id}
+        assert seen["ada"][-1].status is S.FINISHED
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for feed in feeds.values():
+            await feed.aclose()  # type: ignore[attr-defined]
+    assert seen["bob"] == []
 
 
 async def test_failed_with_its_error_text(driver: Driver, tracker: Tracker) -> None:
@@ -204,3 +252,120 @@ async def test_waiting_through_the_bridge(
                         await driver.start_worker()
     assert frames[0]["status"] == "queued"
     assert frames[-1]["status"] == "finished"
+
+
+@pytest.mark.parametrize("server", ["bridge", "mount"])
+async def test_a_reported_result_is_in_the_terminal_state_and_frame(
+    driver: Driver, tracker: Tracker, redis_server: RedisServer, server: str
+) -> None:
+    """A job side that reports results puts the return value in the finished state:
+    completed() has it, and so has the terminal frame of the bridge and of the mount."""
+    job_id = await driver.enqueue(tracker, RESULT)
+    async with (
+        protocol_server(server, redis_server.url) as url,
+        connect(url) as client,
+    ):
+        token = mint_token(job_id, SECRET, ttl=60)
+        await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+        assert json.loads(await client.recv())["status"] == "queued"
+        await driver.start_worker()
+        state = await tracker.completed(job_id, timeout=30 * SCALE)
+        async with asyncio.timeout(30 * SCALE):
+            frame = json.loads(await client.recv())
+            while not frame.get("completed"):
+                frame = json.loads(await client.recv())
+    assert (state.status, state.result) == (S.FINISHED, RESULT_VALUE)
+    assert (frame["status"], frame["result"]) == ("finished", RESULT_VALUE)
+
+
+@contextlib.asynccontextmanager
+async def protocol_server(kind: str, redis_url: str) -> AsyncIterator[str]:
+    """The bridge, or uvicorn serving the ASGI mount, on a free port; its websocket URL."""
+    if kind == "bridge":
+        async with serve(redis_url, "127.0.0.1", 0, secret=SECRET) as bridge:
+            yield bridge.url
+        return
+    async with Tracker(redis_url) as mount_tracker:
+        mount = await MountServer(mount_tracker, secret=SECRET).start()
+        try:
+            yield mount.url + "/"
+        finally:
+            await mount.stop()
+
+
+async def test_a_result_over_the_limit_is_left_out_and_the_job_still_ends(
+    driver: Driver, tracker: Tracker
+) -> None:
+    """A result larger than the limit never holds or fails the job: it ends finished,
+    without a result, and its worker logs why."""
+    job_id = await driver.enqueue(tracker, BIG_RESULT)
+    await driver.start_worker()
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert (state.status, state.result) == (S.FINISHED, None)
+    await driver.worker_output("result is not reported in its state.*over the 1024-byte limit")
+
+
+async def test_abort_a_queued_job(driver: Driver, tracker: Tracker) -> None:
+    """tracker.abort on a job no worker has taken: every watcher gets aborted, no
+    worker runs it, and its id can be enqueued again at once."""
+    job_id = await driver.enqueue(tracker, WAIT)
+    if ABORT in driver.cannot:
+        with pytest.raises(AbortUnsupported):
+            await driver.tracker_abort(tracker, job_id)
+        cannot(driver, ABORT)
+    watchers = [asyncio.create_task(states_until(tracker.watch(job_id))) for _ in range(2)]
+    assert await driver.tracker_abort(tracker, job_id) is True
+    await driver.start_worker()
+    for seen in await asyncio.gather(*watchers):
+        assert seen[-1].status is S.ABORTED
+        assert S.STARTED not in [state.status for state in seen]
+    assert await driver.tracker_abort(tracker, job_id) is False  # it has ended
+    cannot(driver, ABORT_QUEUED_AGAIN)
+    assert await driver.enqueue_as(tracker, FINISH, job_id) == job_id
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.FINISHED
+
+
+async def test_abort_a_running_job(driver: Driver, tracker: Tracker) -> None:
+    """tracker.abort on a running job: its worker cancels it, every watcher gets
+    aborted; then its id is enqueued again, where the queue allows it."""
+    cannot(driver, ABORT)
+    job_id = await driver.enqueue(tracker, WAIT)
+    await driver.start_worker()
+    await until_running(tracker.watch(job_id))
+    watchers = [asyncio.create_task(states_until(tracker.watch(job_id))) for _ in range(2)]
+    assert await driver.tracker_abort(tracker, job_id) is True
+    for seen in await asyncio.gather(*watchers):
+        assert seen[-1].status is S.ABORTED
+    cannot(driver, ABORT_RUNNING_AGAIN)
+    assert await driver.enqueue_as(tracker, FINISH, job_id) == job_id
+    state = await tracker.completed(job_id, timeout=30 * SCALE)
+    assert state.status is S.FINISHED
+
+
+async def test_abort_through_the_bridge(
+    driver: Driver, tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """A websocket client of a bridge that allows aborts sends ``abort`` for the job
+    it follows: it gets the reply, then the terminal aborted state."""
+    cannot(driver, ABORT)
+    job_id = await driver.enqueue(tracker, WAIT)
+    await driver.start_worker()
+    await until_running(tracker.watch(job_id))
+    token = mint_token(job_id, SECRET, ttl=60)
+    async with (
+        driver.abort_queue() as queue,
+        serve(
+            redis_server.url, "127.0.0.1", 0, secret=SECRET, allow_abort=True, queue=queue
+        ) as bridge,
+        connect(bridge.url) as client,
+    ):
+        await client.send(json.dumps({"type": "subscribe", "job_id": job_id, "token": token}))
+        assert json.loads(await client.recv())["status"] == "started"
+        await client.send(json.dumps({"type": "abort", "job_id": job_id, "token": token}))
+        frames = []
+        async with asyncio.timeout(30 * SCALE):
+            while not frames or not frames[-1].get("completed"):
+                frames.append(json.loads(await client.recv()))
+    assert {"type": "abort", "job_id": job_id, "requested": True} in frames
+    assert frames[-1]["status"] == "aborted"

@@ -168,6 +168,8 @@ async def test_an_untracked_workers_tasks_are_read_from_taskiq_results(
         await untracked.start_worker()
         assert (await tracker.completed(finished, timeout=30 * SCALE)).status is S.FINISHED
         state = await tracker.completed(failed, timeout=30 * SCALE)
+        # taskiq's writes reached the waiters as invalidations, not by polling.
+        assert tracker.stats() == {"watching": "client-tracking"}
     assert (state.status, state.error) == (S.FAILED, "ValueError: bad row")
 
 

@@ -35,6 +35,7 @@ BOTH_SERVERS = (
     "test_browser",
     "test_asgi",
     "test_http",
+    "test_feed",
 )
 
 

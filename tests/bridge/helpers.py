@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -17,8 +18,15 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 import immortus_async.asgi
-from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, mint_token
-from immortus_async.bridge import BridgeStatistics
+from immortus_async import (
+    JobState,
+    JobStatus,
+    JobUpdate,
+    RedisPubSubStrategy,
+    Tracker,
+    mint_token,
+)
+from immortus_async.bridge import Bridge, BridgeStatistics, serve
 
 from ..utils import SCALE
 
@@ -103,6 +111,26 @@ class MountServer:
     def statistics(self) -> BridgeStatistics:
         """The mount's connections and subscriptions, as a bridge counts them."""
         return self.mount.statistics()
+
+
+@contextlib.asynccontextmanager
+async def protocol_server(
+    kind: str, redis_url: str, *, bridge_only: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[Bridge | MountServer]:
+    """The bridge (``kind="bridge"``), or uvicorn serving the mount (``"mount"``), with
+    tokens signed with ``SECRET``, ``options`` for either and ``bridge_only`` for the bridge."""
+    if kind == "mount":
+        async with Tracker(redis_url) as tracker:
+            server = await MountServer(tracker, secret=SECRET, **options).start()
+            try:
+                yield server
+            finally:
+                await server.stop()
+        return
+    async with serve(
+        redis_url, "127.0.0.1", 0, secret=SECRET, **options, **(bridge_only or {})
+    ) as bridge:
+        yield bridge
 
 
 async def read_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
@@ -208,13 +236,19 @@ async def receive_until_completed(
 
 
 async def http_get(
-    bridge: Listening, path: str, headers: dict[str, str] | None = None
+    bridge: Listening, path: str, headers: dict[str, str] | None = None, *, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
-    """``GET path`` on the bridge's port: (status, headers lower-cased, body)."""
+    """``GET path`` (or ``method``) on the bridge's port: (status, headers lower-cased, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
     # The mount serves under its path; the bridge at the root.
     root = urlsplit(bridge.url).path
-    lines = [f"GET {root}{path} HTTP/1.1", f"Host: 127.0.0.1:{bridge.port}", "Connection: close"]
+    lines = [
+        f"{method} {root}{path} HTTP/1.1",
+        f"Host: 127.0.0.1:{bridge.port}",
+        "Connection: close",
+    ]
+    if method == "POST":
+        lines.append("Content-Length: 0")
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     async with asyncio.timeout(10 * SCALE):

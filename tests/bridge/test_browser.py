@@ -14,10 +14,12 @@ from redis.asyncio import Redis
 from immortus_async import (
     JobState,
     JobStatus,
+    JobUpdate,
     RedisPubSubStrategy,
     RedisServer,
     RedisUnavailable,
     Tracker,
+    mint_owner_token,
 )
 from immortus_async.bridge import Bridge, serve
 
@@ -458,3 +460,40 @@ async def test_redis_unavailable_is_retried_until_the_end(
         await wait_until(lambda: strategy.watched.count("retried") == 2, message="the retry")
         await advance(strategy, "retried", S.FINISHED)
         assert (await _result(page))["status"] == "finished"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("websocket", [True, False], ids=["websocket", "events"])
+async def test_a_page_follows_an_owners_feed(
+    page: Page,
+    page_server: PageServer,
+    site_bridge: Bridge,
+    strategy: RedisPubSubStrategy,
+    websocket: bool,
+) -> None:
+    """Immortus.feed shows the owner's job from the snapshot, then a new job to its end;
+    without WebSocket, over the mount's event stream (the bridge has none: it rejects)."""
+    await strategy.apply(JobUpdate(job_id="old", status=S.QUEUED, attempt=0), owner="ada")
+    if not websocket:
+        await page.add_init_script("delete window.WebSocket")
+    await _open(page, page_server, site_bridge, module=True)
+    feed_token = mint_owner_token("ada", SECRET)
+    await page.evaluate(
+        """(t) => {
+          window.seen = {};
+          window.ended = Immortus.feed({ owner: "ada", token: t, socketFailures: 1 }, {
+            onState: (state) => { window.seen[state.job_id] = state.status; },
+          }).catch((error) => error.code);
+        }""",
+        feed_token,
+    )
+    if not websocket and not isinstance(site_bridge, MountServer):
+        assert await page.evaluate("window.ended") == "not_found"
+        return
+    await page.wait_for_function("window.seen.old === 'queued'", timeout=10_000)
+    await strategy.apply(JobUpdate(job_id="new", status=S.QUEUED, attempt=0), owner="ada")
+    await strategy.apply(JobUpdate(job_id="theirs", status=S.QUEUED, attempt=0), owner="bob")
+    await page.wait_for_function("window.seen.new === 'queued'", timeout=10_000)
+    await advance(strategy, "new", S.FINISHED)
+    await page.wait_for_function("window.seen.new === 'finished'", timeout=10_000)
+    assert await page.evaluate("Object.keys(window.seen).sort()") == ["new", "old"]

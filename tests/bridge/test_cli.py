@@ -10,14 +10,17 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer
+from immortus_async.adapters import ADAPTERS, installed
 from immortus_async.bridge import cli as bridge_cli
 from immortus_async.cli import main
 
+from ..conftest import NOT_INSTALLED
 from ..utils import SCALE, free_port
 from .conftest import start_bridge_process
 from .helpers import SECRET, BridgeProcess, http_get, token
@@ -81,6 +84,20 @@ async def test_runs_until_sigterm_then_stops_cleanly(redis_server: RedisServer) 
     assert "bridge closed" in "".join(running.output)
 
 
+async def test_allow_abort_turns_the_abort_endpoint_on(redis_server: RedisServer) -> None:
+    """Without --allow-abort an abort is abort_disabled; with it, it is answered (a job
+    no one knows: not_found)."""
+    path = f"/jobs/nobody/abort?token={token('nobody')}"
+    for options, expected in (
+        ((), (403, "abort_disabled")),
+        (("--allow-abort",), (404, "not_found")),
+    ):
+        running = await start_bridge_process(redis_server.url, *options)
+        status, _, body = await http_get(running, path, method="POST")
+        assert (status, json.loads(body)["code"]) == expected
+        assert await running.stop() == 0
+
+
 def test_the_bridge_process_tunes_its_garbage_collector() -> None:
     """Serving, the CLI freezes its start-up objects and collects young objects less often."""
     saved = gc.get_threshold()
@@ -128,4 +145,69 @@ async def test_reads_redis_url_from_the_environment(
     await RedisPubSubStrategy(redis).apply(JobUpdate(job_id="e1", status=JobStatus.STARTED))
     status, _, body = await http_get(running, f"/verify/e1?token={token('e1')}")
     assert (status, json.loads(body)["status"]) == (200, "started")
+    assert await running.stop() == 0
+
+
+def _not_installed() -> str:
+    """An adapter whose queue this environment lacks (arq's has no taskiq, and back)."""
+    return next(name for name in ADAPTERS if not installed(name))
+
+
+@pytest.mark.parametrize("command", [["bridge", "--port", "0"], ["status", "j"], ["watch", "j"]])
+async def test_a_queue_adapter_not_installed_is_the_install_command_and_exit_2(
+    command: list[str],
+) -> None:
+    """--queue-adapter naming a queue missing here: one line with its install command,
+    exit 2, whichever command."""
+    name = _not_installed()
+    process = await asyncio.create_subprocess_exec(
+        IMMORTUS, *command, "--queue-adapter", name,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "IMMORTUS_SECRET": SECRET},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert (process.returncode, out) == (2, b""), err.decode()
+    install = re.escape(ADAPTERS[name].install)
+    line = rf"immortus-async {command[0]}: --queue-adapter {name}: [^\n]*{install}\n"
+    assert re.fullmatch(line, err.decode()), err
+
+
+async def test_an_unknown_queue_adapter_is_one_line_with_the_choices_and_exit_2() -> None:
+    """--queue-adapter celery: argparse's one line, naming every adapter, exit 2."""
+    process = await bridge_command("--queue-adapter", "celery", "--port", "0")
+    _, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+    assert process.returncode == 2, err.decode()
+    assert "invalid choice: 'celery'" in err.decode()
+    assert all(repr(name) in err.decode() for name in ADAPTERS)
+
+
+async def test_the_queue_adapter_s_records_answer_for_a_job_we_never_saw(
+    redis_server: RedisServer,
+) -> None:
+    """--queue-adapter streaq: a streaQ task enqueued by code that never heard of us
+    reads queued from streaQ's records, on the bridge and in status; without it, it
+    is unknown (the default adapter, arq, is not streaQ)."""
+    if not installed("streaq"):
+        pytest.skip(f"streaq: {NOT_INSTALLED}")
+    from streaq import Worker
+
+    client: Worker[Any] = Worker(redis_url=redis_server.url)
+    async with client:
+        # One for status, one for the bridge: a state read from the queue's records
+        # is kept in a record of ours, which would answer the second reader.
+        job_id, bridged = [(await client.enqueue_unsafe("import_csv", 100)).id for _ in "ab"]
+
+    async def status(*options: str) -> tuple[int | None, str]:
+        process = await asyncio.create_subprocess_exec(
+            IMMORTUS, "status", job_id, "--redis", redis_server.url, *options,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
+        return process.returncode, out.decode().strip() or err.decode()
+
+    assert await status() == (5, f"{job_id}: unknown")
+    assert await status("--queue-adapter", "streaq") == (3, f"{job_id}: queued")
+    running = await start_bridge_process(redis_server.url, "--queue-adapter", "streaq")
+    code, _, body = await http_get(running, f"/verify/{bridged}?token={token(bridged)}")
+    assert (code, json.loads(body)["status"]) == (200, "queued")
     assert await running.stop() == 0

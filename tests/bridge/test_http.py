@@ -166,7 +166,7 @@ async def test_healthz_is_503_while_the_pub_sub_connection_is_down(
     try:
         await redis.client_kill_filter(_type="pubsub")
         _, _, body = await wait_until(lambda: _unhealthy(bridge), message="/healthz to answer 503")
-        assert json.loads(body) == {"status": "unavailable", "redis": "up"}
+        assert json.loads(body).items() >= {"status": "unavailable", "redis": "up"}.items()
     finally:
         await redis.config_set("maxclients", limit)
     await wait_until(lambda: _healthy(bridge), message="/healthz to answer 200 again")

@@ -129,3 +129,24 @@ async def test_several_jobs_wait_for_taken_at_once() -> None:
     assert not any(waiter.done() for waiter in waiters)
     assert len(await _take(outbox)) == len(jobs)
     await asyncio.wait_for(asyncio.gather(*waiters), 1)
+
+
+async def test_a_feed_waits_as_the_latest_state_per_job_bounded() -> None:
+    """A feed's states coalesce per job; past the cap the oldest non-terminal goes first,
+    so a job's end waits while a slow client falls behind on a busy owner."""
+    from immortus_async._feed import OWNER_SNAPSHOT_LIMIT
+
+    outbox = Outbox()
+    outbox.put_owner_state("ada", _state("done", 2, S.FINISHED))
+    for n in range(OWNER_SNAPSHOT_LIMIT + 20):
+        outbox.put_owner_state("ada", _state(f"job-{n}", 1))
+        outbox.put_owner_state("ada", _state(f"job-{n}", 2))
+    outbox.put_owner_state("bob", _state("theirs", 1))
+    waiting = outbox.statistics()
+    assert (waiting.feeds, waiting.feed_dropped) == (2, 21)  # 121 jobs, 100 kept
+    frames = await _take(outbox)
+    ada = [f for f in frames if f["owner"] == "ada"]
+    assert len(ada) == OWNER_SNAPSHOT_LIMIT
+    assert {f["type"] for f in frames} == {"owner_state"}
+    assert ada[0]["job_id"] == "done" and all(f["seq"] == 2 for f in ada)
+    assert [f["job_id"] for f in frames if f["owner"] == "bob"] == ["theirs"]

@@ -72,7 +72,8 @@ async def test_healthz_reports_redis_down_while_it_is_down(
 ) -> None:
     """/healthz answers 200 while Redis answers PING, 503 while it is stopped."""
     status, _, body = await http_get(bridge, "/healthz")
-    assert (status, json.loads(body)) == (200, {"status": "ok", "redis": "up"})
+    assert status == 200
+    assert json.loads(body).items() >= {"status": "ok", "redis": "up"}.items()
     redis_server.stop(kill=True)
     status, _, body = await http_get(bridge, "/healthz")
     assert (status, json.loads(body)["redis"]) == (503, "down")

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
 
 import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer, Tracker
+from immortus_async import JobStatus, RedisPubSubStrategy, RedisServer
 from immortus_async.bridge import Bridge, serve
 
 from ..utils import SCALE, wait_until
@@ -23,6 +22,7 @@ from .helpers import (
     MountServer,
     advance,
     open_client,
+    protocol_server,
     receive,
     subscribe,
 )
@@ -90,24 +90,12 @@ async def test_a_client_that_never_reads_costs_bounded_memory(
     await slow.close()
 
 
-@contextlib.asynccontextmanager
-async def _server_with_timeouts(
+def _server_with_timeouts(
     kind: str, redis_server: RedisServer
-) -> AsyncIterator[Bridge | MountServer]:
+) -> contextlib.AbstractAsyncContextManager[Bridge | MountServer]:
     """The bridge, or uvicorn serving the mount, with short send and close timeouts."""
     timeouts = {"send_timeout": 0.5 * SCALE, "close_timeout": 0.5 * SCALE}
-    if kind == "mount":
-        async with Tracker(redis_server.url) as tracker:
-            server = await MountServer(tracker, secret=SECRET, **timeouts).start()
-            try:
-                yield server
-            finally:
-                await server.stop()
-        return
-    async with serve(
-        redis_server.url, "127.0.0.1", 0, secret=SECRET, write_limit=1024, **timeouts
-    ) as bridge:
-        yield bridge
+    return protocol_server(kind, redis_server.url, bridge_only={"write_limit": 1024}, **timeouts)
 
 
 @pytest.mark.timeout(60)

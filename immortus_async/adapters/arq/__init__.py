@@ -1,6 +1,8 @@
 """The arq adapter: ``@tracked`` and :func:`track_worker` (the job side, through arq's
-worker hooks), :class:`ArqStrategy` (arq's own records) and the enqueue helper behind
-``Tracker.enqueue(pool, ...)``. Needs ``pip install 'immortus-async[arq]'``."""
+worker hooks), :func:`job_context` (a job's :class:`~immortus_async.JobContext`,
+``ctx["immortus"]`` typed), :class:`ArqStrategy` (arq's own records) and the enqueue
+helper behind ``Tracker.enqueue(pool, ...)``, which returns arq's ``Job`` (None when
+arq refuses a duplicate ``_job_id``). Needs ``pip install 'immortus-async[arq]'``."""
 
 from .. import require
 
@@ -9,9 +11,9 @@ require("arq")
 
 from ._adapter import ArqAdapter  # noqa: E402
 from .strategy import ArqStrategy  # noqa: E402
-from .worker import track_worker, tracked  # noqa: E402
+from .worker import job_context, track_worker, tracked  # noqa: E402
 
-__all__ = ["ArqAdapter", "ArqStrategy", "adapter", "track_worker", "tracked"]
+__all__ = ["ArqAdapter", "ArqStrategy", "adapter", "job_context", "track_worker", "tracked"]
 
 adapter = ArqAdapter()
 """The arq adapter, as :func:`immortus_async.adapters.load` returns it."""

@@ -15,11 +15,15 @@ the job (``arq:job:<id>`` or the queue)      ``queued``; ``retrying`` once tried
 nothing                                      ``unknown`` (never "completed")
 ===========================================  ======================================
 
-Push: when the server publishes keyspace notifications for generic, string and
-expiry events (``notify-keyspace-events`` containing ``K`` and ``g$x``, or ``KA``,
-e.g. ``CONFIG SET notify-keyspace-events Kg$x``), a watcher subscribes to the four
-keys of its job and re-reads only when one changes. Otherwise, or when ``CONFIG``
-is not allowed (some managed services), it re-reads every ``poll_interval``.
+Push: a watcher's job's four keys are read on a client-side caching connection
+(:mod:`immortus_async._key_watch`), and Redis says when one changes: no command
+while nothing does. Where Redis refuses ``CLIENT TRACKING`` (or it storms), when
+the server publishes keyspace notifications for generic, string and expiry events
+(``notify-keyspace-events`` containing ``K`` and ``g$x``, or ``KA``, e.g.
+``CONFIG SET notify-keyspace-events Kg$x``), a watcher subscribes to the four keys
+of its job and re-reads only when one changes. Otherwise, or when ``CONFIG`` is not
+allowed (some managed services), one poller looks at every watched job's records
+in batches, from every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ from arq.constants import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ... import metrics
 from ..._buffer import StateBuffer
 from ..._describe import describe_error
 from ..._follow import follow
+from ..._key_watch import KeyWatching
+from ..._key_watch import Sink as KeyWatchSink
 from ..._records import Nudge as _Nudge
 from ..._records import lifecycle_seq as _seq
 from ..._records import ms_time as _time
@@ -59,6 +66,8 @@ __all__ = ["ArqStrategy"]
 logger = logging.getLogger("immortus_async.adapters.arq")
 
 _NEEDED_EVENTS = frozenset("g$x")
+# How a watcher learns of changes to arq's records (the fallback_mode metric).
+_MODES = ("client-tracking", "keyspace", "poll")
 # Without keyspace events, a quiet job's records are looked at this often at least.
 _POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
@@ -87,7 +96,7 @@ class _Polling:
     interval: float | None = None
 
 
-class ArqStrategy(Connected):
+class ArqStrategy(KeyWatching, Connected):
     """Reads a job's state from arq's records; pushes through keyspace notifications.
 
     ``seq`` is derived from the lifecycle (``4 * attempt`` plus the step within the
@@ -103,8 +112,12 @@ class ArqStrategy(Connected):
             read ``queued`` as well.
         deserializer: arq's ``job_deserializer`` if the worker uses one; default
             pickle, tolerant of classes this process cannot import.
-        notifications: True or False to force push or polling; None (default)
-            asks the server once (``CONFIG GET notify-keyspace-events``).
+        client_tracking: False to go without client-side caching; None (default)
+            uses it where the server allows it (Redis 6 or later, ``CLIENT`` not
+            denied), else falls back to the next way (see :meth:`changes`).
+        notifications: True or False to force keyspace events or polling when
+            client-side caching is not used; None (default) asks the server once
+            (``CONFIG GET notify-keyspace-events``).
         poll_interval: seconds between reads while polling.
         buffer_size: states kept per waiter that has not read them yet.
         unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
@@ -122,6 +135,7 @@ class ArqStrategy(Connected):
         queue_name: str | None = None,
         deserializer: Callable[[bytes], dict[str, Any]] | None = None,
         # Push or poll
+        client_tracking: bool | None = None,
         notifications: bool | None = None,
         poll_interval: float = 0.1,
         buffer_size: int = 64,
@@ -139,6 +153,8 @@ class ArqStrategy(Connected):
         self._notifications = notifications
         self._asking: asyncio.Future[bool] | None = None
         self._arq_poller: ArqPoller | None = None
+        self._tracking = client_tracking
+        self._handovers: dict[_Nudge, asyncio.Future[None]] = {}
         self.poll_interval = poll_interval
         self._buffer_size = buffer_size
 
@@ -230,6 +246,10 @@ class ArqStrategy(Connected):
 
     async def aclose(self) -> None:
         """Stop the poller, close the pub/sub connection, and the client if made here."""
+        for handover in list(self._handovers.values()):
+            handover.cancel()
+        if self._watch is not None:
+            await self._watch.aclose()
         if self._arq_poller is not None:
             await self._arq_poller.aclose()
         await super().aclose()
@@ -268,38 +288,85 @@ class ArqStrategy(Connected):
         else:
             flags = set(_text(next(iter(reply.values()), None)) or "")
             self._notifications = "K" in flags and ("A" in flags or _NEEDED_EVENTS <= flags)
+            logger.info(
+                "watching arq's records by %s",
+                "keyspace events" if self._notifications else "a batched look",
+            )
         return self._notifications
 
     @contextlib.asynccontextmanager
     async def changes(self, job_id: str, buffer: StateBuffer) -> AsyncIterator[float | None]:
         """Ask ``buffer`` to re-read the job whenever arq's records of it may change.
 
-        Keyspace notifications carry the changes where the server sends them;
-        otherwise one poller per strategy looks at the fingerprints of every
+        The first way that works here carries the changes (:attr:`watching`):
+        client-side caching (``CLIENT TRACKING``, one invalidation per change of
+        the job's own keys); else keyspace notifications where the server sends
+        them; else one poller per strategy looks at the fingerprints of every
         watched job's records in batches, from ``poll_interval`` growing by half
         each quiet look up to 2 s, and nudges only the jobs that changed. Yields
         None: the caller need not re-read by itself (the yielded value is the
         interval at which it would have to).
         """
-        if not await self.notifications_enabled():
-            # One poller looks at every watched job in batches and nudges only
-            # the watchers whose job changed (see _poller).
-            poller = self._poller()
-            sink = _Nudge(buffer)
-            try:
-                await poller.register(job_id, sink)
-                yield None
-            finally:
-                poller.unregister(job_id, sink)
-            return
-        hub = self._pubsub()
         nudge = _Nudge(buffer)
-        db = self._standalone.connection_pool.connection_kwargs.get("db", 0)
-        async with contextlib.AsyncExitStack() as stack:
-            for prefix in _PREFIXES:
-                channel = f"__keyspace@{db}__:{prefix}{job_id}"
-                await stack.enter_async_context(hub.subscription(channel, nudge, self._decode))
-            yield None
+        try:
+            if self._tracking is not False:
+                keys = [prefix + job_id for prefix in _PREFIXES]
+                if await self._key_watch().watch(job_id, keys, nudge):
+                    metrics.fallback_mode("arq", "client-tracking", _MODES)
+                    yield None
+                    return
+            if not await self.notifications_enabled():
+                metrics.fallback_mode("arq", "poll", _MODES)
+                # One poller looks at every watched job in batches and nudges only
+                # the watchers whose job changed (see _poller).
+                await self._poller().register(job_id, nudge)
+                yield None
+                return
+            metrics.fallback_mode("arq", "keyspace", _MODES)
+            hub = self._pubsub()
+            db = self._standalone.connection_pool.connection_kwargs.get("db", 0)
+            async with contextlib.AsyncExitStack() as stack:
+                for prefix in _PREFIXES:
+                    channel = f"__keyspace@{db}__:{prefix}{job_id}"
+                    await stack.enter_async_context(hub.subscription(channel, nudge, self._decode))
+                yield None
+        finally:
+            if self._watch is not None:
+                self._watch.unwatch(job_id, nudge)
+            handover = self._handovers.pop(nudge, None)
+            if handover is not None:
+                handover.cancel()
+            if self._arq_poller is not None:
+                self._arq_poller.unregister(job_id, nudge)
+
+    @property
+    def watching(self) -> str:
+        """How watchers learn that arq changed a job's records: ``"client-tracking"``,
+        ``"keyspace-events"``, ``"batched-look"``, or ``"undecided"`` before the
+        first watcher."""
+        if self._tracking is not False and (self._watch is None or self._watch.off is None):
+            return "client-tracking" if self._watch is not None else "undecided"
+        if self._notifications is None and self._arq_poller is None:
+            return "undecided"
+        return "keyspace-events" if self._notifications else "batched-look"
+
+    def _hand_over(self, subjects: dict[str, set[KeyWatchSink]]) -> None:
+        """Client-side caching turned off under these watchers: the poller takes them."""
+        metrics.fallback_mode("arq", "poll", _MODES)
+        poller = self._poller()
+        for job_id, sinks in subjects.items():
+            for sink in sinks:
+                if isinstance(sink, _Nudge):
+                    task = asyncio.ensure_future(self._take_over(poller, job_id, sink))
+                    self._handovers[sink] = task
+
+    async def _take_over(self, poller: ArqPoller, job_id: str, sink: _Nudge) -> None:
+        try:
+            await poller.register(job_id, sink)
+        finally:
+            self._handovers.pop(sink, None)
+            # What changed between the last invalidation and the first look.
+            sink.request_resync()
 
     def watch(self, job_id: str, **options: Any) -> AsyncIterator[JobState]:
         """Yield the job's state now, then each change, until a terminal state.

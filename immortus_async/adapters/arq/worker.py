@@ -3,13 +3,13 @@
 ``@tracked`` wraps one job function; :func:`track_worker` tracks every job of a
 worker, wrapping the functions and cron jobs it is given the same way and setting
 the worker's hooks. Either way the job finds a :class:`~immortus_async.JobContext`
-at ``ctx["immortus"]`` to report progress::
+at ``ctx["immortus"]`` to report progress; :func:`job_context` is it, typed::
 
     @tracked
-    async def process_csv(ctx, path):
+    async def process_csv(ctx: dict[str, Any], path: str) -> int:
         for i, row in enumerate(rows):
             ...
-            await ctx["immortus"].update(progress=(i + 1) / n, rows=i + 1)
+            await job_context(ctx).update(progress=(i + 1) / n, rows=i + 1)
 
 **Which strategy, which Redis.** The job's inline strategy
 (``@tracked(strategy=...)``), else the one given to :func:`track_worker`, else
@@ -37,8 +37,17 @@ the outcome from arq's result record); put the settings under
 :func:`track_worker` (it leaves ``@tracked`` functions to themselves) to have them
 awaited.
 
-**Cancellation.** arq cancels a job for ``job.abort()``, for its timeout, and when
-a worker shuts down, and the three look the same from inside. So after a
+**Results.** With ``report_result=True`` (on :func:`tracked` or
+:func:`track_worker`), the function's return value goes in its ``finished``
+state (``state.result``) when it is JSON-serialisable and at most
+``max_result_bytes`` as JSON; otherwise it is left out, with one error logged,
+and the job is finished all the same. arq stores its result as always, after our
+``finished`` is written: a waiter that needs arq's own result reads it with
+``Job(job_id, pool).result()``, which waits for it.
+
+**Cancellation.** arq cancels a job for ``job.abort()`` and ``Tracker.abort``
+(only in a worker started with ``allow_abort_jobs=True``), for its timeout, and
+when a worker shuts down, and the three look the same from inside. So after a
 cancellation the outcome is taken from what arq records next: ``aborted``,
 ``failed`` (``"TimeoutError: job timed out"``) or ``retrying``. arq's records are
 read with the worker's own ``job_deserializer`` when :func:`track_worker` is given
@@ -65,11 +74,11 @@ from redis.asyncio import Redis
 from ... import config
 from ..._describe import describe_error
 from ..._redis import UNREACHABLE
-from ...jobside import UNOWNED, JobContext, JobOptions, Leftovers, begin_job
+from ...jobside import MAX_RESULT_BYTES, UNOWNED, JobContext, JobOptions, Leftovers, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import ArqStrategy
 
-__all__ = ["track_worker", "tracked"]
+__all__ = ["job_context", "track_worker", "tracked"]
 
 logger = logging.getLogger("immortus_async.adapters.arq")
 
@@ -94,6 +103,20 @@ class _Worker:
     leftovers: Leftovers
     # arq's records, read the way this worker reads them (its queue, its deserializer).
     reader: ArqStrategy
+
+
+def job_context(ctx: Mapping[str, Any]) -> JobContext:
+    """The :class:`~immortus_async.JobContext` of the arq job whose ``ctx`` this is.
+
+    ``ctx["immortus"]``, typed: what ``@tracked`` and :func:`track_worker` put there
+    as the job starts. For a ``ctx`` without one (a job tracked by neither, a test
+    calling the function itself with a dict of its own), a context that records
+    nothing, so the function runs the same.
+    """
+    context = ctx.get(_KEY)
+    if isinstance(context, JobContext):
+        return context
+    return JobContext(str(ctx.get("job_id") or ""))
 
 
 def _retry_reason(exc: BaseException) -> str:
@@ -163,7 +186,7 @@ def _wrap(
             raise
         finally:
             await context.stop()
-        await context.finished()
+        await context.finished(result)
         return result
 
     return job
@@ -181,6 +204,8 @@ def tracked(
     stalled_after: float | None = None,
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> Callable[[F], F]: ...
 
 
@@ -193,6 +218,8 @@ def tracked(
     stalled_after: float | None = None,
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> F | Callable[[F], F]:
     """Track an arq job function: ``@tracked`` or ``@tracked(strategy=...)``.
 
@@ -225,12 +252,25 @@ def tracked(
         retry_for: seconds a write is retried while Redis is unreachable.
         write_timeout: seconds a tracking write (or a read of arq's records) may
             take before it is left to the background redelivery.
+        report_result: put the function's return value in its ``finished`` state
+            (``state.result``), when it is JSON-serialisable and at most
+            ``max_result_bytes`` encoded as JSON (default 64 KiB). A result that is
+            not is left out, with one error logged; the job is finished all the
+            same and arq keeps its result as always.
+        max_result_bytes: the largest result reported, in bytes of JSON.
 
     Raises:
         TypeError: ``function`` is not an ``async def`` function.
         ValueError: bad timings; StrategyNotFound: ``strategy`` names nothing.
     """
-    options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
+    options = JobOptions.checked(
+        heartbeat_interval,
+        stalled_after,
+        retry_for,
+        write_timeout,
+        report_result=report_result,
+        max_result_bytes=max_result_bytes,
+    )
     if strategy is not None:
         resolve_strategy(strategy)
 
@@ -347,6 +387,8 @@ def track_worker(
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
     shutdown_grace: float = 5.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> Callable[[S], S]: ...
 
 
@@ -360,6 +402,8 @@ def track_worker(
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
     shutdown_grace: float = 5.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> S | Callable[[S], S]:
     """Track every job of an arq worker, decorated or not.
 
@@ -406,12 +450,23 @@ def track_worker(
         write_timeout: as for :func:`tracked`.
         shutdown_grace: seconds ``Worker.close()`` waits for pending tracking
             writes before it cancels them.
+        report_result: as for :func:`tracked`, for the functions wrapped here (a
+            ``@tracked`` one keeps its own choice; a function not wrapped, whose
+            end is read from arq's records, reports none).
+        max_result_bytes: as for :func:`tracked`.
 
     Raises:
         TypeError: ``settings`` is neither a class nor a dict.
         ValueError: bad timings.
     """
-    options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
+    options = JobOptions.checked(
+        heartbeat_interval,
+        stalled_after,
+        retry_for,
+        write_timeout,
+        report_result=report_result,
+        max_result_bytes=max_result_bytes,
+    )
     if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
         raise ValueError(
             f"shutdown_grace must be a finite number of seconds, not negative, got "

@@ -8,7 +8,8 @@ from typing import Any
 from streaq import Worker
 from streaq.task import AsyncRegisteredTask, SyncRegisteredTask, Task
 
-from .. import ADAPTERS, Queued
+from ...exceptions import AbortUnsupported
+from .. import ADAPTERS, Aborted, Queued
 from .strategy import StreaqStrategy
 
 __all__ = ["StreaqAdapter"]
@@ -32,7 +33,7 @@ class StreaqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> Task[Any, Any]:
         """Enqueue on the worker ``target``, then record ``queued``; return streaQ's ``Task``.
 
         ``function`` is a registered task (``@worker.task``), called with ``args``
@@ -51,6 +52,27 @@ class StreaqAdapter:
         await task
         await queued(task.id, task.parent.fn_name)
         return task
+
+    async def abort(self, target: Any, job_id: str, aborted: Aborted) -> None:
+        """``worker.abort_by_id(job_id, timeout=0)`` on the ``streaq.Worker`` ``target``
+        (entered, or running): streaQ's own abort, without waiting.
+
+        A task still delayed is taken out at once, and recorded ``aborted`` here
+        (streaQ records nothing of it). A task waiting in the stream is aborted by
+        the worker that takes it, before it runs; a running one is cancelled by
+        its worker; either way streaQ records ``aborted``, which waiters get.
+
+        Raises:
+            AbortUnsupported: ``target`` is not a ``streaq.Worker`` (give the
+                Tracker one: ``Tracker(url, queue=worker)``).
+        """
+        if not isinstance(target, Worker):
+            raise AbortUnsupported(
+                "streaQ aborts through its worker: give the Tracker one, "
+                f"Tracker(..., queue=worker); got {type(target).__name__}"
+            )
+        if await target.abort_by_id(job_id, timeout=0):
+            await aborted(job_id)
 
 
 def _task(

@@ -69,7 +69,7 @@ from streaq.types import StreaqCancelled
 from ... import config
 from ..._describe import describe_error
 from ..._redis import client_from
-from ...jobside import JobContext, JobOptions, Leftovers, begin_job
+from ...jobside import MAX_RESULT_BYTES, JobContext, JobOptions, Leftovers, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import StreaqStrategy
 
@@ -159,7 +159,7 @@ class _Tracking:
                 _current.reset(token)
                 with anyio.CancelScope(shield=True):
                     await context.stop()
-            await context.finished()
+            await context.finished(result)
             return result
 
         return tracked
@@ -210,6 +210,8 @@ def track_worker(
     retry_for: float = 30.0,
     write_timeout: float = 1.0,
     shutdown_grace: float = 5.0,
+    report_result: bool = False,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> W:
     """Track every task of a streaQ worker: register our middleware on it; return it.
 
@@ -238,6 +240,12 @@ def track_worker(
         write_timeout: seconds a tracking write (or a read of streaQ's records)
             may take before it is left to the background redelivery.
         shutdown_grace: seconds a stopping worker waits for pending tracking writes.
+        report_result: put each task's return value in its ``finished`` state
+            (``state.result``) when it is JSON-serialisable and at most
+            ``max_result_bytes`` encoded as JSON (default 64 KiB); a result that
+            is not is left out, with one error logged, and the task is finished
+            all the same (streaQ keeps its result as always).
+        max_result_bytes: the largest result reported, in bytes of JSON.
 
     Raises:
         TypeError: ``worker`` is not a ``streaq.Worker``.
@@ -248,7 +256,14 @@ def track_worker(
         raise TypeError(f"track_worker takes a streaq.Worker, got {type(worker).__name__}")
     if isinstance(worker.lifespan, _Lifespan):
         raise ValueError("this worker is tracked already: call track_worker once per worker")
-    options = JobOptions.checked(heartbeat_interval, stalled_after, retry_for, write_timeout)
+    options = JobOptions.checked(
+        heartbeat_interval,
+        stalled_after,
+        retry_for,
+        write_timeout,
+        report_result=report_result,
+        max_result_bytes=max_result_bytes,
+    )
     if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
         raise ValueError(
             f"shutdown_grace must be a finite number of seconds, not negative, got "

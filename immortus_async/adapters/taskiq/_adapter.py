@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, AsyncTaskiqTask
 from taskiq.kicker import AsyncKicker
 
-from .. import ADAPTERS, Queued
+from ...exceptions import AbortUnsupported
+from .. import ADAPTERS, Aborted, Queued
 from .strategy import TaskiqStrategy
 
 __all__ = ["TaskiqAdapter"]
@@ -32,7 +33,7 @@ class TaskiqAdapter:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         queued: Queued,
-    ) -> Any:
+    ) -> AsyncTaskiqTask[Any]:
         """``kiq()`` the task (a decorated task, a kicker or a task name) on the broker
         ``target``, then record ``queued``; return taskiq's ``AsyncTaskiqTask``.
 
@@ -45,6 +46,18 @@ class TaskiqAdapter:
         task = await kicker.kiq(*args, **kwargs)
         await queued(task.task_id, kicker.task_name)
         return task
+
+    async def abort(self, target: Any, job_id: str, aborted: Aborted) -> None:
+        """Raises: taskiq cannot abort a task.
+
+        taskiq has no cancellation, of a queued task nor of a running one, and a
+        middleware cannot keep a received task from running; so nothing is
+        pretended: a task that must stop early checks a flag of its own.
+        """
+        raise AbortUnsupported(
+            "taskiq has no way to abort a task, queued or running: a task that must "
+            "stop early has to check a flag of its own"
+        )
 
 
 def _kicker(broker: AsyncBroker, function: Any) -> AsyncKicker[Any, Any]:

@@ -67,7 +67,14 @@ from taskiq.exceptions import NoResultError
 from ... import config
 from ..._describe import describe_error
 from ..._redis import Client, client_from
-from ...jobside import JobContext, JobOptions, Leftovers, _strategy_on, begin_job
+from ...jobside import (
+    MAX_RESULT_BYTES,
+    JobContext,
+    JobOptions,
+    Leftovers,
+    _strategy_on,
+    begin_job,
+)
 from ...registry import StrategySpec, resolve_strategy
 from ...state import JobUpdate
 from ...status import JobStatus
@@ -140,6 +147,12 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         retry_for: seconds a write is retried while Redis is unreachable.
         write_timeout: seconds a tracking write may hold the task.
         shutdown_grace: seconds the broker's shutdown waits for pending writes.
+        report_result: put each task's return value in its ``finished`` state
+            (``state.result``) when it is JSON-serialisable and at most
+            ``max_result_bytes`` encoded as JSON (default 64 KiB); a result that
+            is not is left out, with one error logged, and the task is finished
+            all the same (the result backend keeps it as always).
+        max_result_bytes: the largest result reported, in bytes of JSON.
 
     Raises:
         ValueError: bad timings; StrategyNotFound: ``strategy`` names nothing.
@@ -155,10 +168,17 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
         retry_for: float = 30.0,
         write_timeout: float = 1.0,
         shutdown_grace: float = 5.0,
+        report_result: bool = False,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         super().__init__()
         self._options = JobOptions.checked(
-            heartbeat_interval, stalled_after, retry_for, write_timeout
+            heartbeat_interval,
+            stalled_after,
+            retry_for,
+            write_timeout,
+            report_result=report_result,
+            max_result_bytes=max_result_bytes,
         )
         if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
             raise ValueError(
@@ -354,7 +374,9 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
                 # Context.requeue: it counts the run on the message, sends it again
                 # (straight to the broker, no middleware sees it) and ends this one.
                 await context.retrying("requeued")
-            elif not result.is_err or isinstance(error, NoResultError):
+            elif not result.is_err:
+                await context.finished(result.return_value)
+            elif isinstance(error, NoResultError):
                 await context.finished()
             elif error is None:
                 await context.failed("the task failed")

@@ -29,6 +29,7 @@ runs again: that attempt reads ``failed`` until the next one ends.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import pickle
 from collections.abc import AsyncIterator
@@ -40,6 +41,9 @@ from redis.asyncio import ConnectionPool, Redis
 
 from ..._buffer import StateBuffer
 from ..._follow import poll
+from ..._key_watch import KeyWatching
+from ..._key_watch import Sink as KeyWatchSink
+from ..._records import Nudge
 from ...state import JobState
 from ...status import JobStatus
 from ...strategies._connected import Connected
@@ -130,7 +134,7 @@ def _progress(meta: Any) -> tuple[float | None, dict[str, Any]]:
     return None, dict(meta)
 
 
-class TaskiqStrategy(Connected):
+class TaskiqStrategy(KeyWatching, Connected):
     """Reads a task's state from taskiq-redis's result backend records.
 
     Reading only: it never writes taskiq's keys and never deletes a result (even
@@ -174,6 +178,7 @@ class TaskiqStrategy(Connected):
         self.prefix_str = prefix_str
         self._serializer: Serializer = serializer or _SafePickle()
         self.poll_interval = poll_interval
+        self._polling: dict[Nudge, asyncio.Future[None]] = {}
 
     @classmethod
     def from_backend(cls, backend: Any, redis: Redis | str | None = None) -> TaskiqStrategy:
@@ -278,9 +283,56 @@ class TaskiqStrategy(Connected):
 
     @asynccontextmanager
     async def changes(self, task_id: str, buffer: StateBuffer) -> AsyncIterator[float | None]:
-        """Yield the interval at which a watcher must re-read the task: taskiq
-        announces none of its writes, so its records are polled."""
-        yield self.poll_interval
+        """Ask ``buffer`` to re-read the task whenever taskiq writes its records.
+
+        taskiq announces none of its writes: the task's result and progress keys
+        are read on a client-side caching connection, and Redis says when one
+        changes (yields None: nothing to poll). Where Redis refuses
+        ``CLIENT TRACKING``, yields ``poll_interval``, the interval at which the
+        watcher must re-read the task; if caching turns off meanwhile (a storm),
+        the watcher is nudged from ``poll_interval``, growing to 2 s.
+        """
+        nudge = Nudge(buffer)
+        key = self.result_key(task_id)
+        try:
+            if await self._key_watch().watch(task_id, [key, key + PROGRESS_SUFFIX], nudge):
+                yield None
+            else:
+                yield self.poll_interval
+        finally:
+            self._key_watch().unwatch(task_id, nudge)
+            polling = self._polling.pop(nudge, None)
+            if polling is not None:
+                polling.cancel()
+
+    @property
+    def watching(self) -> str:
+        """How watchers learn that taskiq wrote a task's records:
+        ``"client-tracking"``, or ``"polling"`` where Redis refuses it."""
+        off = self._watch is not None and self._watch.off is not None
+        return "polling" if off else "client-tracking"
+
+    def _hand_over(self, subjects: dict[str, set[KeyWatchSink]]) -> None:
+        """Client-side caching turned off under these watchers: they are nudged instead."""
+        for sinks in subjects.values():
+            for sink in sinks:
+                if isinstance(sink, Nudge):
+                    self._polling[sink] = asyncio.ensure_future(self._nudge(sink))
+
+    async def _nudge(self, sink: Nudge) -> None:
+        interval = self.poll_interval
+        while True:
+            sink.request_resync()
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, max(self.poll_interval, _POLL_MAX))
+
+    async def aclose(self) -> None:
+        """Stop client-side caching, close the client if made here."""
+        for polling in list(self._polling.values()):
+            polling.cancel()
+        if self._watch is not None:
+            await self._watch.aclose()
+        await super().aclose()
 
     def watch(self, task_id: str, **options: Any) -> AsyncIterator[JobState]:
         """Yield the task's state now, then each change, until a terminal one.

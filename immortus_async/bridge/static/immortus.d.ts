@@ -20,6 +20,18 @@ export interface JobState {
   started_at: string | null;
   finished_at: string | null;
   stalled: boolean;
+  /**
+   * The job's return value, in a finished state whose job side reports results
+   * (report_result) and found it JSON-serialisable and small enough; else null.
+   */
+  result: unknown;
+}
+
+/** The answer to abort(): requested is false when the job had ended already. */
+export interface AbortReply {
+  type: "abort";
+  job_id: string;
+  requested: boolean;
 }
 
 /** A token, or a function (sync or async) returning one, called for every subscription. */
@@ -49,11 +61,33 @@ export interface Handlers {
   signal?: AbortSignal;
 }
 
+/** What feed() follows: every job enqueued with this owner. */
+export interface Feed {
+  owner: string;
+  /** An owner token (tracker.owner_token(owner)); none when the app's authorize_owner decides. */
+  token?: TokenSource;
+  url?: string;
+  backoffMin?: number;
+  backoffMax?: number;
+  socketFailures?: number;
+}
+
+/** The callback of feed(), and the AbortSignal that ends it. */
+export interface FeedHandlers {
+  /** Each state of any job of the owner: the snapshot's, then every change. */
+  onState?: (state: JobState) => void;
+  /** Aborting it closes the connection and rejects feed() with the signal's reason. */
+  signal?: AbortSignal;
+}
+
 /** Why following cannot succeed; code is the server's error code (docs/protocol.md). */
 export declare class ImmortusError extends Error {
   constructor(code: string, message: string);
   readonly name: "ImmortusError";
-  /** "token_invalid", "not_found", "job_lost", "origin_not_allowed", "create_failed", ... */
+  /**
+   * "token_invalid", "not_found", "job_lost", "origin_not_allowed", "create_failed",
+   * "abort_disabled", "abort_failed", ...
+   */
   readonly code: string;
 }
 
@@ -64,6 +98,26 @@ export declare class ImmortusError extends Error {
  * from, or with signal.reason when the signal aborts.
  */
 export declare function verify(job: Job, handlers?: Handlers): Promise<JobState>;
+
+/**
+ * Follow an owner's feed: its jobs now (at most 100), then each change of any of
+ * them, jobs enqueued later included. Websocket first, then Server-Sent Events;
+ * it reconnects with backoff and never settles by itself: it rejects with an
+ * ImmortusError on a refusal ("not_found", "token_invalid", ...), or with
+ * signal.reason when the signal aborts.
+ */
+export declare function feed(feed: Feed, handlers?: FeedHandlers): Promise<never>;
+
+/**
+ * Ask the server to abort the job (POST <url>/jobs/<job_id>/abort?token=...; the
+ * server must allow aborts). Followers of the job then get its end. Rejects with
+ * an ImmortusError: "abort_disabled", "not_found" (a job the caller may not see
+ * answers so too), "abort_unsupported", "token_required", ...
+ */
+export declare function abort(
+  job: Pick<Job, "job_id" | "token" | "url">,
+  init?: RequestInit,
+): Promise<AbortReply>;
 
 /** POST data as JSON to the application's url; resolves to its { job_id, token }. */
 export declare function create(
@@ -81,7 +135,9 @@ export declare const defaults: {
 
 declare const Immortus: {
   verify: typeof verify;
+  feed: typeof feed;
   create: typeof create;
+  abort: typeof abort;
   ImmortusError: typeof ImmortusError;
   defaults: typeof defaults;
   /** Where the client finds the server when a job has no url. */

@@ -4,7 +4,7 @@
  * As a classic script (sets window.Immortus):
  *   <script src="http://bridge.example:8765/immortus.js"></script>
  * As an ES module (immortus.mjs wraps this file):
- *   import Immortus, { verify, create } from "http://bridge.example:8765/immortus.mjs";
+ *   import Immortus, { verify, feed, create } from "http://bridge.example:8765/immortus.mjs";
  *
  *   const { job_id, token } = await Immortus.create("/jobs", { path: "data.csv" });
  *   const state = await Immortus.verify({ job_id, token }, {
@@ -20,6 +20,12 @@
  * and rejects with an ImmortusError when following cannot succeed: a refused
  * token, a bad or unknown job id, an origin the server does not allow, a job that
  * Redis lost; with the AbortSignal's reason when { signal } is aborted.
+ * abort({ job_id, token }) asks the server to abort the job (POST
+ * /jobs/<id>/abort, when the server allows aborts); the job's followers then get
+ * its end ("aborted", unless it ended otherwise first).
+ *
+ * Immortus.feed({ owner: "user-42" }, { onState: (state) => ... }) follows every
+ * job of one owner (enqueued with owner=), as each is queued, changes and ends.
  * The protocol is described in docs/protocol.md; immortus.d.ts has the types.
  */
 (function (global) {
@@ -162,8 +168,14 @@
 
     // Websocket
 
-    async subscribe(socket) {
+    message() {
       var message = { type: "subscribe", job_id: this.job.job_id };
+      if (this.seq >= 0) message.since_seq = this.seq;
+      return message;
+    }
+
+    async subscribe(socket) {
+      var message = this.message();
       try {
         message.token = await this.token();
       } catch (error) {
@@ -171,7 +183,6 @@
         socket.close(1000);
         return;
       }
-      if (this.seq >= 0) message.since_seq = this.seq;
       if (socket.readyState === 1) socket.send(JSON.stringify(message));
     }
 
@@ -239,7 +250,7 @@
 
     async stream() {
       if (this.done) return;
-      var url = this.base + "/jobs/" + encodeURIComponent(this.job.job_id) + "/events";
+      var url = this.base + this.eventsPath();
       var query = new URLSearchParams();
       var response;
       try {
@@ -254,11 +265,7 @@
       } catch (error) {
         return this.streamFailed();
       }
-      if (!response.ok || !response.body) {
-        // No event stream here (the bridge serves none), or a refusal: /verify
-        // answers either, with the refusal's code.
-        return this.poll();
-      }
+      if (!response.ok || !response.body) return this.noStream(response);
       try {
         await this.readEvents(response.body.getReader());
       } catch (error) {
@@ -287,6 +294,16 @@
           if (this.done) return;
         }
       }
+    }
+
+    eventsPath() {
+      return "/jobs/" + encodeURIComponent(this.job.job_id) + "/events";
+    }
+
+    noStream() {
+      // No event stream here (the bridge serves none), or a refusal: /verify
+      // answers either, with the refusal's code.
+      return this.poll();
     }
 
     streamFailed() {
@@ -330,11 +347,114 @@
     }
   }
 
+  // An owner's feed: every job of one owner, as it is queued, changes and ends.
+  // The same transports as a job's (websocket, then the event stream), with no
+  // polling: a feed has no /verify. It never ends by itself.
+  class FeedFollower extends Follower {
+    constructor(feed, handlers, resolve, reject) {
+      if (!feed || typeof feed.owner !== "string" || !feed.owner) {
+        throw new ImmortusError("invalid_job_id", "feed() needs { owner }");
+      }
+      super(Object.assign({ job_id: feed.owner }, feed), handlers, resolve, reject);
+      this.seen = new Map(); // job id -> [seq, completed] of the last state delivered
+    }
+
+    message() {
+      return { type: "subscribe_owner", owner: this.job.owner };
+    }
+
+    received(socket, data) {
+      var message;
+      try {
+        message = JSON.parse(data);
+      } catch (error) {
+        return;
+      }
+      if (message.owner !== this.job.owner) return;
+      if (message.type === "owner_state") {
+        this.deliver(message);
+      } else if (message.type === "error") {
+        var renew = socket ? () => this.subscribe(socket) : () => this.stream();
+        this.refused(message.code, message.message, renew);
+      }
+    }
+
+    deliver(state) {
+      // Each (re)subscription starts with a snapshot: what was delivered already
+      // is skipped; a terminal state always counts.
+      if (this.done) return;
+      var last = this.seen.get(state.job_id);
+      if (last && state.seq <= last[0] && !(state.completed && !last[1])) return;
+      this.seen.set(state.job_id, [state.seq, state.completed]);
+      this.failures = 0;
+      this.attempt = 0;
+      var job = Object.assign({}, state);
+      delete job.type;
+      delete job.owner;
+      callSafely(this.handlers.onState, job);
+    }
+
+    eventsPath() {
+      return "/owners/" + encodeURIComponent(this.job.owner) + "/events";
+    }
+
+    async noStream(response) {
+      // No polling for a feed: a refusal rejects, anything else is retried.
+      var body = null;
+      try {
+        body = await response.json();
+      } catch (error) {
+        body = null;
+      }
+      if (body && body.type === "error") {
+        this.refused(body.code, body.message, () => this.stream());
+      } else {
+        this.later(() => this.stream());
+      }
+    }
+
+    streamFailed() {
+      if (!this.done) this.later(() => this.stream());
+    }
+  }
+
+  // handlers: { onState, signal }; see immortus.d.ts.
+  function feed(owner, handlers) {
+    return new Promise(function (resolve, reject) {
+      new FeedFollower(owner, handlers, resolve, reject).start();
+    });
+  }
+
   // handlers: { onProgress, onStatus, onState, signal }; see immortus.d.ts.
   function verify(job, handlers) {
     return new Promise(function (resolve, reject) {
       new Follower(job, handlers, resolve, reject).start();
     });
+  }
+
+  // Resolves with { type: "abort", job_id, requested } (requested false: the job
+  // had ended); rejects with an ImmortusError carrying the server's code.
+  async function abort(job, init) {
+    if (!job || typeof job.job_id !== "string" || !job.job_id) {
+      throw new ImmortusError("invalid_job_id", "abort() needs { job_id, token }");
+    }
+    var url = httpBase(job.url) + "/jobs/" + encodeURIComponent(job.job_id) + "/abort";
+    var token = typeof job.token === "function" ? await job.token() : job.token;
+    if (token) url += "?token=" + encodeURIComponent(token);
+    var response = await global.fetch(
+      url,
+      Object.assign({ method: "POST", cache: "no-store" }, init),
+    );
+    var body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    if (response.ok && body && body.type === "abort") return body;
+    if (body && body.type === "error") throw new ImmortusError(body.code, body.message);
+    var where = url.split("?")[0];
+    throw new ImmortusError("abort_failed", "POST " + where + " answered " + response.status);
   }
 
   async function create(url, data, init) {
@@ -361,7 +481,9 @@
 
   var Immortus = {
     verify: verify,
+    feed: feed,
     create: create,
+    abort: abort,
     ImmortusError: ImmortusError,
     defaults: defaults,
     baseUrl: scriptBase,

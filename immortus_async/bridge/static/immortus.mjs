@@ -1,7 +1,7 @@
 /*
  * immortus.mjs: the ES module form of immortus.js (which it loads).
  *
- *   import Immortus, { verify, create } from "http://bridge.example:8765/immortus.mjs";
+ *   import Immortus, { verify, feed, create, abort } from "http://bridge.example:8765/immortus.mjs";
  */
 import "./immortus.js";
 
@@ -10,4 +10,4 @@ const Immortus = globalThis.Immortus;
 if (!Immortus.baseUrl) Immortus.baseUrl = new URL(".", import.meta.url).href;
 
 export default Immortus;
-export const { verify, create, ImmortusError, defaults } = Immortus;
+export const { verify, feed, create, abort, ImmortusError, defaults } = Immortus;

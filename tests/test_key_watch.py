@@ -1,0 +1,183 @@
+"""Client-side caching of arq's records: each mode for real, the storm, the cost of waiting."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import NOT_INSTALLED
+
+pytest.importorskip("arq", reason=NOT_INSTALLED)
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker
+
+from .utils import SCALE, Watcher, run_worker, wait_until
+
+S = JobStatus
+
+
+async def known(ctx: dict[str, Any]) -> None:
+    """The one function the worker knows: the watched job's is not, so arq ends it."""
+
+
+@pytest.fixture
+async def arq_pool(redis_server: RedisServer) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_server.url))
+    yield pool
+    await pool.aclose()
+
+
+async def arq_ends_it(tracker: Tracker, pool: ArqRedis) -> JobState:
+    """A job enqueued by plain arq, ended by arq alone (function not found): the
+    waiter gets that ending. Returns it."""
+    job = await pool.enqueue_job("never_decorated")
+    assert job is not None
+    watcher = await Watcher(tracker, job.job_id).subscribed()
+    await run_worker(pool, [known])
+    final = (await watcher.finished())[-1]
+    assert final.status is S.FAILED and "never_decorated" in (final.error or "")
+    return final
+
+
+async def stats_once_arq_ended_a_job(client: Redis, pool: ArqRedis) -> dict[str, Any]:
+    """What a Tracker on ``client`` says of itself once arq ended a job on its own."""
+    async with Tracker(client) as tracker:
+        await arq_ends_it(tracker, pool)
+        return tracker.stats()
+
+
+async def test_client_tracking_carries_arqs_own_ending(redis: Redis, arq_pool: ArqRedis) -> None:
+    """By default arq's own endings come as invalidations, and the mode says so."""
+    assert await stats_once_arq_ended_a_job(redis, arq_pool) == {"watching": "client-tracking"}
+
+
+async def test_acl_denying_client_falls_back_to_the_batched_look(
+    redis: Redis, redis_server: RedisServer, arq_pool: ArqRedis
+) -> None:
+    """A user denied every CLIENT command (no keyspace events either): the batched look."""
+    await redis.execute_command(
+        "ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "+@all", "-client"
+    )
+    limited = Redis.from_url(redis_server.url.replace("redis://", "redis://limited:pw@"))
+    stats = await stats_once_arq_ended_a_job(limited, arq_pool)
+    await limited.aclose()
+    assert stats["watching"] == "batched-look" and "CLIENT" in stats["client_tracking_off"]
+
+
+async def test_renamed_client_command_falls_back_to_keyspace_events() -> None:
+    """CLIENT renamed away (as some hosts do), keyspace events on: they carry it."""
+    args = ("--rename-command", "CLIENT", "", "--notify-keyspace-events", "Kg$x")
+    with RedisServer(args=args) as server:
+        pool = await create_pool(RedisSettings.from_dsn(server.url))
+        redis = Redis.from_url(server.url)
+        stats = await stats_once_arq_ended_a_job(redis, pool)
+        await redis.aclose()
+        await pool.aclose()
+    assert stats["watching"] == "keyspace-events"
+    assert "unknown command" in stats["client_tracking_off"]
+
+
+@pytest.mark.parametrize("config", ["readable", "denied"])
+async def test_eviction_storm_is_detected_and_its_waiters_handed_over(
+    redis: Redis, redis_server: RedisServer, arq_pool: ArqRedis, config: str
+) -> None:
+    """tracking-table-max-keys below the keys tracked makes an endless storm of
+    invalidations: caching is turned off, and waiters get arq's ending by the
+    batched look. Seen in the limit where CONFIG is readable, else in the rate."""
+    await redis.config_set("tracking-table-max-keys", 1)
+    await redis.execute_command(
+        "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all",
+        *(["-config"] if config == "denied" else []),
+    )  # fmt: skip
+    app = Redis.from_url(redis_server.url.replace("redis://", "redis://app:pw@"))
+    jobs = [await arq_pool.enqueue_job("never_decorated") for _ in range(3)]
+    try:
+        async with Tracker(app) as tracker:
+            watchers = [await Watcher(tracker, job.job_id).subscribed() for job in jobs if job]
+            await wait_until(
+                lambda: tracker.stats()["watching"] == "batched-look",
+                timeout=30,
+                message="the storm detected",
+            )
+            assert "storm" in tracker.stats()["client_tracking_off"]
+            await run_worker(arq_pool, [known])
+            for watcher in watchers:
+                assert (await watcher.finished())[-1].status is S.FAILED
+    finally:
+        await app.aclose()
+
+
+async def test_waiters_cost_nothing_while_they_wait(redis: Redis) -> None:
+    """Forty waiters on queued and running jobs send no command while they wait.
+
+    The window is what the process costs anyway: until each of its three idle
+    connections (the channels', and caching's two) has sent its PING, every
+    ``ping_interval``. Counted by the server, ``INFO commandstats``.
+    """
+    writer = RedisPubSubStrategy(redis)
+    queued = [f"q{i}" for i in range(20)]
+    running = [f"r{i}" for i in range(20)]
+    for job_id in queued + running:
+        await writer.apply(JobUpdate(job_id=job_id, status=S.QUEUED, attempt=0))
+    for job_id in running:
+        started = JobUpdate(job_id=job_id, status=S.STARTED, attempt=1)
+        await writer.apply(started, stalled_after=600)
+    async with Tracker(redis) as tracker:
+        waiters = [
+            asyncio.create_task(tracker.completed(job_id, timeout=60 * SCALE))
+            for job_id in queued + running
+        ]
+        watchers = [await Watcher(tracker, job_id).subscribed() for job_id in queued + running]
+        assert tracker.stats()["watching"] == "client-tracking"
+        await redis.config_resetstat()
+        stats = await wait_until(
+            lambda: _pinged(redis), timeout=30, message="each connection's PING"
+        )
+        assert set(stats) <= {"cmdstat_ping", "cmdstat_info", "cmdstat_config|resetstat"}, stats
+        for job_id in queued + running:
+            await writer.apply(JobUpdate(job_id=job_id, status=S.FINISHED))
+        assert {(await w).status for w in waiters} == {S.FINISHED}
+        for watcher in watchers:
+            assert (await watcher.finished())[-1].status is S.FINISHED
+    await writer.aclose()
+
+
+async def _pinged(redis: Redis) -> dict[str, Any] | None:
+    stats = await redis.info("commandstats")
+    return stats if stats.get("cmdstat_ping", {}).get("calls", 0) >= 3 else None
+
+
+@pytest.mark.parametrize("flag", ["t", "P"])
+async def test_either_connection_lost_reconnects_both_and_nudges_everyone(
+    redis: Redis, arq_pool: ArqRedis, flag: str
+) -> None:
+    """The tracking connection (flag t) or the invalidation subscriber (P) is killed
+    as arq ends the job: both are made again, and the waiter still gets the end."""
+    job = await arq_pool.enqueue_job("never_decorated")
+    assert job is not None
+    async with Tracker(redis) as tracker:
+        watcher = await Watcher(tracker, job.job_id).subscribed()
+        clients = await redis.client_list()
+        tracking = [c for c in clients if "t" in str(c["flags"])]
+        assert len(tracking) == 1
+        if flag == "t":
+            victim = tracking[0]["id"]
+        else:
+            victim = str(tracking[0]["redir"])
+        await redis.client_kill_filter(_id=victim)
+        await run_worker(arq_pool, [known])
+        assert (await watcher.finished())[-1].status is S.FAILED
+        await wait_until(
+            lambda: _tracking_clients(redis), message="client-side caching reconnected"
+        )
+        assert tracker.stats() == {"watching": "client-tracking"}
+
+
+async def _tracking_clients(redis: Redis) -> bool:
+    return any("t" in str(c["flags"]) for c in await redis.client_list())
