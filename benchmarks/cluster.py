@@ -38,6 +38,7 @@ from immortus_async import (  # noqa: E402
     TrackerClosed,
 )
 from immortus_async._pubsub import PubSubHub, connection_factory  # noqa: E402
+from immortus_async._redis import UNREACHABLE  # noqa: E402
 from immortus_async._sharded import ShardedHub  # noqa: E402
 from immortus_async.strategies import redis_pub_sub  # noqa: E402
 from tests.cluster.harness import LocalCluster  # noqa: E402
@@ -55,22 +56,37 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
     for step in range(1, rounds + 1):
         await asyncio.gather(
             *(
-                strategy.apply(
+                _apply(
+                    strategy,
                     JobUpdate(
                         job_id=job_id,
                         status=JobStatus.STARTED,
                         attempt=1,
                         progress=step / (rounds + 1),
                         meta={"t": time.monotonic()},
-                    )
+                    ),
                 )
                 for job_id in ids
             )
         )
     await asyncio.gather(
-        *(strategy.apply(JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
+        *(_apply(strategy, JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
     )
     await strategy.aclose()
+
+
+async def _apply(strategy: RedisPubSubStrategy, update: JobUpdate) -> None:
+    """``strategy.apply``, retried as the job side's redelivery would: redis-py's
+    cluster client can lose a connection it is opening under many concurrent
+    commands, which is taken as an unreachable Redis."""
+    for attempt in range(20):
+        try:
+            await strategy.apply(update)
+            return
+        except UNREACHABLE:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.05)
 
 
 class _Counter:
@@ -160,9 +176,18 @@ async def measure(
             "--jobs", str(jobs), "--rounds", str(rounds), "--tag", tag,
             *(["--plain-publish"] if plain_on is not None else []),
         )  # fmt: skip
-        await asyncio.wait_for(run.done.wait(), 300)
+        # A writer that dies before every change arrived would leave the wait alone
+        # for ever: whichever ends first decides.
+        arrived = asyncio.ensure_future(run.done.wait())
+        exited = asyncio.ensure_future(writer.wait())
+        await asyncio.wait({arrived, exited}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
+        if not arrived.done():
+            arrived.cancel()
+            if not exited.done():
+                writer.kill()
+            raise RuntimeError(f"the writer ended ({writer.returncode}) before its changes arrived")
         run.elapsed = time.monotonic() - began
-        assert await writer.wait() == 0
+        assert await exited == 0
         await asyncio.gather(*tasks)
     await setup.aclose()
     return run
