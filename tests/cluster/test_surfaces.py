@@ -1,6 +1,6 @@
-"""Owner feeds on a real Redis Cluster: the owner's channel is published with plain
-PUBLISH (it is in no job's slot) and followed with SUBSCRIBE on one node, moved to
-another when that node dies."""
+"""Owner feeds, the ASGI mount and the CLI on a real Redis Cluster. The owner's channel
+is published with plain PUBLISH (it is in no job's slot) and followed with SUBSCRIBE
+on one node, moved to another when that node dies."""
 
 from __future__ import annotations
 
@@ -12,9 +12,27 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from immortus_async import JobState, JobStatus, JobUpdate, Keys, Leftovers, Tracker
+from immortus_async import (
+    JobState,
+    JobStatus,
+    JobUpdate,
+    Keys,
+    Leftovers,
+    RedisPubSubStrategy,
+    Tracker,
+    mint_owner_token,
+)
 from immortus_async.jobside import begin_job
 
+from ..bridge.helpers import (
+    SECRET,
+    advance,
+    open_client,
+    protocol_server,
+    receive,
+    receive_until_completed,
+    subscribe,
+)
 from ..utils import SCALE, wait_until
 from .harness import LocalCluster
 from .load import OPTIONS
@@ -99,3 +117,29 @@ async def test_an_owner_feed_gets_every_jobs_end_across_a_master_killed(
         seqs = [state.seq for state in states]
         assert seqs == sorted(set(seqs)), (job_id, seqs)
         assert [s.status for s in states if s.completed] == [S.FINISHED], (job_id, states)
+
+
+async def test_the_asgi_mount_on_a_cluster_url_follows_a_job_and_an_owner(
+    cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    """uvicorn serving the mount of a ``redis+cluster://`` Tracker: a websocket that
+    subscribes to a job, and one on the owner's path, each get the job's end."""
+    port = cluster.url.rsplit(":", 1)[1]
+    strategy = RedisPubSubStrategy(cluster_client)
+    await strategy.apply(JobUpdate(job_id="mounted", status=S.QUEUED, attempt=0), owner=OWNER)
+    async with protocol_server("mount", f"redis+cluster://127.0.0.1:{port}") as server:
+        job = await open_client(server)
+        await job.send(subscribe("mounted"))
+        assert (await receive(job))["status"] == "queued"
+        token = mint_owner_token(OWNER, SECRET, ttl=300)
+        feed = await open_client(server, f"/owners/{OWNER}?token={token}")
+        first = await receive(feed)
+        assert (first["type"], first["status"]) == ("owner_state", "queued"), first
+        await advance(strategy, "mounted", S.FINISHED)
+        frames = await receive_until_completed(job, "mounted", timeout=20)
+        assert [f["status"] for f in frames if f["completed"]] == ["finished"], frames
+        end = await receive(feed, timeout=20)
+        assert (end["job_id"], end["status"]) == ("mounted", "finished"), end
+        await job.close()
+        await feed.close()
+    await strategy.aclose()
