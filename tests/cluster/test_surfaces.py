@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -38,6 +40,8 @@ from .harness import LocalCluster
 from .load import OPTIONS
 
 S = JobStatus
+# The command as installed, the one a user runs.
+IMMORTUS = str(Path(sys.executable).with_name("immortus-async"))
 OWNER = "alice"
 
 # As in test_cluster.py: redis-py's cluster client leaves an old slot map's nodes
@@ -143,3 +147,31 @@ async def test_the_asgi_mount_on_a_cluster_url_follows_a_job_and_an_owner(
         await job.close()
         await feed.close()
     await strategy.aclose()
+
+
+async def test_status_and_watch_on_a_cluster_url(
+    cluster: LocalCluster, cluster_client: RedisCluster
+) -> None:
+    """``immortus-async status``/``watch --redis redis+cluster://...``, as a user runs them."""
+    url = "redis+cluster://127.0.0.1:" + cluster.url.rsplit(":", 1)[1]
+    strategy = RedisPubSubStrategy(cluster_client)
+    await advance(strategy, "cli-1", S.STARTED, meta={"rows": 3})
+    status = await cli("status", "cli-1", "--redis", url)
+    out, err = await asyncio.wait_for(status.communicate(), 30 * SCALE)
+    assert status.returncode == 3, err.decode()
+    assert "cli-1: started" in out.decode() and "rows=3" in out.decode()
+    watch = await cli("watch", "cli-1", "--redis", url, "--timeout", "60")
+    assert watch.stdout is not None
+    first = await asyncio.wait_for(watch.stdout.readline(), 30 * SCALE)
+    assert b"cli-1: started" in first
+    await advance(strategy, "cli-1", S.FINISHED)
+    rest, err = await asyncio.wait_for(watch.communicate(), 30 * SCALE)
+    assert watch.returncode == 0, err.decode()
+    assert rest.decode().splitlines()[-1].startswith("cli-1: finished"), rest
+    await strategy.aclose()
+
+
+async def cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        IMMORTUS, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
