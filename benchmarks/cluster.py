@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redis.asyncio import Redis  # noqa: E402
+from redis.exceptions import ConnectionError  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from benchmarks._common import SECRET, BridgeProcess, Table, latency_cells  # noqa: E402
@@ -57,10 +58,22 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
         client: Any = strategy.redis
         strategy._script = client.register_script(redis_pub_sub._SCRIPT)
     ids = [f"{tag}-{i}" for i in range(jobs)]
+
+    async def apply(update: JobUpdate) -> None:
+        # redis-py 8's cluster client may lose a connection it is opening (its own
+        # reconnect racing the write): written again, as the job side would.
+        for _ in range(5):
+            try:
+                await strategy.apply(update)
+                return
+            except ConnectionError as exc:
+                print(f"writer {tag}: {exc}; writing again", file=sys.stderr)
+        await strategy.apply(update)
+
     for step in range(1, rounds + 1):
         await asyncio.gather(
             *(
-                strategy.apply(
+                apply(
                     JobUpdate(
                         job_id=job_id,
                         status=JobStatus.STARTED,
@@ -73,7 +86,7 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
             )
         )
     await asyncio.gather(
-        *(strategy.apply(JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
+        *(apply(JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
     )
     await strategy.aclose()
 
