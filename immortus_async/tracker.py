@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -15,9 +16,9 @@ from redis.asyncio import Redis
 from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
-from ._redis import UNREACHABLE, Client, client_from
+from ._redis import REFUSED, UNREACHABLE, Client, client_from
 from .config import strategy_for
-from .exceptions import JobNotFound, TrackerClosed
+from .exceptions import JobNotFound, RedisUnavailable, TrackerClosed
 from .keys import DEFAULT_PREFIX
 from .registry import StrategySpec, resolve_strategy
 from .state import JobState, JobUpdate, utcnow
@@ -95,6 +96,7 @@ class Tracker:
                 f"got {unreachable_timeout!r}"
             )
         self._unreachable_timeout = unreachable_timeout
+        self._endings: set[asyncio.Future[None]] = set()
         self._redis: Client | None = None
         self._owns_redis = False
         if redis is not None:
@@ -452,7 +454,9 @@ class Tracker:
             JobNotFound: the job has no record anywhere.
             AbortUnsupported: its queue cannot abort a job (taskiq), or needs the
                 ``queue`` object this Tracker was not given (streaQ's worker).
-            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``.
+            RedisUnavailable: Redis could not be reached for ``unreachable_timeout``,
+                or the queue's Redis did not take the request within it (not
+                retried: ask again).
         """
         state = await self.status(job_id)
         if state.status is JobStatus.UNKNOWN:
@@ -464,8 +468,39 @@ class Tracker:
         else:
             adapter = adapters.load(config.queue_adapter() or adapters.DEFAULT)
             target = self._queue_redis or self._redis
-        await adapter.abort(target, job_id, functools.partial(self._aborted, state))
+        await self._asking_queue(adapter.abort(target, job_id, self._shielded_abort(state)), job_id)
         return True
+
+    async def _asking_queue(self, request: Coroutine[Any, Any, None], job_id: str) -> None:
+        """Run ``request`` to the queue within ``unreachable_timeout``. Not retried:
+        a request that reached the queue but lost its answer would find the job
+        gone the second time, and its ``aborted`` would never be recorded."""
+        try:
+            async with asyncio.timeout(self._unreachable_timeout):
+                await request
+        except REFUSED:
+            raise
+        except UNREACHABLE as exc:
+            limit = self._unreachable_timeout
+            reason = str(exc) or (
+                type(exc).__name__ if limit is None else f"no answer in {limit:g}s"
+            )
+            raise RedisUnavailable(
+                f"cannot reach the queue's Redis to abort job {job_id!r}: {reason}"
+            ) from exc
+
+    def _shielded_abort(self, state: JobState) -> Callable[[str], Awaitable[None]]:
+        """Record ``aborted`` beyond the queue request's deadline: once the queue has
+        taken the job out, its end must be written even if the caller gives up."""
+
+        async def aborted(job_id: str) -> None:
+            write = asyncio.ensure_future(self._aborted(state, job_id))
+            # Held until done: a shielded task nobody references may be collected.
+            self._endings.add(write)
+            write.add_done_callback(self._endings.discard)
+            await asyncio.shield(write)
+
+        return aborted
 
     async def _aborted(self, state: JobState, job_id: str) -> None:
         """Record ``aborted`` for a job its queue took out before it ran."""

@@ -12,7 +12,9 @@ pytest.importorskip("arq", reason=NOT_INSTALLED)
 import asyncio
 import inspect
 import logging
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ from immortus_async import (
     MemoryStrategy,
     RedisPubSubStrategy,
     RedisServer,
+    RedisUnavailable,
     Tracker,
     job_context,
     track_worker,
@@ -279,6 +282,29 @@ async def test_abort_while_running_is_aborted(pool: ArqRedis, tracker: Tracker) 
         "CancelledError: job aborted",
         1,
     )
+
+
+async def test_abort_through_a_frozen_queue_redis_raises_redis_unavailable(
+    redis_server: RedisServer,
+) -> None:
+    """The queue's own Redis frozen (SIGSTOP) when abort asks it: RedisUnavailable
+    once ``unreachable_timeout`` has passed, instead of a wait for ever."""
+    with RedisServer() as queue_server:
+        queue = await create_pool(RedisSettings.from_dsn(queue_server.url))
+        try:
+            async with Tracker(redis_server.url, queue=queue, unreachable_timeout=0.5) as tracker:
+                job = await enqueue(tracker, queue, "some_function")
+                assert queue_server.pid is not None
+                os.kill(queue_server.pid, signal.SIGSTOP)
+                try:
+                    async with asyncio.timeout(30 * SCALE):
+                        with pytest.raises(RedisUnavailable, match="abort"):
+                            await tracker.abort(job.job_id)
+                finally:
+                    os.kill(queue_server.pid, signal.SIGCONT)
+                assert (await tracker.status(job.job_id)).status is S.QUEUED
+        finally:
+            await queue.aclose()
 
 
 async def test_timeout_is_failed_with_timeout_text(pool: ArqRedis, tracker: Tracker) -> None:
