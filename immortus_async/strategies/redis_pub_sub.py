@@ -52,6 +52,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# A watcher's read of a job's record, in one command (its snapshot, and every
+# re-read): the hash's fields, its TTL (for the heartbeat) and the tombstone.
+_READ = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'meta', 'hb', 'result')
+return {r[1], r[2], r[3], r[4], redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
 
 # A fallback that cannot push is read at its interval, growing by half with each
 # read that finds the job where it was, up to this: many waiters on jobs that sit in
@@ -361,6 +368,7 @@ class RedisPubSubStrategy(Connected):
         client: Any = self.redis
         self._script = client.register_script(_SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
         self._beat = client.register_script(_HEARTBEAT)
+        self._reader = client.register_script(_READ)
         # On one Redis, writes go out pipelined on a connection of their own (see
         # _pipe): a worker's concurrent jobs share round trips, and each costs less
         # CPU. A cluster's writes go to the node of each job's slot, one by one.
@@ -530,27 +538,19 @@ class RedisPubSubStrategy(Connected):
         return state, stale_in
 
     async def _record(self, job_id: str) -> tuple[JobState, float | None]:
-        record = self.keys.record(job_id)
-        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record, ["state", "meta", "hb", "result"])
-            pipe.pttl(record)
-            pipe.get(self.keys.tombstone(job_id))
-            (
-                (stored_state, stored_meta, beat, stored_result),
-                ttl_left,
-                tombstone,
-            ) = await self._execute(pipe)
+        keys = [self.keys.record(job_id), self.keys.tombstone(job_id)]
+        async with self.reading:
+            # Not through the writes' pipe: a waiter's timeout cancels its read,
+            # which there would cost every write in flight its connection.
+            stored_state, stored_meta, beat, stored_result, ttl_left, tombstone = await _run(
+                self._reader, keys, []
+            )
         if stored_state is not None:
             state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
             return _heartbeat(state, beat, ttl_left)
         if tombstone is not None:
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
         return JobState(job_id=job_id), None
-
-    async def _execute(self, pipe: Any) -> list[Any]:
-        with _raced(is_cluster(self.redis)):
-            replies: list[Any] = await pipe.execute()
-        return replies
 
     async def _catch_up(self, state: JobState, theirs: JobState) -> JobState:
         """Record what the fallback knows (``theirs``) when it is ahead of our record."""
