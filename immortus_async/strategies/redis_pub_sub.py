@@ -101,7 +101,9 @@ class _Settling:
     Such a push proves the job side alive and reporting; what the queue did on its
     own at that very moment is then read at the heartbeat's deadline at the latest.
     Any other state (``retrying``: arq may end the job at its next try, on its own)
-    is read again.
+    is read again, and so is the next state pushed that is not such a beat after a
+    read was skipped: the queue's records re-read (and their keys tracked again,
+    see :meth:`KeyWatch.retrack`) once the job side stops saying where the job is.
     """
 
     def __init__(self, job_id: str, buffer: StateBuffer) -> None:
@@ -109,6 +111,7 @@ class _Settling:
         self._buffer = buffer
         self._pushes = 0
         self._beating = False  # the last state pushed is started, with a heartbeat
+        self._skipped = False  # a nudge was answered by the job side's beat alone
         self._timer: asyncio.TimerHandle | None = None
 
     def push(self, item: Any) -> None:
@@ -121,6 +124,9 @@ class _Settling:
             and announced[0] == item.attempt
         )
         self._buffer.push(item)
+        if self._skipped and not self._beating:
+            self._skipped = False
+            self.nudge()
 
     def fail(self, error: BaseException) -> None:
         self._buffer.fail(error)
@@ -136,7 +142,8 @@ class _Settling:
 
     def _settled(self, seen: int) -> None:
         self._timer = None
-        if self._pushes == seen or not self._beating:
+        self._skipped = self._pushes != seen and self._beating
+        if not self._skipped:
             self._buffer.request_resync()
 
     def cancel(self) -> None:

@@ -171,6 +171,7 @@ class ArqStrategy(KeyWatching, Connected):
 
     async def status(self, job_id: str) -> JobState:
         """The job's state as arq's records tell it; ``unknown`` when arq has none."""
+        await self._retracked(job_id)
         keys = [prefix + job_id for prefix in _READ_PREFIXES] + [self.queue_name]
         async with self.reading:
             result, in_progress, job, tries, score = await self._reader(keys=keys, args=[job_id])
