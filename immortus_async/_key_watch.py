@@ -79,6 +79,7 @@ class _Subject:
     sinks: set[Sink] = field(default_factory=set)
     read: asyncio.Future[None] | None = None  # done once its keys are read (tracked)
     stale: set[bytes] = field(default_factory=set)  # announced, so forgotten by Redis
+    ends: frozenset[bytes] = frozenset()  # whose change ends the subject
 
 
 class KeyWatch:
@@ -133,8 +134,15 @@ class KeyWatch:
         """How many subjects are watched."""
         return len(self._subjects)
 
-    async def watch(self, subject: str, keys: Sequence[str], sink: Sink) -> bool:
+    async def watch(
+        self, subject: str, keys: Sequence[str], sink: Sink, *, ends: Sequence[str] = ()
+    ) -> bool:
         """Nudge ``sink`` whenever a key of ``subject`` changes; False when tracking is off.
+
+        A change of one of ``ends`` (keys among ``keys``, the first watcher's) calls
+        ``request_resync_now()`` on the sinks that have it: a watcher that would
+        wait a little before re-reading (to let the job side report first) re-reads
+        at once when the queue has ended the job.
 
         Returns once the keys are read on the tracking connection, so a snapshot
         the caller reads after this sees every change before, and ``sink`` hears of
@@ -172,7 +180,8 @@ class KeyWatch:
                 "allows: an eviction storm"
             )
             return False
-        watched = self._subjects[subject] = _Subject(encoded, {sink})
+        ending = frozenset(key.encode() for key in ends)
+        watched = self._subjects[subject] = _Subject(encoded, {sink}, ends=ending)
         for key in encoded:
             self._by_key.setdefault(key, set()).add(subject)
         if not self.connected:
@@ -383,12 +392,14 @@ class KeyWatch:
         keys = [key for key in keys if key in self._by_key]
         if not keys:
             return
-        sinks: list[Sink] = []
         for name in subjects:
             subject = self._subjects[name]
-            subject.stale.update(key for key in keys if key in subject.keys)
-            sinks.extend(subject.sinks)
-        _nudge(sinks)()
+            announced = {key for key in keys if key in subject.keys}
+            subject.stale |= announced
+            now = not announced.isdisjoint(subject.ends)
+            for sink in list(subject.sinks):
+                resync = getattr(sink, "request_resync_now", None) if now else None
+                (resync or sink.request_resync)()
 
     def _storm(self, key: bytes, now: float) -> bool:
         start, count = self._counts.get(key, (now, 0))

@@ -160,6 +160,10 @@ class _Nudged:
     def request_resync(self) -> None:
         self._settling.nudge()
 
+    def request_resync_now(self) -> None:
+        """The queue ended the job (its result written): nothing to wait for."""
+        self._settling.request_resync()
+
     def fail(self, error: BaseException) -> None:
         self._settling.fail(error)
 

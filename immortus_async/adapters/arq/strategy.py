@@ -317,7 +317,8 @@ class ArqStrategy(KeyWatching, Connected):
         try:
             if self._tracking is not False:
                 keys = [prefix + job_id for prefix in _PREFIXES]
-                if await self._key_watch().watch(job_id, keys, nudge):
+                ends = [result_key_prefix + job_id]
+                if await self._key_watch().watch(job_id, keys, nudge, ends=ends):
                     metrics.fallback_mode("arq", "client-tracking", _MODES)
                     yield None
                     return
