@@ -6,10 +6,11 @@ can say so itself: a connection with ``CLIENT TRACKING ON REDIRECT <id>`` has ev
 key it reads remembered, and when one of them is written, deleted or expires (one
 that did not exist when read included) Redis publishes its name once on
 ``__redis__:invalidate`` to the connection ``<id>``, which is subscribed to it. A
-key is then forgotten until it is read again, so each invalidation is answered by
-reading its key again (``EXISTS``: one command for every key invalidated together)
-and only then telling the key's watchers to re-read: a change after that read is
-announced again.
+key is then forgotten until it is read again: its watchers are told at once, and
+the key is read again (``EXISTS``, one command for every key read together) only
+when one of them re-reads what it watches (:meth:`KeyWatch.retrack` first), so a
+change after that is announced again. A watcher that knows the change already (the
+job side reported it) re-reads nothing, and its keys cost nothing more.
 
 Findings this follows:
 
@@ -77,6 +78,8 @@ class _Subject:
     keys: tuple[bytes, ...]
     sinks: set[Sink] = field(default_factory=set)
     read: asyncio.Future[None] | None = None  # done once its keys are read (tracked)
+    stale: set[bytes] = field(default_factory=set)  # announced, so forgotten by Redis
+    ends: frozenset[bytes] = frozenset()  # whose change ends the subject
 
 
 class KeyWatch:
@@ -131,8 +134,15 @@ class KeyWatch:
         """How many subjects are watched."""
         return len(self._subjects)
 
-    async def watch(self, subject: str, keys: Sequence[str], sink: Sink) -> bool:
+    async def watch(
+        self, subject: str, keys: Sequence[str], sink: Sink, *, ends: Sequence[str] = ()
+    ) -> bool:
         """Nudge ``sink`` whenever a key of ``subject`` changes; False when tracking is off.
+
+        A change of one of ``ends`` (keys among ``keys``, the first watcher's) calls
+        ``request_resync_now()`` on the sinks that have it: a watcher that would
+        wait a little before re-reading (to let the job side report first) re-reads
+        at once when the queue has ended the job.
 
         Returns once the keys are read on the tracking connection, so a snapshot
         the caller reads after this sees every change before, and ``sink`` hears of
@@ -170,20 +180,29 @@ class KeyWatch:
                 "allows: an eviction storm"
             )
             return False
-        watched = self._subjects[subject] = _Subject(encoded, {sink})
+        ending = frozenset(key.encode() for key in ends)
+        watched = self._subjects[subject] = _Subject(encoded, {sink}, ends=ending)
         for key in encoded:
             self._by_key.setdefault(key, set()).add(subject)
         if not self.connected:
             return True
         read = watched.read = asyncio.get_running_loop().create_future()
-
-        def done() -> None:
-            if not read.done():
-                read.set_result(None)
-
-        self._read(encoded, done)
+        self._read(encoded, _resolve(read))
         await asyncio.shield(read)
         return True
+
+    async def retrack(self, subject: str) -> None:
+        """Read again the keys of ``subject`` whose change was announced, so that
+        their next change is announced too; call it before re-reading what they
+        hold. Returns at once when there are none, or while the connections are
+        down (the reconnection reads every key and nudges every watcher)."""
+        known = self._subjects.get(subject)
+        if known is None or not known.stale or not self.connected:
+            return
+        keys, known.stale = tuple(known.stale), set()
+        read = asyncio.get_running_loop().create_future()
+        self._read(keys, _resolve(read))
+        await asyncio.shield(read)
 
     def unwatch(self, subject: str, sink: Sink) -> None:
         """Stop nudging ``sink``; the last one out forgets the subject. Never blocks.
@@ -304,6 +323,8 @@ class KeyWatch:
             logger.info("watching queue records with client-side caching (CLIENT TRACKING)")
             subjects = list(self._subjects.values())
             everyone = [sink for subject in subjects for sink in subject.sinks]
+            for subject in subjects:
+                subject.stale.clear()
             # Invalidations were lost meanwhile, or this is the first connection and
             # the watchers came while it was made: every key read, every watcher told.
             self._read((key for subject in subjects for key in subject.keys), _nudge(everyone))
@@ -371,8 +392,14 @@ class KeyWatch:
         keys = [key for key in keys if key in self._by_key]
         if not keys:
             return
-        sinks = [sink for name in subjects for sink in self._subjects[name].sinks]
-        self._read(keys, _nudge(sinks))
+        for name in subjects:
+            subject = self._subjects[name]
+            announced = {key for key in keys if key in subject.keys}
+            subject.stale |= announced
+            now = not announced.isdisjoint(subject.ends)
+            for sink in list(subject.sinks):
+                resync = getattr(sink, "request_resync_now", None) if now else None
+                (resync or sink.request_resync)()
 
     def _storm(self, key: bytes, now: float) -> bool:
         start, count = self._counts.get(key, (now, 0))
@@ -420,6 +447,14 @@ class KeyWatch:
                 then()
 
 
+def _resolve(future: asyncio.Future[None]) -> Callable[[], None]:
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    return resolve
+
+
 def _nudge(sinks: list[Sink]) -> Callable[[], None]:
     def nudge() -> None:
         for sink in sinks:
@@ -448,6 +483,12 @@ class KeyWatching:
         if self._watch is not None and self._watch.off is not None:
             stats["client_tracking_off"] = self._watch.off
         return stats
+
+    async def _retracked(self, subject: str) -> None:
+        """Before a read of a watched subject: its keys tracked again (see
+        :meth:`KeyWatch.retrack`)."""
+        if self._watch is not None:
+            await self._watch.retrack(subject)
 
     def _key_watch(self) -> KeyWatch:
         if self._watch is None:

@@ -98,3 +98,7 @@ class Nudge:
 
     def request_resync(self) -> None:
         self._buffer.request_resync()
+
+    def request_resync_now(self) -> None:
+        """The queue ended the job: re-read at once, where the buffer would wait."""
+        getattr(self._buffer, "request_resync_now", self._buffer.request_resync)()

@@ -16,6 +16,8 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker
+from immortus_async._key_watch import KeyWatch
+from immortus_async._pubsub import connection_factory
 
 from .utils import SCALE, Watcher, run_worker, wait_until
 
@@ -146,6 +148,46 @@ async def test_waiters_cost_nothing_while_they_wait(redis: Redis) -> None:
         for watcher in watchers:
             assert (await watcher.finished())[-1].status is S.FINISHED
     await writer.aclose()
+
+
+class _Counted:
+    """A watcher that counts its nudges."""
+
+    def __init__(self) -> None:
+        self.nudges = 0
+
+    def request_resync(self) -> None:
+        self.nudges += 1
+
+
+async def _exists_run(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+
+
+async def test_an_announced_key_is_read_again_only_before_a_re_read(redis: Redis) -> None:
+    """A change nudges the watchers at once and sends nothing; retrack() reads the
+    announced keys again, so that their next change is announced too."""
+    watch = KeyWatch(connection_factory(redis), on_off=lambda subjects: None)
+    sink, other = _Counted(), _Counted()
+    assert await watch.watch("job", ["k1", "k2"], sink)
+    await redis.config_resetstat()
+    await redis.set("k1", "a")
+    await wait_until(lambda: sink.nudges == 1, message="the change's nudge")
+    # Another subject's EXISTS goes out on the same connection after anything the
+    # nudge could have sent: only it has run.
+    assert await watch.watch("other", ["k3"], other)
+    assert await _exists_run(redis) == 1
+    await watch.retrack("job")
+    assert await _exists_run(redis) == 2
+    await watch.retrack("job")  # nothing announced since: nothing to read
+    assert await _exists_run(redis) == 2
+    await redis.set("k1", "b")
+    await wait_until(lambda: sink.nudges == 2, message="the re-tracked key's nudge")
+    await redis.set("k2", "c")  # never announced, so still tracked
+    await wait_until(lambda: sink.nudges == 3, message="the other key's nudge")
+    assert other.nudges == 0
+    await watch.aclose()
 
 
 async def _pinged(redis: Redis) -> dict[str, Any] | None:

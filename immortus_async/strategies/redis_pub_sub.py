@@ -52,6 +52,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# A watcher's read of a job's record, in one command (its snapshot, and every
+# re-read): the hash's fields, its TTL (for the heartbeat) and the tombstone.
+_READ = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'meta', 'hb', 'result')
+return {r[1], r[2], r[3], r[4], redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
 
 # A fallback that cannot push is read at its interval, growing by half with each
 # read that finds the job where it was, up to this: many waiters on jobs that sit in
@@ -94,7 +101,9 @@ class _Settling:
     Such a push proves the job side alive and reporting; what the queue did on its
     own at that very moment is then read at the heartbeat's deadline at the latest.
     Any other state (``retrying``: arq may end the job at its next try, on its own)
-    is read again.
+    is read again, and so is the next state pushed that is not such a beat after a
+    read was skipped: the queue's records re-read (and their keys tracked again,
+    see :meth:`KeyWatch.retrack`) once the job side stops saying where the job is.
     """
 
     def __init__(self, job_id: str, buffer: StateBuffer) -> None:
@@ -102,6 +111,7 @@ class _Settling:
         self._buffer = buffer
         self._pushes = 0
         self._beating = False  # the last state pushed is started, with a heartbeat
+        self._skipped = False  # a nudge was answered by the job side's beat alone
         self._timer: asyncio.TimerHandle | None = None
 
     def push(self, item: Any) -> None:
@@ -114,6 +124,9 @@ class _Settling:
             and announced[0] == item.attempt
         )
         self._buffer.push(item)
+        if self._skipped and not self._beating:
+            self._skipped = False
+            self.nudge()
 
     def fail(self, error: BaseException) -> None:
         self._buffer.fail(error)
@@ -129,7 +142,8 @@ class _Settling:
 
     def _settled(self, seen: int) -> None:
         self._timer = None
-        if self._pushes == seen or not self._beating:
+        self._skipped = self._pushes != seen and self._beating
+        if not self._skipped:
             self._buffer.request_resync()
 
     def cancel(self) -> None:
@@ -145,6 +159,10 @@ class _Nudged:
 
     def request_resync(self) -> None:
         self._settling.nudge()
+
+    def request_resync_now(self) -> None:
+        """The queue ended the job (its result written): nothing to wait for."""
+        self._settling.request_resync()
 
     def fail(self, error: BaseException) -> None:
         self._settling.fail(error)
@@ -361,6 +379,7 @@ class RedisPubSubStrategy(Connected):
         client: Any = self.redis
         self._script = client.register_script(_SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
         self._beat = client.register_script(_HEARTBEAT)
+        self._reader = client.register_script(_READ)
         # On one Redis, writes go out pipelined on a connection of their own (see
         # _pipe): a worker's concurrent jobs share round trips, and each costs less
         # CPU. A cluster's writes go to the node of each job's slot, one by one.
@@ -530,27 +549,19 @@ class RedisPubSubStrategy(Connected):
         return state, stale_in
 
     async def _record(self, job_id: str) -> tuple[JobState, float | None]:
-        record = self.keys.record(job_id)
-        async with self.reading, self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record, ["state", "meta", "hb", "result"])
-            pipe.pttl(record)
-            pipe.get(self.keys.tombstone(job_id))
-            (
-                (stored_state, stored_meta, beat, stored_result),
-                ttl_left,
-                tombstone,
-            ) = await self._execute(pipe)
+        keys = [self.keys.record(job_id), self.keys.tombstone(job_id)]
+        async with self.reading:
+            # Not through the writes' pipe: a waiter's timeout cancels its read,
+            # which there would cost every write in flight its connection.
+            stored_state, stored_meta, beat, stored_result, ttl_left, tombstone = await _run(
+                self._reader, keys, []
+            )
         if stored_state is not None:
             state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
             return _heartbeat(state, beat, ttl_left)
         if tombstone is not None:
             return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
         return JobState(job_id=job_id), None
-
-    async def _execute(self, pipe: Any) -> list[Any]:
-        with _raced(is_cluster(self.redis)):
-            replies: list[Any] = await pipe.execute()
-        return replies
 
     async def _catch_up(self, state: JobState, theirs: JobState) -> JobState:
         """Record what the fallback knows (``theirs``) when it is ahead of our record."""

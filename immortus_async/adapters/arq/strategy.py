@@ -72,10 +72,18 @@ _MODES = ("client-tracking", "keyspace", "poll")
 _POLL_MAX = 2.0
 # Every key whose change moves a job: written, deleted, incremented or expired.
 _PREFIXES = (job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix)
+_READ_PREFIXES = (result_key_prefix, in_progress_key_prefix, job_key_prefix, retry_key_prefix)
 _VANISHED = (
     "the job left arq without a result (the worker keeps none with keep_result=0, "
     "or it has expired), so its outcome is unknown"
 )
+
+# A job's records in one command (its snapshot, and every re-read), as atomic as
+# the MULTI/EXEC transactions in which arq moves them.
+_READ = """
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2]), redis.call('GET', KEYS[3]),
+        redis.call('GET', KEYS[4]), redis.call('ZSCORE', KEYS[5], ARGV[1])}
+"""
 
 
 def _outcome(data: dict[str, Any]) -> tuple[JobStatus, str | None]:
@@ -150,6 +158,7 @@ class ArqStrategy(KeyWatching, Connected):
         pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
         self.queue_name = queue_name or pool_queue
         self._loads = deserializer or getattr(self.redis, "job_deserializer", None) or _unpickle
+        self._reader = self._standalone.register_script(_READ)
         self._notifications = notifications
         self._asking: asyncio.Future[bool] | None = None
         self._arq_poller: ArqPoller | None = None
@@ -162,13 +171,10 @@ class ArqStrategy(KeyWatching, Connected):
 
     async def status(self, job_id: str) -> JobState:
         """The job's state as arq's records tell it; ``unknown`` when arq has none."""
-        async with self.reading, self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(result_key_prefix + job_id)
-            pipe.exists(in_progress_key_prefix + job_id)
-            pipe.get(job_key_prefix + job_id)
-            pipe.get(retry_key_prefix + job_id)
-            pipe.zscore(self.queue_name, job_id)
-            result, in_progress, job, tries, score = await pipe.execute()
+        await self._retracked(job_id)
+        keys = [prefix + job_id for prefix in _READ_PREFIXES] + [self.queue_name]
+        async with self.reading:
+            result, in_progress, job, tries, score = await self._reader(keys=keys, args=[job_id])
         if result is not None:
             return self._ended(job_id, result)
         tries = int(tries or 0)
@@ -311,7 +317,8 @@ class ArqStrategy(KeyWatching, Connected):
         try:
             if self._tracking is not False:
                 keys = [prefix + job_id for prefix in _PREFIXES]
-                if await self._key_watch().watch(job_id, keys, nudge):
+                ends = [result_key_prefix + job_id]
+                if await self._key_watch().watch(job_id, keys, nudge, ends=ends):
                     metrics.fallback_mode("arq", "client-tracking", _MODES)
                     yield None
                     return

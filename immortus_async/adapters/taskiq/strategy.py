@@ -219,6 +219,7 @@ class TaskiqStrategy(KeyWatching, Connected):
         A record that cannot be decoded reads ``failed`` for a result (its outcome
         is unknown) and is ignored for progress.
         """
+        await self._retracked(task_id)
         key = self.result_key(task_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(key)
