@@ -20,7 +20,15 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["CLUSTER_SCHEMES", "REFUSED", "UNREACHABLE", "Client", "client_from", "is_cluster"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "REFUSED",
+    "UNREACHABLE",
+    "Client",
+    "client_from",
+    "is_cluster",
+    "names_cluster",
+]
 
 Client = Redis | RedisCluster
 """A tracking Redis: one server, or a Redis Cluster."""
@@ -56,6 +64,15 @@ def is_cluster(redis: Client) -> bool:
     """True for a Redis Cluster client: the one test that picks sharded pub/sub
     (``SPUBLISH``/``SSUBSCRIBE``) over plain ``PUBLISH``/``SUBSCRIBE``."""
     return isinstance(redis, RedisCluster)
+
+
+def names_cluster(redis: object) -> bool:
+    """True for what :func:`client_from` makes a Redis Cluster client of: a
+    ``RedisCluster``, or a ``redis+cluster://`` URL. Asked before any client is
+    made, by what refuses a cluster where one server's records are read."""
+    return isinstance(redis, RedisCluster) or (
+        isinstance(redis, str) and redis.startswith(CLUSTER_SCHEMES)
+    )
 
 
 def client_from(redis: Client | str) -> tuple[Client, bool]:

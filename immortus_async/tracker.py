@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
 from ._follow import poll, retrying
-from ._redis import REFUSED, UNREACHABLE, Client, client_from
+from ._redis import REFUSED, UNREACHABLE, Client, client_from, names_cluster
 from .config import strategy_for
 from .exceptions import JobNotFound, RedisUnavailable, TrackerClosed
 from .keys import DEFAULT_PREFIX
@@ -63,6 +63,7 @@ class Tracker:
             deserializer are then used) or a URL (then owned and closed here).
             The strategy that reads the queue's own records (``"arq"``, and the
             fallback of ``"redis_pub_sub"``) is built on it. Default: ``redis``.
+            One server: a Redis Cluster here is refused (``TypeError``).
         unreachable_timeout: seconds a waiter (:meth:`status`, :meth:`completed`,
             :meth:`watch`) rides out a Redis it cannot reach, at its first read or
             mid-wait, before it raises :class:`~immortus_async.RedisUnavailable`;
@@ -90,6 +91,12 @@ class Tracker:
         queue: object | None = None,
     ) -> None:
         self._queue = queue
+        if queue_redis is not None and names_cluster(queue_redis):
+            # Else no reader of the queue's records would be built, silently.
+            raise TypeError(
+                "queue_redis is the queue's own Redis, one server whose records are read; "
+                "it is a Redis Cluster here: give the cluster as the Tracker's redis"
+            )
         if unreachable_timeout is not None and not unreachable_timeout > 0:
             raise ValueError(
                 "unreachable_timeout must be a positive number of seconds or None, "

@@ -324,6 +324,13 @@ async def test_token_needs_a_long_secret(redis: Redis) -> None:
             tracker.token("j")
 
 
+def test_a_cluster_as_queue_redis_is_refused() -> None:
+    """queue_redis is the queue's one server: a Redis Cluster there is refused, saying
+    where it goes (else no reader of the queue's records would be built, silently)."""
+    with pytest.raises(TypeError, match="give the cluster as the Tracker's redis"):
+        Tracker("redis://127.0.0.1:1", queue_redis="redis+cluster://127.0.0.1:7000")
+
+
 async def test_arq_fallback_shares_the_one_pubsub_connection(
     redis: Redis, redis_server: RedisServer, writer: RedisPubSubStrategy
 ) -> None:

@@ -181,7 +181,9 @@ class ArqDriver:
 
 class StreaqDriver:
     """streaQ: workers are ``python -m tests.adapters.streaq_worker URL``, tracked
-    through our middleware; jobs are enqueued through a streaQ client of the tasks."""
+    through our middleware, on the queue's Redis (``tracking_url``: on another, a
+    cluster's ``redis+cluster://`` URL); jobs are enqueued through a streaQ client of
+    the tasks."""
 
     adapter = "streaq"
     cannot: Mapping[str, str] = dict.fromkeys(
@@ -191,10 +193,11 @@ class StreaqDriver:
         "cannot be told apart",
     )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, tracking_url: str | None = None) -> None:
         from .streaq_worker import make_worker
 
         self._url = url
+        self._tracking_url = tracking_url
         # The web process's side: the same tasks, never run here. streaQ enters a
         # client per use (its connection pool belongs to the task that enters it).
         self._client = make_worker(url, tracked=False)
@@ -202,7 +205,7 @@ class StreaqDriver:
 
     def tracker(self) -> Tracker:
         configure(queue_adapter="streaq")
-        return Tracker(self._url, queue=self._client)
+        return tracker_on(self._url, self._tracking_url, queue=self._client)
 
     async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
         async with self._client:
@@ -215,9 +218,8 @@ class StreaqDriver:
         return str(task.id)
 
     async def start_worker(self) -> None:
-        worker = await Spawned.start(
-            sys.executable, "-m", "tests.adapters.streaq_worker", self._url
-        )
+        where = [self._url] + ([self._tracking_url] if self._tracking_url else [])
+        worker = await Spawned.start(sys.executable, "-m", "tests.adapters.streaq_worker", *where)
         self._workers.append(worker)
         await worker.expect(READY)
 
@@ -284,6 +286,7 @@ class TaskiqDriver:
         from . import taskiq_worker
 
         self._url = url
+        self._tracking_url = tracking_url
         self._env = {
             **os.environ,
             "IMMORTUS_TEST_REDIS": url,
@@ -310,7 +313,7 @@ class TaskiqDriver:
 
     def tracker(self) -> Tracker:
         configure(queue_adapter="taskiq")
-        return Tracker(self._url)
+        return tracker_on(self._url, self._tracking_url)
 
     async def enqueue(self, tracker: Tracker, kind: str, **options: Any) -> str:
         task = await tracker.enqueue(await self.client(), self._tasks.get(kind, kind), **options)
@@ -377,6 +380,14 @@ class TaskiqDriver:
             await kill_tree(worker)
         if self._started:
             await self._broker.shutdown()
+
+
+def tracker_on(url: str, tracking_url: str | None, **options: Any) -> Tracker:
+    """A Tracker on the queue's Redis ``url``, or on ``tracking_url`` with ``url`` as
+    the queue's Redis (where the queue's own records are read)."""
+    if tracking_url is None:
+        return Tracker(url, **options)
+    return Tracker(tracking_url, queue_redis=url, **options)
 
 
 async def kill_tree(spawned: Spawned) -> None:

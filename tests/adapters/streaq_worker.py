@@ -1,4 +1,5 @@
-"""The streaQ worker of the tests: ``python -m tests.adapters.streaq_worker REDIS_URL``.
+"""The streaQ worker of the tests: ``python -m tests.adapters.streaq_worker REDIS_URL
+[TRACKING_URL]`` (tracking on the worker's own Redis, else on ``TRACKING_URL``).
 
 One task per kind of job of :mod:`tests.adapters.drivers` (named after the kind),
 and a few more that only ``test_streaq.py`` runs, on a worker built per test or
@@ -39,15 +40,20 @@ async def _announce() -> AsyncIterator[None]:
     yield
 
 
-def make_worker(url: str, *, tracked: bool = True, **options: Any) -> Worker[Any]:
-    """A streaQ worker on ``url`` with the test tasks, tracked unless ``tracked=False``."""
+def make_worker(
+    url: str, *, tracked: bool = True, tracking: str | None = None, **options: Any
+) -> Worker[Any]:
+    """A streaQ worker on ``url`` with the test tasks, tracked unless ``tracked=False``:
+    on ``url``, or on ``tracking`` (a cluster's ``redis+cluster://`` URL) with ``url``
+    as the queue's Redis."""
     options.setdefault("idle_timeout", IDLE_TIMEOUT)
     options.setdefault("handle_signals", False)
     worker: Worker[Any] = Worker(redis_url=url, **options)
     if tracked:
         track_worker(
             worker,
-            redis=url,
+            redis=tracking or url,
+            queue_redis=url if tracking else None,
             heartbeat_interval=HEARTBEAT_INTERVAL,
             stalled_after=STALLED_AFTER,
             report_result=True,
@@ -145,4 +151,5 @@ def make_worker(url: str, *, tracked: bool = True, **options: Any) -> Worker[Any
 
 
 if __name__ == "__main__":
-    make_worker(sys.argv[1], handle_signals=True, lifespan=_announce).run_sync()
+    tracking = sys.argv[2] if len(sys.argv) > 2 else None
+    make_worker(sys.argv[1], tracking=tracking, handle_signals=True, lifespan=_announce).run_sync()

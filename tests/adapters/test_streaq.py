@@ -430,6 +430,17 @@ def test_track_worker_refuses_what_it_cannot_track(redis_server: RedisServer) ->
         )
 
 
+def test_track_worker_refuses_a_cluster_for_streaqs_records(redis_server: RedisServer) -> None:
+    """Tracking on a Redis Cluster needs the worker's own Redis as queue_redis, which
+    is one server: each wrong combination is refused, saying what to give."""
+    cluster = "redis+cluster://127.0.0.1:7000"
+    worker = make_worker(redis_server.url, tracked=False)
+    with pytest.raises(TypeError, match=r"give that too, as queue_redis="):
+        track_worker(worker, redis=cluster)
+    with pytest.raises(TypeError, match=r"give the cluster as redis="):
+        track_worker(worker, redis=redis_server.url, queue_redis=cluster)
+
+
 async def test_enqueue_refuses_arguments_twice(
     redis_server: RedisServer, streaq_tracker: Tracker
 ) -> None:

@@ -17,8 +17,16 @@ through the event loop: ``anyio.from_thread.run(job_context().update, 0.5)``.
 
 **Which Redis.** streaQ talks to Redis through coredis; tracking writes through a
 redis-py client of its own, on the URL (or the ``redis.asyncio.Redis``) given to
-:func:`track_worker`: the same Redis as the worker's, so that waiters find both
-our records and streaQ's. Which strategy: the task's inline one (set with
+:func:`track_worker` as ``redis``: by default the worker's own Redis, so that
+waiters find both our records and streaQ's there. To track on a Redis Cluster,
+give it as ``redis`` (a ``redis.asyncio.cluster.RedisCluster`` or a
+``redis+cluster://`` URL) and the worker's own Redis as ``queue_redis``: tracking
+writes go to the cluster, streaQ's records are read where streaQ keeps them::
+
+    track_worker(worker, redis="redis+cluster://10.0.0.5:7000", queue_redis=REDIS_URL)
+
+Waiters then need a :class:`~immortus_async.Tracker` on the cluster with the same
+``queue_redis``. Which strategy: the task's inline one (set with
 ``config.set_inline_strategy(name, ...)``), else the one given to
 :func:`track_worker`, else :func:`~immortus_async.configure`'s, else
 ``"redis_pub_sub"``.
@@ -68,7 +76,7 @@ from streaq.types import StreaqCancelled
 
 from ... import config
 from ..._describe import describe_error
-from ..._redis import client_from
+from ..._redis import Client, client_from, names_cluster
 from ...jobside import MAX_RESULT_BYTES, JobContext, JobOptions, Leftovers, begin_job
 from ...registry import StrategySpec, resolve_strategy
 from .strategy import StreaqStrategy
@@ -100,22 +108,29 @@ def job_context() -> JobContext:
 
 
 class _Tracking:
-    """What track_worker keeps for one worker: its client, reader, options and leftovers."""
+    """What track_worker keeps for one worker: its clients, reader, options and leftovers."""
 
     def __init__(
         self,
         worker: Worker[Any],
-        redis: Redis,
-        owned: bool,
+        redis: Client | str,
+        queue_redis: Redis | str | None,
         strategy: StrategySpec | None,
         options: JobOptions,
         grace: float,
     ) -> None:
-        self.redis, self._owned = redis, owned
+        # Clients made here from URLs are closed as the worker stops.
+        self.redis, owned = client_from(redis)
+        self._owned: list[Client] = [self.redis] if owned else []
+        records = self.redis
+        if queue_redis is not None:
+            records, owned = client_from(queue_redis)
+            self._owned += [records] if owned else []
+        assert isinstance(records, Redis), "track_worker refuses a cluster for streaQ's records"
         self.strategy, self.options, self.grace = strategy, options, grace
         # streaQ's records, read the way this worker reads them (its queue, its
         # deserializer and signing secret), for the outcome after a cancellation.
-        self.reader = StreaqStrategy(redis, worker=worker)
+        self.reader = StreaqStrategy(records, worker=worker)
         self.leftovers = Leftovers()
         self.registered: RegisteredMiddleware | None = None
 
@@ -171,8 +186,8 @@ class _Tracking:
         with anyio.CancelScope(shield=True):
             await self.leftovers.aclose(self.grace)
             await self.reader.aclose()
-            if self._owned:
-                await self.redis.aclose()
+            for client in self._owned:
+                await client.aclose()
 
 
 class _Lifespan:
@@ -203,7 +218,8 @@ class _Lifespan:
 def track_worker(
     worker: W,
     *,
-    redis: Redis | str,
+    redis: Client | str,
+    queue_redis: Redis | str | None = None,
     strategy: StrategySpec | None = None,
     heartbeat_interval: float = 5.0,
     stalled_after: float | None = None,
@@ -228,9 +244,15 @@ def track_worker(
 
     Args:
         worker: the ``streaq.Worker``, before it runs.
-        redis: the worker's Redis, as a URL or a ``redis.asyncio.Redis``
-            (``decode_responses=False``); tracking writes go there. A client made
-            from a URL is closed when the worker stops.
+        redis: where tracking writes go: the worker's own Redis, as a URL or a
+            ``redis.asyncio.Redis`` (``decode_responses=False``), or a Redis
+            Cluster (a ``redis.asyncio.cluster.RedisCluster`` or a
+            ``redis+cluster://`` URL), which needs ``queue_redis``. A client made
+            from a URL is closed when the worker stops (``queue_redis``'s too).
+        queue_redis: the worker's own Redis, where streaQ's records are read
+            (the outcome of a cancelled task), when ``redis`` is not it: a URL or
+            a ``redis.asyncio.Redis`` (``decode_responses=False``), one server.
+            Default: ``redis``.
         strategy: the strategy for tasks that have no inline one; default
             :func:`~immortus_async.configure`'s, else ``"redis_pub_sub"``.
         heartbeat_interval: seconds between heartbeats while a task runs.
@@ -248,12 +270,25 @@ def track_worker(
         max_result_bytes: the largest result reported, in bytes of JSON.
 
     Raises:
-        TypeError: ``worker`` is not a ``streaq.Worker``.
+        TypeError: ``worker`` is not a ``streaq.Worker``; ``redis`` is a Redis
+            Cluster and no ``queue_redis`` is given; ``queue_redis`` is a Redis
+            Cluster.
         ValueError: bad timings; the worker is tracked already.
         StrategyNotFound: ``strategy`` names nothing.
     """
     if not isinstance(worker, Worker):
         raise TypeError(f"track_worker takes a streaq.Worker, got {type(worker).__name__}")
+    # Before any client is made: streaQ's records are read from one server.
+    if queue_redis is None and names_cluster(redis):
+        raise TypeError(
+            "track_worker(redis=...) is a Redis Cluster, where tracking writes go; streaQ's "
+            "records are on the worker's own Redis: give that too, as queue_redis=..."
+        )
+    if queue_redis is not None and names_cluster(queue_redis):
+        raise TypeError(
+            "track_worker(queue_redis=...) is the streaQ worker's own Redis, one server whose "
+            "records are read; it is a Redis Cluster here (give the cluster as redis=...)"
+        )
     if isinstance(worker.lifespan, _Lifespan):
         raise ValueError("this worker is tracked already: call track_worker once per worker")
     options = JobOptions.checked(
@@ -271,10 +306,7 @@ def track_worker(
         )
     if strategy is not None:
         resolve_strategy(strategy)
-    client, owned = client_from(redis)
-    if not isinstance(client, Redis):  # streaQ's records live on one server
-        raise TypeError("track_worker takes the streaQ worker's own Redis, not a Redis Cluster")
-    tracking = _Tracking(worker, client, owned, strategy, options, shutdown_grace)
+    tracking = _Tracking(worker, redis, queue_redis, strategy, options, shutdown_grace)
     tracking.registered = worker.middleware(tracking.middleware)
     worker.lifespan = _Lifespan(worker.lifespan, tracking)
     return worker

@@ -41,7 +41,13 @@ to fail.
 **Which strategy, which Redis.** ``strategy`` given here, else
 :func:`~immortus_async.configure`'s, else ``"redis_pub_sub"``; a name or a class is
 built on ``redis`` (default: a client of the broker's own Redis, for taskiq-redis
-brokers). ``heartbeat_interval``, ``stalled_after``, ``retry_for`` and
+brokers). The middleware never reads taskiq's own records (taskiq calls
+``post_execute`` after every run), so tracking on a Redis Cluster is only a matter
+of ``redis``: ``TrackingMiddleware("redis+cluster://10.0.0.5:7000")`` (or a
+``redis.asyncio.cluster.RedisCluster``), the broker and its result backend
+staying on their own Redis; waiters then need a
+:class:`~immortus_async.Tracker` on the cluster with that Redis as
+``queue_redis``. ``heartbeat_interval``, ``stalled_after``, ``retry_for`` and
 ``write_timeout`` are those of :mod:`immortus_async.jobside` (heartbeats, the
 write deadline, redelivery while Redis is unreachable). The background work the
 tasks leave belongs to the worker: the broker's shutdown waits up to
@@ -136,8 +142,11 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
     """Tracks every task a taskiq worker runs; see the module for what it records.
 
     Args:
-        redis: where to track: a ``redis.asyncio.Redis`` or a URL; default the
-            broker's own Redis (taskiq-redis brokers).
+        redis: where to track: a ``redis.asyncio.Redis``, a
+            ``redis.asyncio.cluster.RedisCluster`` or a URL
+            (``redis+cluster://host:port`` for a cluster); default the broker's
+            own Redis (taskiq-redis brokers). A client made from a URL is closed
+            at the broker's shutdown.
         strategy: the strategy for the tasks (a name, class, instance or
             ``"module:Class"`` path); default :func:`~immortus_async.configure`'s,
             else ``"redis_pub_sub"``.
@@ -160,7 +169,7 @@ class TrackingMiddleware(TaskiqMiddleware):  # type: ignore[misc, unused-ignore]
 
     def __init__(
         self,
-        redis: Redis | str | None = None,
+        redis: Client | str | None = None,
         *,
         strategy: StrategySpec | None = None,
         heartbeat_interval: float = 5.0,
