@@ -11,10 +11,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
+import anyio
 from redis.exceptions import RedisError
 
 from .. import metrics
@@ -144,12 +145,12 @@ class Session:
         self._once = once
         self._app_checked = app_checked
         self.outbox = Outbox()
-        self._subscriptions: dict[str, asyncio.Task[None]] = {}
-        self._feeds: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: dict[str, _Stoppable] = {}
+        self._feeds: dict[str, _Stoppable] = {}
         # The abort requests in flight, by job: at most max_subscriptions of them.
-        self._aborts: dict[str, asyncio.Task[None]] = {}
-        # Cancelled subscriptions stay here until they have finished unwinding.
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._aborts: dict[str, _Stoppable] = {}
+        # Stopped subscriptions stay here until they have finished unwinding.
+        self._tasks: set[_Stoppable] = set()
 
     @property
     def subscriptions(self) -> int:
@@ -174,9 +175,11 @@ class Session:
         except Disconnected:
             pass  # the client left, or a limit closed the connection: nothing to tell
         finally:
-            tasks = [sender, *self._tasks]
-            for task in tasks:
-                task.cancel()
+            sender.cancel()
+            children = list(self._tasks)
+            for child in children:
+                child.stop()
+            tasks = [sender, *(child.task for child in children)]
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
                     logger.error("a connection task failed", exc_info=result)
@@ -239,13 +242,10 @@ class Session:
         # renews its token, with since_seq so it gets nothing twice.
         self._stop(job_id)
         self.outbox.discard(job_id)
-        task = asyncio.create_task(
+        self._subscriptions[job_id] = self._start(
             self._follow(job_id, request.since_seq, expires_at, ask_app=ask_app),
-            name="immortus-bridge-follow",
+            "immortus-bridge-follow",
         )
-        self._subscriptions[job_id] = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _abort(self, request: Abort) -> None:
         """Answer an ``abort`` in a task of its own: it waits on the app and on Redis."""
@@ -264,10 +264,7 @@ class Session:
                 )
             )
             return
-        task = asyncio.create_task(self._answer_abort(request), name="immortus-bridge-abort")
-        self._aborts[job_id] = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._aborts[job_id] = self._start(self._answer_abort(request), "immortus-bridge-abort")
 
     async def _answer_abort(self, request: Abort) -> None:
         try:
@@ -279,10 +276,16 @@ class Session:
         else:
             self.outbox.reply(answer)
 
+    def _start(self, body: Coroutine[Any, Any, None], name: str) -> _Stoppable:
+        child = _Stoppable(body, name)
+        self._tasks.add(child)
+        child.task.add_done_callback(lambda _: self._tasks.discard(child))
+        return child
+
     def _stop(self, job_id: str) -> None:
-        task = self._subscriptions.pop(job_id, None)
-        if task is not None:
-            task.cancel()
+        child = self._subscriptions.pop(job_id, None)
+        if child is not None:
+            child.stop()
 
     def _feeds_held(self) -> int:
         return len(self._feeds.keys() | self.outbox.owners())
@@ -309,17 +312,14 @@ class Session:
         # Subscribing again replaces the feed (a new token), with a new snapshot.
         self._stop_owner(owner)
         self.outbox.discard_owner(owner)
-        task = asyncio.create_task(
-            self._follow_owner(owner, expires_at, ask_app=ask_app), name="immortus-bridge-feed"
+        self._feeds[owner] = self._start(
+            self._follow_owner(owner, expires_at, ask_app=ask_app), "immortus-bridge-feed"
         )
-        self._feeds[owner] = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _stop_owner(self, owner: str) -> None:
-        task = self._feeds.pop(owner, None)
-        if task is not None:
-            task.cancel()
+        child = self._feeds.pop(owner, None)
+        if child is not None:
+            child.stop()
 
     # Tasks
 
@@ -354,7 +354,7 @@ class Session:
             await self.outbox.taken(job_id)
         finally:
             metrics.unsubscribed()
-            if self._subscriptions.get(job_id) is asyncio.current_task():
+            if _is_current(self._subscriptions.get(job_id)):
                 del self._subscriptions[job_id]
             await _close(states, "the subscription to job", job_id)
 
@@ -380,7 +380,7 @@ class Session:
             ending = _ending(owner, exc, expired=scope.expired())
             self.outbox.end_owner(dataclasses.replace(ending, job_id=None, owner=owner))
         finally:
-            if self._feeds.get(owner) is asyncio.current_task():
+            if _is_current(self._feeds.get(owner)):
                 del self._feeds[owner]
             await _close(states, "the feed of owner", owner)
 
@@ -435,11 +435,11 @@ class Session:
         """Whether every subscription has ended and its last frame is sent."""
         waiting = self.outbox.statistics()
         pending = waiting.jobs or waiting.errors or waiting.feeds
-        return not pending and all(task.done() for task in self._tasks)
+        return not pending and all(child.task.done() for child in self._tasks)
 
     async def _next_frames(self) -> list[str]:
         """What the outbox has to send; in ``once`` mode, [] when a subscription ends first."""
-        running = [task for task in self._tasks if not task.done()]
+        running = [child.task for child in self._tasks if not child.task.done()]
         if not self._once or not running:
             return await self.outbox.take()
         # The subscription may end without a frame left to send (its terminal
@@ -450,6 +450,38 @@ class Session:
         finally:
             take.cancel()  # it has no effect before it returns
         return [] if take.cancelled() else take.result()
+
+
+class _Stoppable:
+    """A task of a session that reads Redis; :meth:`stop` ends it, whatever it awaits.
+
+    ``task.cancel()`` is not enough: on Python 3.11, ``asyncio.wait_for`` loses a
+    cancellation that comes as the call it waits for completes (it returns the
+    result instead), and redis-py sends each command through one when the
+    connection has a ``socket_timeout`` (redis-py 8 sets 5 s by default). The task
+    would go on as if never cancelled: a subscription would outlive its client,
+    and the session that awaits it, and the server's close with it, would wait for
+    ever. An anyio cancel scope cancels the task again at each await until it has
+    left the scope.
+    """
+
+    __slots__ = ("_scope", "task")
+
+    def __init__(self, body: Coroutine[Any, Any, None], name: str) -> None:
+        self._scope = anyio.CancelScope()
+        self.task = asyncio.create_task(self._run(body), name=name)
+
+    async def _run(self, body: Coroutine[Any, Any, None]) -> None:
+        with self._scope:
+            await body
+
+    def stop(self) -> None:
+        """Cancel the task for good; it may still be unwinding when this returns."""
+        self._scope.cancel()
+
+
+def _is_current(child: _Stoppable | None) -> bool:
+    return child is not None and child.task is asyncio.current_task()
 
 
 def _until(expires_at: float | None) -> asyncio.Timeout:

@@ -250,11 +250,15 @@ async def http_get(
     if method == "POST":
         lines.append("Content-Length: 0")
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    async with asyncio.timeout(10 * SCALE):
-        raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        async with asyncio.timeout(10 * SCALE):
+            raw = await reader.read()
+    finally:
+        # Closed on a timeout too: a socket left to the garbage collector fails a
+        # later test with its ResourceWarning.
+        writer.close()
+        await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parsed = {}
