@@ -43,12 +43,22 @@ async def retrying(
     delay = 0.05
     # What Redis last did wrong: the deadline's own TimeoutError says nothing of it.
     cause: BaseException | None = None
+    task = asyncio.current_task()
     while True:
         try:
             # A server that stops answering (SIGSTOP) raises nothing: the deadline
             # bounds a read that hangs as well as one that fails.
             async with asyncio.timeout_at(give_up_at):
-                return await read()
+                asked = 0 if task is None else task.cancelling()
+                value = await read()
+                if task is not None and task.cancelling() > asked:
+                    # Python 3.11's asyncio.wait_for, which redis-py sends through
+                    # when a client has a socket_timeout (redis-py 8: always),
+                    # returns the reply of a command that completes as the cancel
+                    # arrives, and the cancel is lost: raised here, or the caller's
+                    # waiter would wait on for ever (and the deadline would not end).
+                    raise asyncio.CancelledError
+                return value
         except REFUSED:
             raise
         except UNREACHABLE as exc:

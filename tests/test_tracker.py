@@ -24,7 +24,7 @@ from immortus_async import (
 
 from .conftest import NOT_INSTALLED
 from .strategies_for_tests import OnlyCompleted
-from .utils import SCALE, wait_until
+from .utils import SCALE, WriteEndingAsCancelled, wait_until
 
 S = JobStatus
 
@@ -197,6 +197,33 @@ async def test_job_finishing_between_subscribe_and_snapshot(
     async with Tracker(redis, tracking_strategy=strategy) as tracker:
         state = await tracker.completed("race", timeout=10)
     assert state.status is S.FINISHED
+
+
+async def test_a_waiter_cancelled_as_its_snapshot_read_completes_ends_cancelled(
+    redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """A waiter cancelled just as its snapshot's write to Redis completes, as
+    ``asyncio.wait_for(tracker.completed(...), t)`` cancels it when ``t`` passes: it
+    ends cancelled, instead of waiting on for ever (and ``wait_for`` with it)."""
+    await queue(writer, "w")
+    redis = Redis.from_url(
+        redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
+    )
+    try:
+        async with Tracker(redis, tracking_strategy="redis_pub_sub") as tracker:
+            # Connected, scripts loaded: the next write is the waiter's snapshot read.
+            assert (await tracker.status("w")).status is S.QUEUED
+            WriteEndingAsCancelled.held = asyncio.Event()
+            WriteEndingAsCancelled.armed = True
+            waiter = asyncio.create_task(tracker.completed("w"))
+            async with asyncio.timeout(10 * SCALE):
+                await WriteEndingAsCancelled.held.wait()
+            waiter.cancel()
+            await asyncio.wait([waiter], timeout=10 * SCALE)
+            assert waiter.cancelled()
+    finally:
+        WriteEndingAsCancelled.armed = False
+        await redis.aclose()
 
 
 async def test_numsub_is_one_per_channel_and_zero_after(

@@ -13,12 +13,14 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     # Only the arq tests run a worker; the environment without arq imports this too.
     from arq.connections import ArqRedis
     from arq.worker import Worker
+
+from redis.asyncio.connection import Connection
 
 from immortus_async import JobState, JobStatus, Tracker
 
@@ -233,3 +235,29 @@ def enqueue_and_work(folder: Path, env: dict[str, str], worker: Sequence[str]) -
         out, err = script.communicate(timeout=30)
     assert script.returncode == 0, err
     return out.splitlines()
+
+
+class WriteEndingAsCancelled(Connection):
+    """Once :attr:`armed`, a connection whose next write completes only once the task
+    that sent it is being cancelled: the two come together, as when a client leaves
+    while its subscription reads Redis. redis-py sends through ``asyncio.wait_for``
+    when the connection has a ``socket_timeout``, and Python 3.11's drops that
+    cancellation (it returns the write's result)."""
+
+    armed: ClassVar[bool] = False
+    held: ClassVar[asyncio.Event]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._sender = asyncio.current_task()  # wait_for writes in a task of its own
+        await super().send_packed_command(command, check_health)
+
+    async def _send_packed_command(self, command: Any) -> None:
+        armed, type(self).armed = type(self).armed, False
+        if armed:
+            sender = self._sender
+            assert sender is not None
+            self.held.set()
+            # sleep(0) between looks: the write ends in the very loop turn that
+            # delivers the cancellation, before the sender resumes.
+            await wait_until(lambda: sender.cancelling(), interval=0, message="the cancellation")
+        await super()._send_packed_command(command)

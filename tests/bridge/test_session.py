@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
@@ -25,7 +24,7 @@ from immortus_async import (
 )
 from immortus_async.bridge import Bridge, serve
 
-from ..utils import SCALE, wait_until
+from ..utils import SCALE, WriteEndingAsCancelled, wait_until
 from .helpers import (
     SECRET,
     advance,
@@ -297,32 +296,6 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
         client.transport.abort()
 
 
-class _WriteEndingAsCancelled(Connection):
-    """Once :attr:`armed`, a connection whose next write completes only once the task
-    that sent it is being cancelled: the two come together, as when a client leaves
-    while its subscription reads Redis. redis-py sends through ``asyncio.wait_for``
-    when the connection has a ``socket_timeout``, and Python 3.11's drops that
-    cancellation (it returns the write's result)."""
-
-    armed: ClassVar[bool] = False
-    held: ClassVar[asyncio.Event]
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        self._sender = asyncio.current_task()  # wait_for writes in a task of its own
-        await super().send_packed_command(command, check_health)
-
-    async def _send_packed_command(self, command: Any) -> None:
-        armed, type(self).armed = type(self).armed, False
-        if armed:
-            sender = self._sender
-            assert sender is not None
-            self.held.set()
-            # sleep(0) between looks: the write ends in the very loop turn that
-            # delivers the cancellation, before the sender resumes.
-            await wait_until(lambda: sender.cancelling(), interval=0, message="the cancellation")
-        await super()._send_packed_command(command)
-
-
 async def test_a_subscription_ends_when_its_client_leaves_as_a_redis_write_completes(
     redis_server: RedisServer, strategy: RedisPubSubStrategy
 ) -> None:
@@ -330,22 +303,22 @@ async def test_a_subscription_ends_when_its_client_leaves_as_a_redis_write_compl
     the subscription ends all the same, and the bridge closes."""
     await advance(strategy, "w", S.STARTED)
     redis = Redis.from_url(
-        redis_server.url, connection_class=_WriteEndingAsCancelled, socket_timeout=30 * SCALE
+        redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
     )
     # No fallback: the snapshot is read in the subscription's own task.
     reader = RedisPubSubStrategy(redis)
     bridge = await serve(redis, "127.0.0.1", 0, secret=SECRET, tracking_strategy=reader)
     try:
-        _WriteEndingAsCancelled.held = asyncio.Event()
-        _WriteEndingAsCancelled.armed = True
+        WriteEndingAsCancelled.held = asyncio.Event()
+        WriteEndingAsCancelled.armed = True
         async with await open_client(bridge) as client:
             await client.send(subscribe("w"))
             async with asyncio.timeout(10 * SCALE):
-                await _WriteEndingAsCancelled.held.wait()
+                await WriteEndingAsCancelled.held.wait()
         async with asyncio.timeout(10 * SCALE):
             await bridge.aclose()
     finally:
-        _WriteEndingAsCancelled.armed = False
+        WriteEndingAsCancelled.armed = False
         await bridge.aclose()
         await reader.aclose()
         await redis.aclose()
