@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -394,6 +394,51 @@ class ShardedHub(_Hub):
             self._stale = False
             return
         raise error
+
+    def any_node(self) -> Callable[[], Awaitable[AbstractConnection]]:
+        """Open connections for plain ``SUBSCRIBE``: to the node last connected to,
+        or else any master, startup node or replica, first that answers.
+
+        A cluster's plain ``PUBLISH`` reaches every node (over the cluster bus), so
+        one connection anywhere hears all of it: what an owner's channel carries,
+        which is in no job's slot. A node that died, or hung the last attempt, is
+        tried last.
+        """
+        current: list[Address] = []
+        avoid: list[Address] = []
+        # Every node ever named: the client forgets a startup node it saw die.
+        seen: dict[Address, None] = {}
+
+        async def connect() -> AbstractConnection:
+            masters = [owner for owner in dict.fromkeys(self._owners) if owner is not None]
+            named = [
+                (node.host, int(node.port))
+                for node in [
+                    *self._cluster.nodes_manager.startup_nodes.values(),
+                    *self._cluster.get_nodes(),
+                ]
+            ]
+            seen.update(dict.fromkeys([*named, *self._known]))
+            known = dict.fromkeys([*current, *masters, *seen])
+            candidates = [a for a in known if a not in avoid] + [a for a in avoid if a in known]
+            error: BaseException = RedisUnavailable(f"no node of {self._where} to ask")
+            for host, port in candidates:
+                current.clear()
+                avoid[:] = [(host, port)]  # until it connects: a hang cancels this call
+                try:
+                    settings = {**self._settings, "host": host, "port": port}
+                    conn = await dedicated(self._connection_class, settings)()
+                except REFUSED:
+                    raise
+                except _LOST as exc:
+                    error = exc
+                    continue
+                current.append((host, port))
+                avoid.clear()
+                return conn
+            raise error
+
+        return connect
 
     async def _cluster_slots(self, address: Address) -> Any:
         host, port = address
