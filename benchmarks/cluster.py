@@ -91,7 +91,6 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
     await strategy.aclose()
 
 
-
 class _Counter:
     """A hub sink that counts what arrives and how late: the hub alone, no waiter."""
 
