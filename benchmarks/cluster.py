@@ -6,7 +6,9 @@ the sharded hub), and, as the anti-example, plain PUBLISH on the 3-master cluste
 ``jobs`` jobs through ``rounds`` progress updates each (the Lua write, as the job
 side makes it) and stamps each with ``time.monotonic()``; the waiters, in this
 process, follow every job with ``tracker.watch()`` (the anti-example: one plain
-SUBSCRIBE connection on one node, as a client of it would). Never asserted.
+SUBSCRIBE connection on one node, as a client of it would). Then 1 vs 3
+``immortus-async bridge`` processes on the 3-master cluster, one websocket client
+per job in this process, the clients spread over the bridges. Never asserted.
 
     python benchmarks/cluster.py            # full sizes
     python benchmarks/cluster.py --smoke    # tiny, for the test suite
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from contextlib import AsyncExitStack, ExitStack
@@ -26,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redis.asyncio import Redis  # noqa: E402
+from redis.exceptions import ConnectionError  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
 
-from benchmarks._common import Table, latency_cells  # noqa: E402
+from benchmarks._common import SECRET, BridgeProcess, Table, latency_cells  # noqa: E402
 from immortus_async import (  # noqa: E402
     JobState,
     JobStatus,
@@ -36,9 +41,9 @@ from immortus_async import (  # noqa: E402
     RedisServer,
     Tracker,
     TrackerClosed,
+    mint_token,
 )
 from immortus_async._pubsub import PubSubHub, connection_factory  # noqa: E402
-from immortus_async._redis import UNREACHABLE  # noqa: E402
 from immortus_async._sharded import ShardedHub  # noqa: E402
 from immortus_async.strategies import redis_pub_sub  # noqa: E402
 from tests.cluster.harness import LocalCluster  # noqa: E402
@@ -53,11 +58,22 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
         client: Any = strategy.redis
         strategy._script = client.register_script(redis_pub_sub._SCRIPT)
     ids = [f"{tag}-{i}" for i in range(jobs)]
+
+    async def apply(update: JobUpdate) -> None:
+        # redis-py 8's cluster client may lose a connection it is opening (its own
+        # reconnect racing the write): written again, as the job side would.
+        for _ in range(5):
+            try:
+                await strategy.apply(update)
+                return
+            except ConnectionError as exc:
+                print(f"writer {tag}: {exc}; writing again", file=sys.stderr)
+        await strategy.apply(update)
+
     for step in range(1, rounds + 1):
         await asyncio.gather(
             *(
-                _apply(
-                    strategy,
+                apply(
                     JobUpdate(
                         job_id=job_id,
                         status=JobStatus.STARTED,
@@ -70,23 +86,9 @@ async def write(url: str, tag: str, jobs: int, rounds: int, plain_publish: bool)
             )
         )
     await asyncio.gather(
-        *(_apply(strategy, JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
+        *(apply(JobUpdate(job_id=j, status=JobStatus.FINISHED, attempt=1)) for j in ids)
     )
     await strategy.aclose()
-
-
-async def _apply(strategy: RedisPubSubStrategy, update: JobUpdate) -> None:
-    """``strategy.apply``, retried as the job side's redelivery would: redis-py's
-    cluster client can lose a connection it is opening under many concurrent
-    commands, which is taken as an unreachable Redis."""
-    for attempt in range(20):
-        try:
-            await strategy.apply(update)
-            return
-        except UNREACHABLE:
-            if attempt == 19:
-                raise
-            await asyncio.sleep(0.05)
 
 
 class _Counter:
@@ -129,12 +131,35 @@ class _Run:
             self.latencies.append(now - state.meta["t"])
 
 
+async def _websocket(bridge: BridgeProcess, job_id: str, run: _Run, first: asyncio.Event) -> None:
+    """One browser's part: the job's websocket, each state frame counted until the end."""
+    token = mint_token(job_id, SECRET, ttl=600)
+    async with connect(f"{bridge.url}/jobs/{job_id}?token={token}", ping_interval=None) as ws:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame.get("type") != "state":
+                raise AssertionError(f"{job_id}: {frame}")
+            first.set()
+            if frame["status"] != "queued":
+                run.arrived(JobState.from_dict({k: v for k, v in frame.items() if k != "type"}))
+            if frame["completed"]:
+                return
+
+
 async def measure(
-    url: str, tag: str, jobs: int, rounds: int, *, mode: str, plain_on: int | None = None
+    url: str,
+    tag: str,
+    jobs: int,
+    rounds: int,
+    *,
+    mode: str,
+    plain_on: int | None = None,
+    bridges: int = 0,
 ) -> _Run:
-    """One topology, followed by ``tracker.watch()`` per job (mode "watch") or by the
+    """One topology, followed by ``tracker.watch()`` per job (mode "watch"), by the
     pub/sub hub alone, one sink per job (mode "hub"; on ``plain_on``: a PubSubHub
-    on that one node, SUBSCRIBE)."""
+    on that one node, SUBSCRIBE), or by a websocket per job on ``bridges`` bridge
+    processes (mode "bridge")."""
     ids = [f"{tag}-{i}" for i in range(jobs)]
     setup = RedisPubSubStrategy(url)
     for job_id in ids:
@@ -154,6 +179,16 @@ async def measure(
                         run.arrived(state)
 
             tasks = [asyncio.create_task(follow(j, e)) for j, e in zip(ids, following, strict=True)]
+            await asyncio.gather(*(event.wait() for event in following))
+        elif mode == "bridge":
+            running = await asyncio.gather(*(BridgeProcess.launch(url) for _ in range(bridges)))
+            for bridge in running:
+                stack.push_async_callback(bridge.stop)
+            following = [asyncio.Event() for _ in ids]
+            tasks = [
+                asyncio.create_task(_websocket(running[i % bridges], job_id, run, first))
+                for i, (job_id, first) in enumerate(zip(ids, following, strict=True))
+            ]
             await asyncio.gather(*(event.wait() for event in following))
         else:
             if plain_on is not None:
@@ -222,9 +257,15 @@ async def main(jobs: int, rounds: int) -> Table:
             ("cluster, 3 masters", "SPUBLISH", url3, "watch", None),
             ("cluster, 3 masters", "SPUBLISH", url3, "hub", None),
             ("cluster, 3 masters: anti-example", "PUBLISH", url3, "hub", cluster3.ports[0]),
+            ("cluster, 3 masters", "SPUBLISH", url3, "1 bridge", None),
+            ("cluster, 3 masters", "SPUBLISH", url3, "3 bridges", None),
         ]
         for i, (name, publish, where, mode, plain_on) in enumerate(rows):
-            run = await measure(where, f"b{i}", jobs, rounds, mode=mode, plain_on=plain_on)
+            bridges = int(mode.split()[0]) if "bridge" in mode else 0
+            run = await measure(
+                where, f"b{i}", jobs, rounds, mode="bridge" if bridges else mode,
+                plain_on=plain_on, bridges=bridges,
+            )  # fmt: skip
             rate = f"{run.delivered / run.elapsed:,.0f}"
             table.add(name, publish, mode, run.delivered, rate, *latency_cells(run.latencies))
     table.notes += [
@@ -234,6 +275,10 @@ async def main(jobs: int, rounds: int) -> Table:
         "followed by: watch = tracker.watch() per job (the waiters' whole path: subscribe, "
         "snapshot, decode, buffer); hub = the pub/sub hub alone, one sink per job "
         "(PubSubHub: SUBSCRIBE on one connection; ShardedHub: SSUBSCRIBE per master)",
+        "N bridges: that many `immortus-async bridge` processes on the 3-master cluster, "
+        "one websocket client per job in the benchmark's process, job i on bridge i mod N "
+        "(latency: the stamp -> the state frame at the client; a bridge sends a lagging "
+        "client only a job's latest state, so fewer changes may arrive)",
         "anti-example: the same script with plain PUBLISH on the 3-master cluster, "
         "followed by SUBSCRIBE on one node (the cluster bus carries every message to it)",
         "delivered/s: changes received over the run's wall time, the writer's start "

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from ._buffer import RESYNC, _Resync, _Signals
+from ._follow import history_lost
 from .exceptions import InvalidStateError
 from .state import JobState
 
@@ -88,21 +89,35 @@ class FeedBuffer(_Signals):
 
 
 class _Seen:
-    """The last seq yielded per job, for the most recent ``4 * OWNER_SNAPSHOT_LIMIT``
+    """The state last yielded per job, for the most recent ``4 * OWNER_SNAPSHOT_LIMIT``
     jobs: a message older than what the snapshot read is dropped."""
 
     def __init__(self) -> None:
-        self._seqs: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        self._states: OrderedDict[str, JobState] = OrderedDict()
 
     def news(self, state: JobState) -> bool:
-        last = self._seqs.get(state.job_id)
-        if last is not None and not (state.seq > last[0] or (state.completed and not last[1])):
+        last = self._states.get(state.job_id)
+        if last is not None and not (
+            state.seq > last.seq or (state.completed and not last.completed)
+        ):
             return False
-        self._seqs[state.job_id] = (state.seq, state.completed)
-        self._seqs.move_to_end(state.job_id)
-        if len(self._seqs) > 4 * OWNER_SNAPSHOT_LIMIT:
-            self._seqs.popitem(last=False)
+        self._states[state.job_id] = state
+        self._states.move_to_end(state.job_id)
+        if len(self._states) > 4 * OWNER_SNAPSHOT_LIMIT:
+            self._states.popitem(last=False)
         return True
+
+    def rebase(self, snapshot: list[JobState]) -> None:
+        """Forget what a snapshot read again shows to be another history: a job it
+        lacks (its record expired or was lost: a write of it now starts anew) and a
+        job written anew since (:func:`~immortus_async._follow.history_lost`).
+        Every other job keeps its last seq, so a state already yielded is not
+        yielded again (a terminal one above all)."""
+        fresh = {state.job_id: state for state in snapshot}
+        for job_id, last in list(self._states.items()):
+            state = fresh.get(job_id)
+            if state is None or history_lost(last, state):
+                del self._states[job_id]
 
 
 async def follow_owner(
@@ -115,8 +130,10 @@ async def follow_owner(
 
     Never ends by itself. A change older than the state already yielded for its
     job is skipped; after a resync (a lost connection, a full buffer) the
-    snapshot is read again and every job in it yielded anew (its history may
-    have been lost with Redis's data).
+    snapshot is read again and the same rule applies to it: a job's state comes
+    again only if it changed meanwhile, or if Redis lost the job's history and
+    it was written anew (its seq counts from 1 again). No state, terminal or
+    not, is yielded twice.
     """
     async with subscription:
         seen = _Seen()
@@ -127,8 +144,8 @@ async def follow_owner(
                     yield state
             item = await buffer.get()
             if item is RESYNC:
-                seen = _Seen()
                 pending = await snapshot()
+                seen.rebase(pending)
             elif isinstance(item, Reread):
                 pending = [await read(item.job_id)]
             else:

@@ -15,7 +15,7 @@ from .exceptions import JobLost, RedisUnavailable
 from .state import JobState
 from .status import JobStatus
 
-__all__ = ["follow", "poll", "retrying"]
+__all__ = ["follow", "history_lost", "poll", "retrying"]
 
 logger = logging.getLogger("immortus_async.tracker")
 
@@ -131,7 +131,7 @@ async def follow(
             item = await _next(buffer, recheck(state) if recheck is not None else None)
             if item is RESYNC:
                 fresh = await read_now()
-                if _history_lost(state, fresh):
+                if history_lost(state, fresh):
                     if fresh.status is JobStatus.UNKNOWN:
                         # Redis lost the record and nothing has written it since:
                         # the end may never come (its worker's writes may have gone
@@ -156,7 +156,10 @@ async def follow(
             yield state
 
 
-def _history_lost(known: JobState, fresh: JobState) -> bool:
+def history_lost(known: JobState, fresh: JobState) -> bool:
+    """Whether ``fresh``, read again, starts a new history of the job that ``known``
+    was seen in: Redis lost the record (a restart without persistence) and the job
+    was written anew, so its seq counts from 1 again."""
     return fresh.seq < known.seq or (fresh.seq == known.seq and fresh.status != known.status)
 
 

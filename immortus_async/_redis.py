@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -27,6 +28,7 @@ __all__ = [
     "Client",
     "client_from",
     "is_cluster",
+    "keep_startup_nodes",
     "names_cluster",
 ]
 
@@ -73,6 +75,37 @@ def names_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster) or (
         isinstance(redis, str) and redis.startswith(CLUSTER_SCHEMES)
     )
+
+
+class _StartupNodes(dict[str, Any]):
+    """A cluster client's startup nodes that, once all are removed, are those removed.
+
+    redis-py removes a startup node at each connection error of a command on it,
+    and its reconnect closes every node's connections, failing the commands in
+    flight on healthy nodes too: a master killed under load can leave it none,
+    and then it never finds the cluster again ("at least one reachable node").
+    """
+
+    def __init__(self, nodes: dict[str, Any]) -> None:
+        super().__init__(nodes)
+        self._removed: dict[str, Any] = {}
+
+    def pop(self, key: str, *default: Any) -> Any:
+        node = super().pop(key, *default)
+        if node is not None:
+            self._removed[key] = node
+        return node
+
+    def values(self) -> Any:
+        return super().values() if self else self._removed.values()
+
+
+def keep_startup_nodes(redis: Client) -> None:
+    """Make sure a cluster client always has startup nodes to ask (:class:`_StartupNodes`)."""
+    if isinstance(redis, RedisCluster):
+        manager = redis.nodes_manager
+        if not isinstance(manager.startup_nodes, _StartupNodes):
+            manager.startup_nodes = _StartupNodes(manager.startup_nodes)
 
 
 def client_from(redis: Client | str) -> tuple[Client, bool]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -164,6 +164,10 @@ class ShardedHub(_Hub):
         self._where = where
         self._owners: list[Address | None] = []  # by slot; empty until first read
         self._known: list[Address] = []  # every node the last map named
+        # By slot, the node that last told us it gave the slot up (sunsubscribe,
+        # MOVED, ...): its word is newer than a map, read elsewhere, that still
+        # gives it the slot.
+        self._left: dict[int, Address] = {}
         self._hubs: dict[Address, _NodeHub] = {}
         self._channels: dict[str, _Channel] = {}
         self._homeless: set[_Channel] = set()
@@ -290,6 +294,7 @@ class ShardedHub(_Hub):
         if isinstance(error, _Moved):
             logger.info("%s moved (%s); subscribing it where its slot is now", entry.name, error)
             if entry.hub is not None:
+                self._left[entry.slot] = entry.hub.address
                 entry.hub = None
                 self._stale = True
             self._place(entry)
@@ -368,12 +373,21 @@ class ShardedHub(_Hub):
                 self._wake.set()
 
     async def _refresh(self) -> None:
-        """The slot map, from the first node that answers ``CLUSTER SLOTS``."""
+        """The slot map, from the first node that answers ``CLUSTER SLOTS``: first
+        the nodes that said they gave a slot up, whose map has that change.
+
+        Another node may not have it yet (it learns a failover a moment later):
+        its map would send the channel back to the demoted master, which as a
+        replica accepts ``SSUBSCRIBE`` but hears nothing from its new master for
+        a while, and pushes nothing more. A slot such a map gives back to the
+        node that gave it up stays unplaced until a map agrees, or until that
+        node itself says it serves the slot again.
+        """
         startup = [
             (node.host, int(node.port))
             for node in self._cluster.nodes_manager.startup_nodes.values()
         ]
-        candidates = list(dict.fromkeys([*self._known, *startup]))
+        candidates = list(dict.fromkeys([*self._left.values(), *self._known, *startup]))
         error: BaseException = RedisUnavailable(f"no node of {self._where} to ask")
         for address in candidates:
             try:
@@ -390,10 +404,60 @@ class ShardedHub(_Hub):
                 addresses = [_address(node, address) for node in nodes]
                 known.extend(addresses)
                 owners[int(start) : int(end) + 1] = [addresses[0]] * (int(end) - int(start) + 1)
+            for slot, gone in list(self._left.items()):
+                if owners[slot] != gone or address == gone:
+                    del self._left[slot]
+                else:
+                    owners[slot] = None  # this map is older than the node's word
             self._owners, self._known = owners, list(dict.fromkeys(known)) or self._known
             self._stale = False
             return
         raise error
+
+    def any_node(self) -> Callable[[], Awaitable[AbstractConnection]]:
+        """Open connections for plain ``SUBSCRIBE``: to the node last connected to,
+        or else any master, startup node or replica, first that answers.
+
+        A cluster's plain ``PUBLISH`` reaches every node (over the cluster bus), so
+        one connection anywhere hears all of it: what an owner's channel carries,
+        which is in no job's slot. A node that died, or hung the last attempt, is
+        tried last.
+        """
+        current: list[Address] = []
+        avoid: list[Address] = []
+        # Every node ever named: the client forgets a startup node it saw die.
+        seen: dict[Address, None] = {}
+
+        async def connect() -> AbstractConnection:
+            masters = [owner for owner in dict.fromkeys(self._owners) if owner is not None]
+            named = [
+                (node.host, int(node.port))
+                for node in [
+                    *self._cluster.nodes_manager.startup_nodes.values(),
+                    *self._cluster.get_nodes(),
+                ]
+            ]
+            seen.update(dict.fromkeys([*named, *self._known]))
+            known = dict.fromkeys([*current, *masters, *seen])
+            candidates = [a for a in known if a not in avoid] + [a for a in avoid if a in known]
+            error: BaseException = RedisUnavailable(f"no node of {self._where} to ask")
+            for host, port in candidates:
+                current.clear()
+                avoid[:] = [(host, port)]  # until it connects: a hang cancels this call
+                try:
+                    settings = {**self._settings, "host": host, "port": port}
+                    conn = await dedicated(self._connection_class, settings)()
+                except REFUSED:
+                    raise
+                except _LOST as exc:
+                    error = exc
+                    continue
+                current.append((host, port))
+                avoid.clear()
+                return conn
+            raise error
+
+        return connect
 
     async def _cluster_slots(self, address: Address) -> Any:
         host, port = address

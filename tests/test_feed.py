@@ -14,11 +14,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
-from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, Tracker, tracked
+from immortus_async import (
+    JobState,
+    JobStatus,
+    JobUpdate,
+    Keys,
+    RedisPubSubStrategy,
+    Tracker,
+    tracked,
+)
 from immortus_async._feed import OWNER_SNAPSHOT_LIMIT
+from immortus_async.embedded import RedisServer
 
-from .utils import SCALE, run_worker
+from .utils import SCALE, run_worker, wait_until
 
 S = JobStatus
 
@@ -110,6 +120,59 @@ async def test_a_job_whose_worker_wrote_first_still_joins_its_owner(tracker: Tra
         assert (await feed.until("early", S.FINISHED)).seq == 2
     finally:
         await feed.close()
+
+
+async def test_a_resync_yields_only_what_changed_meanwhile(tracker: Tracker, redis: Redis) -> None:
+    """CLIENT KILL of the feed's connection: the snapshot read after the resubscription
+    repeats no state the feed gave, an end least of all; what changed comes once."""
+    strategy = tracker.strategy()
+    assert isinstance(strategy, RedisPubSubStrategy)
+    for job_id in ("ended", "running"):
+        await tracker._queued(job_id, None, owner="ada")
+    await strategy.apply(JobUpdate(job_id="ended", status=S.FINISHED))
+    feed = Feed(tracker.watch_owner("ada"))
+    try:
+        await feed.until("running", S.QUEUED)
+        await redis.client_kill_filter(_type="pubsub")
+        # The old connection is gone (CLIENT KILL frees it before answering): a
+        # subscriber again is the new one, whose confirmation asks for the resync
+        # before the hub reads anything published after it.
+        await wait_until(lambda: _owner_subscribed(redis, "ada"), message="the resubscription")
+        await strategy.apply(JobUpdate(job_id="running", status=S.STARTED))
+        await strategy.apply(JobUpdate(job_id="running", status=S.FINISHED))
+        await feed.until("running", S.FINISHED)
+        assert [(s.job_id, s.seq) for s in feed.seen if s.job_id == "ended"] == [("ended", 2)]
+        seqs = [s.seq for s in feed.seen if s.job_id == "running"]
+        assert seqs == sorted(set(seqs)) and seqs[0] == 1, seqs
+    finally:
+        await feed.close()
+
+
+async def test_a_job_written_anew_after_a_restart_without_data_is_yielded_again(
+    tracker: Tracker, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty: the resync finds the job again with seq from 1, a new
+    history that the feed gives from its start, its end included."""
+    # The job side, on a client of its own: from a URL, it retries a stale socket.
+    writer = RedisPubSubStrategy(redis_server.url)
+    queued = JobUpdate(job_id="again", status=S.QUEUED, attempt=0)
+    await writer.apply(queued, owner="ada")
+    await writer.apply(JobUpdate(job_id="again", status=S.STARTED))
+    feed = Feed(tracker.watch_owner("ada"))
+    try:
+        await feed.until("again", S.STARTED)
+        redis_server.restart()
+        await writer.apply(queued, owner="ada")
+        await writer.apply(JobUpdate(job_id="again", status=S.FINISHED))
+        assert (await feed.until("again", S.FINISHED)).seq == 2
+    finally:
+        await feed.close()
+        await writer.aclose()
+
+
+async def _owner_subscribed(redis: Redis, owner: str) -> bool:
+    [(_, count)] = await redis.pubsub_numsub(Keys().owner_channel(owner))
+    return bool(count)
 
 
 async def test_the_snapshot_is_capped_to_the_newest_jobs(tracker: Tracker) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .._pubsub import PubSubHub, connection_factory
-from .._redis import Client, client_from, is_cluster
+from .._redis import Client, client_from, is_cluster, keep_startup_nodes
 from .._sharded import ShardedHub
 
 __all__ = ["Connected", "address"]
@@ -20,7 +20,9 @@ def address(redis: Client) -> str:
     """Where ``redis`` connects, for messages: ``redis://host:port/db``, never a password
     (``redis+cluster://host:port`` for a cluster, one node it discovers it from)."""
     if not isinstance(redis, Redis):
-        node = next(iter(redis.nodes_manager.startup_nodes.values()))
+        # The client forgets a startup node it found dead: then a node it knows.
+        nodes = [*redis.nodes_manager.startup_nodes.values(), *redis.get_nodes()]
+        node = nodes[0]
         return f"redis+cluster://{node.host}:{node.port}"
     kwargs = redis.connection_pool.connection_kwargs
     if "path" in kwargs:
@@ -35,12 +37,18 @@ class _SharedHub:
     def __init__(self, redis: Client, unreachable_timeout: float | None) -> None:
         where = f"Redis at {address(redis)}"
         self.hub: PubSubHub | ShardedHub
+        # The channels published with plain PUBLISH (an owner's): the same hub on
+        # one server; on a cluster, one connection to any node (ShardedHub.any_node).
+        self.plain: PubSubHub
         if is_cluster(redis):
             assert not isinstance(redis, Redis)
             self.hub = ShardedHub(redis, unreachable_timeout=unreachable_timeout, where=where)
+            self.plain = PubSubHub(
+                self.hub.any_node(), unreachable_timeout=unreachable_timeout, where=where
+            )
         else:
             assert isinstance(redis, Redis)
-            self.hub = PubSubHub(
+            self.hub = self.plain = PubSubHub(
                 connection_factory(redis), unreachable_timeout=unreachable_timeout, where=where
             )
         self.users = 0
@@ -99,6 +107,7 @@ class Connected:
                 f"got {unreachable_timeout!r}"
             )
         self.redis, self._owns_redis = client_from(redis)
+        keep_startup_nodes(self.redis)
         queue = getattr(self, "queue_adapter", None)
         if queue is not None and is_cluster(self.redis):
             raise TypeError(
@@ -134,9 +143,17 @@ class Connected:
     def healthy(self) -> bool:
         """False while this strategy's pub/sub hub has waiters and no connection, or
         is restarting a failed task."""
-        return self._shared is None or self._shared.hub.healthy
+        shared = self._shared
+        return shared is None or (shared.hub.healthy and shared.plain.healthy)
 
     def _pubsub(self) -> PubSubHub | ShardedHub:
+        return self._share().hub
+
+    def _plain_pubsub(self) -> PubSubHub:
+        """The hub of the channels published with plain ``PUBLISH`` (an owner's)."""
+        return self._share().plain
+
+    def _share(self) -> _SharedHub:
         if self._shared is None:
             hubs = _hubs.setdefault(self.redis, {})
             shared = hubs.get(self.unreachable_timeout)
@@ -146,7 +163,7 @@ class Connected:
                 )
             shared.users += 1
             self._shared = shared
-        return self._shared.hub
+        return self._shared
 
     async def aclose(self) -> None:
         """Leave the shared pub/sub connection (the last one out closes it), and
@@ -156,6 +173,7 @@ class Connected:
             shared.users -= 1
             if shared.users == 0:
                 await shared.hub.aclose()
+                await shared.plain.aclose()
         if self._owns_redis:
             self._owns_redis = False
             await self.redis.aclose()

@@ -651,7 +651,7 @@ class RedisPubSubStrategy(Connected):
                 where=self.where,
             )
 
-        subscription = self._pubsub().subscription(channel, buffer, decode_feed_message)
+        subscription = self._plain_pubsub().subscription(channel, buffer, decode_feed_message)
         return follow_owner(subscription, buffer, snapshot, read)
 
     async def owner(self, job_id: str) -> str | None:

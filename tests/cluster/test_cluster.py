@@ -10,6 +10,7 @@ import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -23,6 +24,7 @@ from immortus_async import (
     RedisPubSubStrategy,
     Tracker,
 )
+from immortus_async._sharded import ShardedHub
 from immortus_async.bridge import serve
 from immortus_async.jobside import begin_job
 
@@ -257,6 +259,53 @@ async def test_bridge_clients_on_a_cluster_url_follow_jobs_through_a_failover(
             assert [f["status"] for f in frames if f["completed"]] == ["finished"], frames
             await client.close()
     await strategy.aclose()
+
+
+async def test_a_channel_pushed_off_by_a_failover_goes_to_the_new_master(
+    cluster: LocalCluster, tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLUSTER FAILOVER: the demoted master pushes sunsubscribe, and the first other
+    node asked for the map has not heard of the failover yet (seen under load): the
+    channel goes to the new master, not back to the demoted one, which as a replica
+    accepts SSUBSCRIBE and hears nothing of its new master for a while."""
+    strategy = strategy_of(tracker)
+    hub = strategy._pubsub()
+    assert isinstance(hub, ShardedHub)
+    first = "first"
+    await strategy.apply(JobUpdate(job_id=first, status=S.QUEUED, attempt=0))
+    async with asyncio.timeout(10 * SCALE):
+        assert (await anext(tracker.watch(first))).status is S.QUEUED
+    # The hub asks the nodes of its last map in order: the demoted master is not
+    # the first of them, whose answer is the map from before the failover.
+    asked_first = hub._known[0]
+    master = next(port for port in cluster.masters() if ("127.0.0.1", port) != asked_first)
+    replica = cluster.replica_of(master)
+    behind = [await hub._cluster_slots(asked_first)]
+    read_slots = hub._cluster_slots
+
+    async def lagging(address: tuple[str, int]) -> Any:
+        if address != ("127.0.0.1", master) and behind:
+            return behind.pop()
+        return await read_slots(address)
+
+    monkeypatch.setattr(hub, "_cluster_slots", lagging)
+    job_id = job_in_slot(cluster.first_slot_of(master), "failover")
+    await strategy.apply(JobUpdate(job_id=job_id, status=S.QUEUED, attempt=0))
+    states = tracker.watch(job_id)
+    channel = Keys().channel(job_id)
+    async with asyncio.timeout(30 * SCALE):
+        assert (await anext(states)).status is S.QUEUED
+        with cluster.client(replica) as client:
+            client.execute_command("CLUSTER", "FAILOVER")
+
+        def on_new_master() -> bool:
+            with cluster.client(replica) as client:
+                return bool(client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+
+        await wait_until(on_new_master, message="the subscription on the new master")
+        await strategy.apply(JobUpdate(job_id=job_id, status=S.FINISHED, attempt=1))
+        assert (await anext(states)).status is S.FINISHED
+    await states.aclose()
 
 
 async def test_a_channel_subscribed_while_its_slot_imports_ends_where_the_slot_goes(
