@@ -553,9 +553,20 @@ class RedisPubSubStrategy(Connected):
         async with self.reading:
             # Not through the writes' pipe: a waiter's timeout cancels its read,
             # which there would cost every write in flight its connection.
-            stored_state, stored_meta, beat, stored_result, ttl_left, tombstone = await _run(
-                self._reader, keys, []
-            )
+            if is_cluster(self.redis):
+                # One command each: while the slot migrates, a script naming the
+                # tombstone that is not there (yet) answers TRYAGAIN until the
+                # move ends; a lone GET follows ASK to where it is.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hmget(keys[0], ["state", "meta", "hb", "result"])
+                    pipe.pttl(keys[0])
+                    pipe.get(keys[1])
+                    with _raced(cluster=True):
+                        fields, ttl_left, tombstone = await pipe.execute()
+                stored_state, stored_meta, beat, stored_result = fields
+            else:
+                *fields, ttl_left, tombstone = await _run(self._reader, keys, [])
+                stored_state, stored_meta, beat, stored_result = fields
         if stored_state is not None:
             state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
             return _heartbeat(state, beat, ttl_left)
