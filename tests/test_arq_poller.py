@@ -25,7 +25,7 @@ from immortus_async import (
 from immortus_async._buffer import StateBuffer
 from immortus_async.adapters.arq._poller import ArqPoller
 
-from .utils import SCALE
+from .utils import SCALE, WriteEndingAsCancelled
 
 
 class Sink:
@@ -177,3 +177,55 @@ async def test_watchers_fail_with_redis_unavailable_when_looks_fail_too_long(
         assert poller.jobs == 0
     finally:
         await poller.aclose()
+
+
+async def test_closing_ends_the_poller_as_its_redis_write_completes(
+    redis_server: RedisServer,
+) -> None:
+    """The poller is closed just as its write to Redis completes: it stops all the same."""
+    redis = Redis.from_url(
+        redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
+    )
+    await redis.ping()  # connected: the write held is the first look's script call
+    poller = ArqPoller(redis, default_queue_name, interval=60, max_interval=60)
+    closing = None
+    try:
+        held = WriteEndingAsCancelled.arm()
+        registering = asyncio.create_task(poller.register("job", Sink()))
+        async with asyncio.timeout(10 * SCALE):
+            await held.wait()
+        # Not `async with asyncio.timeout(): await poller.aclose()`: a close that
+        # swallows cancellations would swallow that timeout's too.
+        closing = asyncio.create_task(poller.aclose())
+        await asyncio.wait([closing], timeout=10 * SCALE)
+        assert closing.done(), "the poller's task went on after aclose()"
+        closing.result()
+        async with asyncio.timeout(10 * SCALE):
+            await registering
+    finally:
+        WriteEndingAsCancelled.armed = False
+        if closing is not None and not closing.done():
+            closing.cancel()  # the write is no longer held: this one is delivered
+            await asyncio.wait([closing])
+        await poller.aclose()
+        await redis.aclose()
+
+
+async def test_a_closer_cancelled_while_it_closes_sees_its_cancellation(redis: Redis) -> None:
+    """A closer cancelled while it waits for the poller's task is cancelled: aclose does
+    not take that CancelledError for the task's, and the poller is closed all the same."""
+    poller = ArqPoller(redis, default_queue_name, interval=60, max_interval=60)
+    await poller.register("job", Sink())
+
+    async def close() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # delivered as aclose waits for the poller's task
+        await poller.aclose()
+
+    closer = asyncio.create_task(close())
+    await asyncio.wait([closer], timeout=10 * SCALE)
+    assert closer.cancelled()
+    assert poller.jobs == 0
+    with pytest.raises(TrackerClosed):
+        await poller.register("job", Sink())

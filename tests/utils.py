@@ -238,14 +238,23 @@ def enqueue_and_work(folder: Path, env: dict[str, str], worker: Sequence[str]) -
 
 
 class WriteEndingAsCancelled(Connection):
-    """Once :attr:`armed`, a connection whose next write completes only once the task
-    that sent it is being cancelled: the two come together, as when a client leaves
-    while its subscription reads Redis. redis-py sends through ``asyncio.wait_for``
-    when the connection has a ``socket_timeout``, and Python 3.11's drops that
-    cancellation (it returns the write's result)."""
+    """Once armed, a connection whose next write completes only once the task that
+    sent it is being cancelled: the two come together, as when a task that reads
+    Redis is stopped (its client left, its token expired, its owner closes it).
+    redis-py sends through ``asyncio.wait_for`` when the connection has a
+    ``socket_timeout``, and Python 3.11's drops that cancellation (it returns the
+    write's result). Give the client a ``socket_timeout``; the class is shared by
+    every connection of the test, so arm it when the write to hold is next."""
 
     armed: ClassVar[bool] = False
     held: ClassVar[asyncio.Event]
+
+    @classmethod
+    def arm(cls) -> asyncio.Event:
+        """Hold the next write of any such connection; the event is set once it is held."""
+        cls.held = asyncio.Event()
+        cls.armed = True
+        return cls.held
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self._sender = asyncio.current_task()  # wait_for writes in a task of its own

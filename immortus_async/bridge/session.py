@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
-import anyio
 from redis.exceptions import RedisError
 
 from .. import metrics
+from .._stoppable import Stoppable
 from ..exceptions import AbortUnsupported, JobLost, JobNotFound, RedisUnavailable
 from ..state import JobState
 from ..status import JobStatus
@@ -145,12 +145,12 @@ class Session:
         self._once = once
         self._app_checked = app_checked
         self.outbox = Outbox()
-        self._subscriptions: dict[str, _Stoppable] = {}
-        self._feeds: dict[str, _Stoppable] = {}
+        self._subscriptions: dict[str, Stoppable] = {}
+        self._feeds: dict[str, Stoppable] = {}
         # The abort requests in flight, by job: at most max_subscriptions of them.
-        self._aborts: dict[str, _Stoppable] = {}
+        self._aborts: dict[str, Stoppable] = {}
         # Stopped subscriptions stay here until they have finished unwinding.
-        self._tasks: set[_Stoppable] = set()
+        self._tasks: set[Stoppable] = set()
 
     @property
     def subscriptions(self) -> int:
@@ -276,8 +276,8 @@ class Session:
         else:
             self.outbox.reply(answer)
 
-    def _start(self, body: Coroutine[Any, Any, None], name: str) -> _Stoppable:
-        child = _Stoppable(body, name)
+    def _start(self, body: Coroutine[Any, Any, None], name: str) -> Stoppable:
+        child = Stoppable(body, name)
         self._tasks.add(child)
         child.task.add_done_callback(lambda _: self._tasks.discard(child))
         return child
@@ -452,35 +452,7 @@ class Session:
         return [] if take.cancelled() else take.result()
 
 
-class _Stoppable:
-    """A task of a session that reads Redis; :meth:`stop` ends it, whatever it awaits.
-
-    ``task.cancel()`` is not enough: on Python 3.11, ``asyncio.wait_for`` loses a
-    cancellation that comes as the call it waits for completes (it returns the
-    result instead), and redis-py sends each command through one when the
-    connection has a ``socket_timeout`` (redis-py 8 sets 5 s by default). The task
-    would go on as if never cancelled: a subscription would outlive its client,
-    and the session that awaits it, and the server's close with it, would wait for
-    ever. An anyio cancel scope cancels the task again at each await until it has
-    left the scope.
-    """
-
-    __slots__ = ("_scope", "task")
-
-    def __init__(self, body: Coroutine[Any, Any, None], name: str) -> None:
-        self._scope = anyio.CancelScope()
-        self.task = asyncio.create_task(self._run(body), name=name)
-
-    async def _run(self, body: Coroutine[Any, Any, None]) -> None:
-        with self._scope:
-            await body
-
-    def stop(self) -> None:
-        """Cancel the task for good; it may still be unwinding when this returns."""
-        self._scope.cancel()
-
-
-def _is_current(child: _Stoppable | None) -> bool:
+def _is_current(child: Stoppable | None) -> bool:
     return child is not None and child.task is asyncio.current_task()
 
 

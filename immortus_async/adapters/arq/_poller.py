@@ -37,6 +37,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
+from ..._stoppable import Stoppable
 from ...exceptions import ImmortusError, RedisUnavailable, TrackerClosed
 
 __all__ = ["ArqPoller"]
@@ -111,7 +112,7 @@ class ArqPoller:
         self._heap: list[tuple[float, int, str]] = []
         self._unread: list[str] = []  # registered, first fingerprint not read yet
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Stoppable | None = None
         self._restarting = False
         self._unreachable_timeout = unreachable_timeout
         self._where = where
@@ -152,7 +153,7 @@ class ArqPoller:
             self._unread.append(job_id)
         job.sinks.add(sink)
         if self._task is None:
-            self._task = asyncio.create_task(self._supervise(), name="immortus-arq-poller")
+            self._task = Stoppable(self._supervise(), "immortus-arq-poller")
         self._wakeup.set()
         if job.ready is not None and not job.ready.done():
             await asyncio.shield(job.ready)
@@ -307,18 +308,21 @@ class ArqPoller:
             self._schedule(job_id, job, job.interval)
 
     async def aclose(self) -> None:
-        """Stop looking. Idempotent."""
+        """Stop looking, and return once the task has ended. Idempotent.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled meanwhile; the task
+                ends all the same, and every registration returns.
+        """
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        for job in self._jobs.values():
-            if job.ready is not None and not job.ready.done():
-                job.ready.set_result(None)
-        self._jobs.clear()
-        self._heap.clear()
-        self._unread.clear()
+        try:
+            if task is not None:
+                await task.aclose()
+        finally:
+            for job in self._jobs.values():
+                if job.ready is not None and not job.ready.done():
+                    job.ready.set_result(None)
+            self._jobs.clear()
+            self._heap.clear()
+            self._unread.clear()
