@@ -38,7 +38,6 @@ PING on each connection every ``ping_interval`` seconds, per process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -225,17 +224,28 @@ class KeyWatch:
                         self._counts.pop(key, None)
 
     async def aclose(self) -> None:
-        """Close both connections. Idempotent."""
+        """Close both connections, and return once the task has ended. Idempotent.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled meanwhile; the task
+                ends all the same, and whoever waits for a read goes on.
+        """
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._drop()  # whoever waits for a read goes on, to find the tracker closed
-        self._answer()
-        self._subjects.clear()
-        self._by_key.clear()
+        try:
+            if task is not None:
+                task.cancel()
+                # wait() and not `await task`: the task's CancelledError would hide
+                # the closer's own. The cancellation cannot be lost in a redis-py
+                # write: without socket_timeout, redis-py writes without wait_for.
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.result()  # it ended before (tracking off): what it raised
+        finally:
+            self._drop()  # whoever waits for a read goes on, to find the tracker closed
+            self._answer()
+            self._subjects.clear()
+            self._by_key.clear()
 
     # The connections
 

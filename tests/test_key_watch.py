@@ -223,3 +223,26 @@ async def test_either_connection_lost_reconnects_both_and_nudges_everyone(
 
 async def _tracking_clients(redis: Redis) -> bool:
     return any("t" in str(c["flags"]) for c in await redis.client_list())
+
+
+async def test_a_closer_cancelled_while_it_closes_sees_its_cancellation(redis: Redis) -> None:
+    """A closer cancelled while it waits for the watch's task is cancelled: aclose does
+    not take that CancelledError for the task's; both connections close all the same."""
+    watch = KeyWatch(connection_factory(redis), on_off=lambda subjects: None)
+    assert await watch.watch("job", ["k1"], _Counted())
+
+    async def close() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # delivered as aclose waits for the watch's task
+        await watch.aclose()
+
+    closer = asyncio.create_task(close())
+    await asyncio.wait([closer], timeout=10 * SCALE)
+    assert closer.cancelled()
+    assert watch.subjects == 0
+    await wait_until(lambda: _no_tracking_client(redis), message="client-side caching disconnected")
+
+
+async def _no_tracking_client(redis: Redis) -> bool:
+    return not await _tracking_clients(redis)
