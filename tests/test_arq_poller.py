@@ -25,7 +25,7 @@ from immortus_async import (
 from immortus_async._buffer import StateBuffer
 from immortus_async.adapters.arq._poller import ArqPoller
 
-from .utils import SCALE, WriteEndingAsCancelled
+from .utils import SCALE, WriteEndingAsCancelled, closed_while_cancelled
 
 
 class Sink:
@@ -216,16 +216,7 @@ async def test_a_closer_cancelled_while_it_closes_sees_its_cancellation(redis: R
     not take that CancelledError for the task's, and the poller is closed all the same."""
     poller = ArqPoller(redis, default_queue_name, interval=60, max_interval=60)
     await poller.register("job", Sink())
-
-    async def close() -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        current.cancel()  # delivered as aclose waits for the poller's task
-        await poller.aclose()
-
-    closer = asyncio.create_task(close())
-    await asyncio.wait([closer], timeout=10 * SCALE)
-    assert closer.cancelled()
+    assert await closed_while_cancelled(poller.aclose)
     assert poller.jobs == 0
     with pytest.raises(TrackerClosed):
         await poller.register("job", Sink())

@@ -19,7 +19,7 @@ from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, 
 from immortus_async._key_watch import KeyWatch
 from immortus_async._pubsub import connection_factory
 
-from .utils import SCALE, Watcher, run_worker, wait_until
+from .utils import SCALE, Watcher, closed_while_cancelled, run_worker, wait_until
 
 S = JobStatus
 
@@ -230,16 +230,7 @@ async def test_a_closer_cancelled_while_it_closes_sees_its_cancellation(redis: R
     not take that CancelledError for the task's; both connections close all the same."""
     watch = KeyWatch(connection_factory(redis), on_off=lambda subjects: None)
     assert await watch.watch("job", ["k1"], _Counted())
-
-    async def close() -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        current.cancel()  # delivered as aclose waits for the watch's task
-        await watch.aclose()
-
-    closer = asyncio.create_task(close())
-    await asyncio.wait([closer], timeout=10 * SCALE)
-    assert closer.cancelled()
+    assert await closed_while_cancelled(watch.aclose)
     assert watch.subjects == 0
     await wait_until(lambda: _no_tracking_client(redis), message="client-side caching disconnected")
 

@@ -83,6 +83,21 @@ def free_port() -> int:
         return port
 
 
+async def closed_while_cancelled(aclose: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``aclose`` in a task that is cancelled as it first waits (a closer whose own
+    caller gives up); whether that task ended cancelled, as it must."""
+
+    async def close() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # delivered at the first await of aclose
+        await aclose()
+
+    closer = asyncio.create_task(close())
+    await asyncio.wait([closer], timeout=10 * SCALE)
+    return closer.cancelled()
+
+
 class Spawned:
     """A command in a process of its own, its output (stdout and stderr together) read
     as it comes: it never blocks on a full pipe, and a test waits for a line of it.
