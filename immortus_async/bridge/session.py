@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from functools import partial
 from typing import Any, Protocol
 
+import anyio
 from redis.exceptions import RedisError
 
 from .. import metrics
@@ -338,14 +340,17 @@ class Session:
         metrics.subscribed()
         try:
             try:
-                async with scope:
+                with scope:
                     if ask_app and not await self._gate.app_allows(self._scope, job_id):
                         self.outbox.end(not_found(job_id))
                         return
                     states = self._tracker.watch(job_id)
                     await self._forward(states, since_seq)
             except Exception as exc:
-                self.outbox.end(_ending(job_id, exc, expired=scope.expired()))
+                self.outbox.end(_ending(job_id, exc))
+                return
+            if scope.cancelled_caught:
+                self.outbox.end(_token_expired(job_id))
                 return
             # The terminal state is queued: let the sender take it before tearing
             # the subscription down, so that when a job many clients follow ends,
@@ -369,15 +374,18 @@ class Session:
         scope = _until(expires_at)
         states: AsyncIterator[JobState] | None = None
         try:
-            async with scope:
+            with scope:
                 if ask_app and not await self._gate.app_allows_owner(self._scope, owner):
                     self.outbox.end_owner(owner_not_found(owner))
                     return
                 states = self._tracker.watch_owner(owner)
                 async for state in states:
                     self.outbox.put_owner_state(owner, state)
+            if scope.cancelled_caught:
+                ending = _token_expired(owner)
+                self.outbox.end_owner(dataclasses.replace(ending, job_id=None, owner=owner))
         except Exception as exc:
-            ending = _ending(owner, exc, expired=scope.expired())
+            ending = _ending(owner, exc)
             self.outbox.end_owner(dataclasses.replace(ending, job_id=None, owner=owner))
         finally:
             if _is_current(self._feeds.get(owner)):
@@ -456,12 +464,18 @@ def _is_current(child: Stoppable | None) -> bool:
     return child is not None and child.task is asyncio.current_task()
 
 
-def _until(expires_at: float | None) -> asyncio.Timeout:
-    """A timeout that ends a subscription when its token expires (None: never)."""
-    deadline = None
+def _until(expires_at: float | None) -> anyio.CancelScope:
+    """A scope that ends a subscription when its token expires (None: never); its
+    ``cancelled_caught`` says that it did.
+
+    Not ``asyncio.timeout``: its one cancellation can be lost in a Redis write
+    (see :mod:`immortus_async._stoppable`), and the subscription would outlive
+    its token. The scope cancels again at each await until it is left.
+    """
+    deadline = math.inf
     if expires_at is not None:
-        deadline = asyncio.get_running_loop().time() + (expires_at - time.time())
-    return asyncio.timeout_at(deadline)
+        deadline = anyio.current_time() + (expires_at - time.time())
+    return anyio.CancelScope(deadline=deadline)
 
 
 async def _close(states: AsyncIterator[JobState] | None, what: str, name: str) -> None:
@@ -515,14 +529,17 @@ async def abort_job(
     return AbortReply(job_id, requested)
 
 
-def _ending(job_id: str, exc: Exception, *, expired: bool) -> Rejection:
+def _token_expired(job_id: str) -> Rejection:
+    """The ``error`` frame that ends a subscription whose token has expired."""
+    return Rejection(
+        ErrorCode.TOKEN_EXPIRED,
+        "the token has expired: subscribe again with a new token and since_seq",
+        job_id,
+    )
+
+
+def _ending(job_id: str, exc: Exception) -> Rejection:
     """The ``error`` frame that ends a subscription the watch ended with ``exc``."""
-    if isinstance(exc, TimeoutError) and expired:
-        return Rejection(
-            ErrorCode.TOKEN_EXPIRED,
-            "the token has expired: subscribe again with a new token and since_seq",
-            job_id,
-        )
     if isinstance(exc, JobLost):
         logger.info("job %r was lost by Redis; ending its subscription", job_id)
         return Rejection(ErrorCode.JOB_LOST, str(exc), job_id)

@@ -98,6 +98,20 @@ async def test_owner_feeds_refuse_what_does_not_open_them(bridge: Bridge) -> Non
         assert (await receive(client))["code"] == "token_invalid"
 
 
+async def test_a_feed_ends_with_token_expired_at_its_tokens_exp(
+    bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """A live feed gets token_expired, naming its owner, when its token's exp passes."""
+    await queue_for(strategy, "ada-1", "ada")
+    async with await open_client(bridge) as client:
+        short = mint_owner_token("ada", SECRET, ttl=1.5)
+        await client.send(subscribe_owner("ada", token=short))
+        assert (await next_owner_state(client))["job_id"] == "ada-1"
+        ended = await receive(client, timeout=5)
+        assert (ended["type"], ended["code"], ended["owner"]) == ("error", "token_expired", "ada")
+        assert "job_id" not in ended
+
+
 @pytest.fixture
 async def limited(
     bridge: Bridge | MountServer, redis_server: RedisServer

@@ -296,29 +296,56 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
         client.transport.abort()
 
 
-async def test_a_subscription_ends_when_its_client_leaves_as_a_redis_write_completes(
-    redis_server: RedisServer, strategy: RedisPubSubStrategy
-) -> None:
-    """A client leaves just as its subscription's snapshot write to Redis completes:
-    the subscription ends all the same, and the bridge closes."""
-    await advance(strategy, "w", S.STARTED)
+@pytest.fixture
+async def holding_bridge(redis_server: RedisServer) -> AsyncIterator[Bridge]:
+    """A bridge whose Redis client writes through :class:`WriteEndingAsCancelled`, with
+    a socket_timeout (so through ``asyncio.wait_for``) and no fallback strategy: a
+    subscription's snapshot is read in its own task."""
     redis = Redis.from_url(
         redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
     )
-    # No fallback: the snapshot is read in the subscription's own task.
     reader = RedisPubSubStrategy(redis)
     bridge = await serve(redis, "127.0.0.1", 0, secret=SECRET, tracking_strategy=reader)
     try:
-        WriteEndingAsCancelled.held = asyncio.Event()
-        WriteEndingAsCancelled.armed = True
-        async with await open_client(bridge) as client:
-            await client.send(subscribe("w"))
-            async with asyncio.timeout(10 * SCALE):
-                await WriteEndingAsCancelled.held.wait()
-        async with asyncio.timeout(10 * SCALE):
-            await bridge.aclose()
+        yield bridge
     finally:
         WriteEndingAsCancelled.armed = False
         await bridge.aclose()
         await reader.aclose()
         await redis.aclose()
+
+
+async def test_a_subscription_ends_when_its_client_leaves_as_a_redis_write_completes(
+    holding_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """A client leaves just as its subscription's snapshot write to Redis completes:
+    the subscription ends all the same, and the bridge closes."""
+    await advance(strategy, "w", S.STARTED)
+    held = WriteEndingAsCancelled.arm()
+    async with await open_client(holding_bridge) as client:
+        await client.send(subscribe("w"))
+        async with asyncio.timeout(10 * SCALE):
+            await held.wait()
+    async with asyncio.timeout(10 * SCALE):
+        await holding_bridge.aclose()
+
+
+async def test_a_token_that_expires_as_a_redis_write_completes_ends_the_subscription(
+    holding_bridge: Bridge, strategy: RedisPubSubStrategy
+) -> None:
+    """A token expires just as its subscription's snapshot write to Redis completes:
+    the subscription ends with token_expired all the same, not later, not never."""
+    await advance(strategy, "x", S.STARTED)
+    held = WriteEndingAsCancelled.arm()
+    async with await open_client(holding_bridge) as client:
+        # exp is in whole seconds: this one passes 1 to 2 units from now, long
+        # after the snapshot's write is held (it is held until the expiry).
+        await client.send(subscribe("x", token=token("x", ttl=2 * SCALE)))
+        frame = await receive(client)
+        if frame["type"] == "state":  # the snapshot's reply was read in one go
+            frame = await receive(client)
+        assert (frame["type"], frame["code"], frame["job_id"]) == ("error", "token_expired", "x")
+        assert held.is_set(), "the token expired before the write was held"
+        await wait_until(
+            lambda: holding_bridge.statistics().subscriptions == 0, message="the subscription's end"
+        )
