@@ -12,6 +12,7 @@ pytest.importorskip("arq", reason=NOT_INSTALLED)
 
 import asyncio
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -23,12 +24,20 @@ from typing import Any
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from immortus_async import JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker, tracked
+from immortus_async import (
+    JobStatus,
+    JobUpdate,
+    RedisPubSubStrategy,
+    RedisServer,
+    Tracker,
+    configure,
+    tracked,
+)
 from immortus_async.cli import COMMANDS, build_parser, log_level
-from immortus_async.commands.watch import render_bar
+from immortus_async.commands.watch import _watch, render_bar
 from immortus_async.state import JobState
 
-from .utils import SCALE, free_port, run_worker
+from .utils import SCALE, WriteEndingAsCancelled, free_port, run_worker
 
 S = JobStatus
 
@@ -320,3 +329,52 @@ async def test_status_uses_the_queue_redis_for_untracked_jobs(
         out, err = await asyncio.wait_for(process.communicate(), 30 * SCALE)
     assert out.decode().strip() == f"{plain.job_id}: finished  100%", err.decode()
     assert process.returncode == 0
+
+
+class _ArmingOutput(io.StringIO):
+    """watch's output: its first line (the snapshot) arms :class:`WriteEndingAsCancelled`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        if not self.armed.is_set():
+            WriteEndingAsCancelled.arm()
+            self.armed.set()
+        return super().write(text)
+
+
+async def test_watch_gives_up_at_its_timeout_as_a_redis_write_completes(
+    writer: RedisPubSubStrategy, redis_server: RedisServer, redis: Redis
+) -> None:
+    """--timeout passes just as a re-read's write to Redis completes: watch gives up
+    all the same (TimeoutError, exit 3) instead of following the job past it."""
+    await writer.apply(JobUpdate(job_id="t1", status=S.STARTED, attempt=1))
+    holding = Redis.from_url(
+        redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
+    )
+    # No fallback: the snapshot is read in watch's own task.
+    configure(tracking_strategy=RedisPubSubStrategy(holding))
+    args = build_parser().parse_args(
+        ["watch", "t1", "--redis", redis_server.url, "--timeout", str(2 * SCALE)]
+    )
+    out = _ArmingOutput()
+    watching = asyncio.create_task(_watch(args, out))
+    try:
+        async with asyncio.timeout(10 * SCALE):
+            await out.armed.wait()
+        # A lost pub/sub connection: once back, watch re-reads the job, and that
+        # read's write is held until the timeout cancels it.
+        await redis.client_kill_filter(_type="pubsub")
+        async with asyncio.timeout(10 * SCALE):
+            await WriteEndingAsCancelled.held.wait()
+        await asyncio.wait([watching], timeout=10 * SCALE)
+        assert watching.done(), "watch went on past its --timeout"
+        with pytest.raises(TimeoutError):
+            watching.result()
+    finally:
+        WriteEndingAsCancelled.armed = False
+        watching.cancel()
+        await asyncio.wait([watching])
+        await holding.aclose()

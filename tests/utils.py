@@ -258,8 +258,9 @@ class WriteEndingAsCancelled(Connection):
     Redis is stopped (its client left, its token expired, its owner closes it).
     redis-py sends through ``asyncio.wait_for`` when the connection has a
     ``socket_timeout``, and Python 3.11's drops that cancellation (it returns the
-    write's result). Give the client a ``socket_timeout``; the class is shared by
-    every connection of the test, so arm it when the write to hold is next."""
+    write's result). Give the client a ``socket_timeout``: only such writes are
+    held (pub/sub connections made from the client have none), the next one of any
+    such connection once armed."""
 
     armed: ClassVar[bool] = False
     held: ClassVar[asyncio.Event]
@@ -276,8 +277,8 @@ class WriteEndingAsCancelled(Connection):
         await super().send_packed_command(command, check_health)
 
     async def _send_packed_command(self, command: Any) -> None:
-        armed, type(self).armed = type(self).armed, False
-        if armed:
+        if type(self).armed and self.socket_timeout is not None:
+            type(self).armed = False
             sender = self._sender
             assert sender is not None
             self.held.set()

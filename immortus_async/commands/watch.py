@@ -8,6 +8,8 @@ import shutil
 import sys
 from typing import TextIO
 
+import anyio
+
 from ..exceptions import JobNotFound
 from ..state import JobState
 from ..status import JobStatus
@@ -58,7 +60,11 @@ async def _watch(args: argparse.Namespace, out: TextIO) -> int:
         first = await reader.status(args.job_id, function=args.function)
         if first.status is JobStatus.UNKNOWN:
             raise JobNotFound(args.job_id)
-        async with asyncio.timeout(args.timeout):
+        # anyio and not asyncio.timeout, as in Tracker.completed: a deadline that
+        # comes as a redis-py write completes is lost by asyncio.wait_for on
+        # Python 3.11, and the watch would go on past --timeout; the scope
+        # cancels again at each await.
+        with anyio.fail_after(args.timeout):
             async for state in reader.watch(args.job_id, function=args.function):
                 if live:
                     width = shutil.get_terminal_size().columns - 1
