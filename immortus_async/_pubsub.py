@@ -274,20 +274,29 @@ class PubSubHub(_Hub):
         return not self._restarting and (self.connected.is_set() or not self._sinks)
 
     async def aclose(self) -> None:
-        """Stop both tasks, close the connection, fail waiting sinks. Idempotent."""
+        """Stop both tasks, close the connection, fail waiting sinks. Idempotent.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled meanwhile; the hub is
+                closed all the same (a second call would return at once).
+        """
         if self._closed:
             return
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        # The tasks restart themselves on any error, so all they end with is the
-        # cancellation; anything else was already logged where it happened.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self._drop_connection()
-        closed = TrackerClosed("the tracker was closed")
-        for channel in list(self._sinks):
-            self._fail(channel, closed)
+        try:
+            # The tasks restart themselves on any error, so all they end with is the
+            # cancellation; anything else was already logged where it happened. Their
+            # connection has no socket_timeout: redis-py writes without the
+            # asyncio.wait_for that can lose a cancellation.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self._tasks.clear()
+            await self._drop_connection()
+            closed = TrackerClosed("the tracker was closed")
+            for channel in list(self._sinks):
+                self._fail(channel, closed)
 
     # Channels
 
