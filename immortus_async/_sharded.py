@@ -230,19 +230,26 @@ class ShardedHub(_Hub):
         )
 
     async def aclose(self) -> None:
-        """Stop every task, close every connection, fail waiting sinks. Idempotent."""
+        """Stop every task, close every connection, fail waiting sinks. Idempotent.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled meanwhile; the hub is
+                closed all the same (a second call would return at once).
+        """
         if self._closed:
             return
         self._closed = True
         tasks = [*self._attaching, *([self._task] if self._task is not None else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        hubs, self._hubs = list(self._hubs.values()), {}
-        await asyncio.gather(*(hub.aclose() for hub in hubs), return_exceptions=True)
-        closed = TrackerClosed("the tracker was closed")
-        for entry in list(self._channels.values()):
-            self._end(entry, closed)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            hubs, self._hubs = list(self._hubs.values()), {}
+            await asyncio.gather(*(hub.aclose() for hub in hubs), return_exceptions=True)
+            closed = TrackerClosed("the tracker was closed")
+            for entry in list(self._channels.values()):
+                self._end(entry, closed)
 
     # Where each channel goes
 

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 from redis.asyncio.connection import Connection
 
-from immortus_async import JobState, JobStatus, Tracker
+from immortus_async import JobState, JobStatus, Tracker, TrackerClosed
+from immortus_async._buffer import StateBuffer
+from immortus_async._pubsub import PubSubHub
+from immortus_async._sharded import ShardedHub
 
 T = TypeVar("T")
 
@@ -96,6 +99,20 @@ async def closed_while_cancelled(aclose: Callable[[], Awaitable[None]]) -> bool:
     closer = asyncio.create_task(close())
     await asyncio.wait([closer], timeout=10 * SCALE)
     return closer.cancelled()
+
+
+async def hub_closed_while_cancelled(hub: PubSubHub | ShardedHub) -> None:
+    """Close ``hub``, which has one waiter, in a task cancelled as it waits: that task
+    ends cancelled, and the waiter fails with TrackerClosed all the same."""
+    buffer = StateBuffer()
+    await hub.subscribe("{c}x", buffer, bytes)
+    assert await closed_while_cancelled(hub.aclose)
+    try:
+        async with asyncio.timeout(10 * SCALE):
+            await buffer.get()
+    except TrackerClosed:
+        return
+    raise AssertionError("the hub's waiter was not told it closed")
 
 
 class Spawned:

@@ -36,7 +36,7 @@ from ..bridge.helpers import (
     receive_until_completed,
     subscribe,
 )
-from ..utils import SCALE, wait_until
+from ..utils import SCALE, hub_closed_while_cancelled, wait_until
 from .harness import LocalCluster, job_in_slot
 from .load import OPTIONS, Load
 
@@ -334,3 +334,11 @@ async def test_a_channel_subscribed_while_its_slot_imports_ends_where_the_slot_g
         end = await anext(states)
         assert (end.status, end.seq) == (S.FINISHED, 2)
     await states.aclose()
+
+
+async def test_a_closer_cancelled_while_it_closes_still_closes_the_hub(
+    cluster_client: RedisCluster,
+) -> None:
+    """A closer cancelled while it waits for the sharded hub's tasks is cancelled, and
+    the hub is closed all the same: its waiters fail with TrackerClosed."""
+    await hub_closed_while_cancelled(ShardedHub(cluster_client))
