@@ -536,7 +536,13 @@ class Tracker:
 
     async def aclose(self) -> None:
         """Close every connection this Tracker opened. Idempotent; never raises what a
-        strategy's close raises (it is logged: the rest still gets closed)."""
+        strategy's close raises (it is logged: the rest still gets closed).
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled meanwhile; the rest is
+                closed all the same first (each close is bounded), so that no
+                connection, nor a task that reads one, outlives the Tracker.
+        """
         if self._closed:
             return
         self._closed = True
@@ -546,13 +552,18 @@ class Tracker:
             closers.append(self._redis.aclose)
         if self._owns_queue_redis and self._queue_redis is not None:
             closers.append(self._queue_redis.aclose)
+        cancelled: asyncio.CancelledError | None = None
         for close in closers:
             if close is None:
                 continue
             try:
                 await close()
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # raised once the rest is closed
             except Exception:
                 logger.exception("closing the Tracker: %r failed", close)
+        if cancelled is not None:
+            raise cancelled
 
     async def __aenter__(self) -> Tracker:
         return self

@@ -24,7 +24,7 @@ from immortus_async import (
 
 from .conftest import NOT_INSTALLED
 from .strategies_for_tests import OnlyCompleted
-from .utils import SCALE, WriteEndingAsCancelled, wait_until
+from .utils import SCALE, Watcher, WriteEndingAsCancelled, closed_while_cancelled, wait_until
 
 S = JobStatus
 
@@ -405,3 +405,29 @@ async def test_waiter_leaving_while_disconnected_leaves_nothing_behind(
     redis_server.start()
     await queue(writer, "back")
     assert (await tracker.status("back")).status is S.QUEUED
+
+
+async def test_a_closer_cancelled_while_it_closes_still_closes_every_connection(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """A Tracker whose closer is cancelled meanwhile closes every connection all the
+    same (its pub/sub connection, its own client's), then lets the cancellation through."""
+    await RedisPubSubStrategy(redis).apply(JobUpdate(job_id="c", status=S.QUEUED, attempt=0))
+    before = await _connections(redis)
+    tracker = Tracker(redis_server.url, tracking_strategy="redis_pub_sub")
+    watcher = await Watcher(tracker, "c").subscribed()
+    assert await _connections(redis) > before
+    assert await closed_while_cancelled(tracker.aclose)
+    with pytest.raises(TrackerClosed):
+        await watcher.finished()
+    await wait_until(
+        lambda: _connections_are(redis, before), message="every connection of the tracker closed"
+    )
+
+
+async def _connections(redis: Redis) -> int:
+    return len(await redis.client_list())
+
+
+async def _connections_are(redis: Redis, count: int) -> bool:
+    return await _connections(redis) == count
