@@ -23,7 +23,7 @@ from .._redis import Client, is_cluster
 from .._script import SharedScript
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
-from ..state import JobState, JobUpdate
+from ..state import JobState, JobUpdate, _wire_json
 from ..status import JobStatus, is_forward
 from ._connected import Connected
 from .base import StateReader
@@ -75,11 +75,11 @@ _following: Counter[str] = Counter()
 
 def _decode_message(payload: bytes) -> JobState:
     """A job's published state; a ``started`` one's heartbeat noted in ``_announced``."""
-    state = JobState.from_json(payload)
+    data = _wire_json(payload)
+    state = JobState.from_dict(data)
     if state.status is JobStatus.STARTED and state.job_id in _following:
         try:
-            beat = json.loads(payload).get("hb")
-            attempt, stalled_ms, _ = (int(part) for part in str(beat).split(":"))
+            attempt, stalled_ms, _ = (int(part) for part in str(data.get("hb")).split(":"))
         except (ValueError, TypeError, AttributeError):
             return state
         if attempt == state.attempt:
