@@ -33,8 +33,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+
+from ._script import SharedScript
 
 __all__ = ["ScriptPipe"]
 
@@ -61,7 +62,7 @@ class _Call:
     __slots__ = ("args", "eval", "future", "nkeys", "retried", "script", "sent")
 
     def __init__(
-        self, script: AsyncScript, nkeys: int, args: list[Any], future: asyncio.Future[Any]
+        self, script: SharedScript, nkeys: int, args: list[Any], future: asyncio.Future[Any]
     ) -> None:
         self.script, self.nkeys, self.args, self.future = script, nkeys, args, future
         self.sent = False  # taken by the sender: its reply may be on the way
@@ -86,7 +87,7 @@ class ScriptPipe:
         self._reader: asyncio.Task[None] | None = None
         self._flush_due = False
 
-    def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+    def call(self, script: SharedScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         """Queue ``script(keys, args)``; the future is its reply (or its error)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         call = _Call(script, len(keys), [*keys, *args], future)

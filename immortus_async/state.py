@@ -195,11 +195,20 @@ class JobState:
             InvalidStateError: ``raw`` is not JSON (nested too deep for the parser
                 included), or not a valid job state.
         """
-        try:
-            data = json.loads(raw)
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise InvalidStateError(f"a job state is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_wire_json(raw))
+
+
+def _wire_json(raw: str | bytes) -> Any:
+    """``raw`` parsed as JSON, for :meth:`JobState.from_dict`; a reader that wants
+    fields beyond the state's (a heartbeat) parses once with this.
+
+    Raises:
+        InvalidStateError: ``raw`` is not JSON (nested too deep for the parser included).
+    """
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidStateError(f"a job state is not valid JSON: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

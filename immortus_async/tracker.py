@@ -10,7 +10,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
-import anyio
 from redis.asyncio import Redis
 
 from . import adapters, config, metrics, tracing
@@ -233,24 +232,26 @@ class Tracker:
             TimeoutError: ``timeout`` seconds passed first.
             ImmortusError: any other documented failure of :meth:`watch`.
         """
-        with anyio.fail_after(timeout), tracing.waiting(job_id) as span:
-            states = self.watch(job_id, function=function)
-            try:
-                first = True
-                async for state in states:
-                    if first and state.status is JobStatus.UNKNOWN:
-                        raise JobNotFound(job_id)
-                    if first:
-                        await tracing.link(span, self.strategy(function), job_id)
-                    if state.completed:
-                        if not first:  # it waited: the push woke it
-                            metrics.woke(state.finished_at)
-                        return state
-                    first = False
-            finally:
-                close = getattr(states, "aclose", None)
-                if close is not None:
-                    await close()
+        # asyncio's own deadline: anyio's cancel scope cost a waiter more than its wake.
+        async with asyncio.timeout(timeout):
+            with tracing.waiting(job_id) as span:
+                states = self.watch(job_id, function=function)
+                try:
+                    first = True
+                    async for state in states:
+                        if first and state.status is JobStatus.UNKNOWN:
+                            raise JobNotFound(job_id)
+                        if first:
+                            await tracing.link(span, self.strategy(function), job_id)
+                        if state.completed:
+                            if not first:  # it waited: the push woke it
+                                metrics.woke(state.finished_at)
+                            return state
+                        first = False
+                finally:
+                    close = getattr(states, "aclose", None)
+                    if close is not None:
+                        await close()
         raise AssertionError("watch() ended before a terminal state")  # pragma: no cover
 
     # The queue's own job type comes back, for each queue's target (see _targets.py).

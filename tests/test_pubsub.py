@@ -24,7 +24,7 @@ from immortus_async import (
     SubscriptionRefused,
     Tracker,
 )
-from immortus_async._buffer import StateBuffer
+from immortus_async._buffer import RESYNC, StateBuffer
 from immortus_async._pubsub import PubSubHub, connection_factory
 
 from .conftest import NOT_INSTALLED
@@ -327,3 +327,30 @@ async def test_a_closer_cancelled_while_it_closes_still_closes_the_hub(redis: Re
 
 async def _no_subscriber(redis: Redis) -> bool:
     return not any(int(client["sub"]) for client in await redis.client_list())
+
+
+async def test_a_frozen_redis_is_left_when_the_hubs_ping_goes_unanswered(
+    redis_server: RedisServer, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Subscribed, then Redis frozen (SIGSTOP): the hub's silence deadline sends a PING,
+    and one more interval without an answer drops the connection; once Redis is back
+    the hub subscribes again and messages arrive."""
+    assert redis_server.pid is not None
+    hub = PubSubHub(connection_factory(redis), ping_interval=0.3)
+    buffer = StateBuffer()
+    try:
+        await hub.subscribe("c", buffer, JobState.from_json)
+        conn = hub._conn
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: hub._conn is not conn, message="the frozen connection left")
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        assert any("no answer to PING" in r.getMessage() for r in caplog.records)
+        await wait_until(lambda: hub.channels == 1 and hub._conn is not None and not hub._ready)
+        await redis.publish("c", JobState(job_id="j", seq=1).to_json())
+        async with asyncio.timeout(10 * SCALE):
+            assert (await buffer.get()) is RESYNC  # what was published meanwhile is lost
+            assert (await buffer.get()) == JobState(job_id="j", seq=1)
+    finally:
+        await hub.aclose()

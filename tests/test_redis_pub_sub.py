@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +17,7 @@ from immortus_async import (
     JobUpdate,
     MemoryStrategy,
     RedisPubSubStrategy,
+    RedisServer,
     Tracker,
 )
 from immortus_async.state import utcnow
@@ -267,3 +270,53 @@ async def test_a_new_run_of_an_expired_id_goes_on_from_its_tombstone(redis: Redi
     assert await strategy.apply(update("e", S.QUEUED, attempt=0)) is None
     again = await strategy.apply(update("e", S.QUEUED, attempt=0, since=utcnow()))
     assert again is not None and again.status is S.QUEUED and again.seq > expired.seq
+
+
+def _calls(stats: dict[str, Any]) -> dict[str, int]:
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
+
+async def test_readers_that_come_at_once_share_one_script_load(redis: Redis) -> None:
+    """The first of 50 readers in a new process runs the read script alone (NOSCRIPT,
+    SCRIPT LOAD, EVALSHA); the other 49 wait for it and send one EVALSHA each, rather
+    than each being told NOSCRIPT and loading the script itself."""
+    strategy = RedisPubSubStrategy(redis)
+    await redis.config_resetstat()
+    states = await asyncio.gather(*(strategy.status(f"r{i}") for i in range(50)))
+    calls = _calls(await redis.info("commandstats"))
+    await strategy.aclose()
+    assert {state.status for state in states} == {S.UNKNOWN}
+    assert (calls.get("script|load"), calls.get("evalsha")) == (1, 51)
+
+
+@pytest.mark.parametrize("lost", ["flushed", "restarted"])
+async def test_a_waiter_reads_its_state_after_the_script_cache_is_lost(
+    redis_server: RedisServer, lost: str
+) -> None:
+    """Redis forgets the loaded scripts (SCRIPT FLUSH, or a restart): the readers that
+    find it missing load it once between them, and a waiter still gets its state."""
+    reader = RedisPubSubStrategy(redis_server.url)
+    tracker = Tracker(redis_server.url, tracking_strategy=reader)
+    writer = RedisPubSubStrategy(redis_server.url)
+    client = Redis.from_url(redis_server.url)
+    try:
+        await writer.apply(update("w", S.STARTED))
+        assert (await tracker.status("w")).status is S.STARTED  # the scripts known
+        if lost == "flushed":
+            await client.script_flush()
+        else:
+            redis_server.restart()
+        await writer.apply(update("w", S.FINISHED))
+        await client.config_resetstat()
+        states = await asyncio.gather(*(tracker.status("w") for _ in range(20)))
+        async with asyncio.timeout(10):
+            done = await tracker.completed("w")
+        calls = _calls(await client.info("commandstats"))
+    finally:
+        await tracker.aclose()
+        await reader.aclose()
+        await writer.aclose()
+        await client.aclose()
+    assert {state.status for state in states} == {S.FINISHED}
+    assert done.status is S.FINISHED
+    assert calls.get("script|load") == 1

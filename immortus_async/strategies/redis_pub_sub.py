@@ -7,13 +7,12 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, NoScriptError
+from redis.asyncio import Redis
 
 from .. import config
 from .._buffer import StateBuffer
@@ -21,9 +20,10 @@ from .._feed import OWNER_SNAPSHOT_LIMIT, FeedBuffer, decode_feed_message, follo
 from .._follow import follow, retrying
 from .._pipe import ScriptPipe
 from .._redis import Client, is_cluster
+from .._script import SharedScript, raced
 from ..exceptions import InvalidStateError
 from ..keys import DEFAULT_PREFIX, Keys
-from ..state import JobState, JobUpdate
+from ..state import JobState, JobUpdate, _wire_json
 from ..status import JobStatus, is_forward
 from ._connected import Connected
 from .base import StateReader
@@ -75,11 +75,11 @@ _following: Counter[str] = Counter()
 
 def _decode_message(payload: bytes) -> JobState:
     """A job's published state; a ``started`` one's heartbeat noted in ``_announced``."""
-    state = JobState.from_json(payload)
+    data = _wire_json(payload)
+    state = JobState.from_dict(data)
     if state.status is JobStatus.STARTED and state.job_id in _following:
         try:
-            beat = json.loads(payload).get("hb")
-            attempt, stalled_ms, _ = (int(part) for part in str(beat).split(":"))
+            attempt, stalled_ms, _ = (int(part) for part in str(data.get("hb")).split(":"))
         except (ValueError, TypeError, AttributeError):
             return state
         if attempt == state.attempt:
@@ -220,32 +220,6 @@ class _Recheck:
         return min(waits, default=None)
 
 
-@contextlib.contextmanager
-def _raced(cluster: bool) -> Iterator[None]:
-    """redis-py's cluster client may close a node's connections (on a topology
-    change) while another command opens one, which then fails on a socket gone
-    (AttributeError): that is a lost connection, retried as one."""
-    try:
-        yield
-    except AttributeError as exc:
-        if not cluster:
-            raise
-        raise ConnectionError(f"the cluster client lost its connection: {exc}") from exc
-
-
-async def _run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-    """Run ``script`` by its SHA; whole where the node does not know it."""
-    try:
-        with _raced(is_cluster(script.registered_client)):
-            return await script(keys=keys, args=args)
-    except NoScriptError:
-        # A replica promoted since never saw the SCRIPT LOAD (it is not replicated),
-        # and redis-py's own reload may go where the slot no longer is.
-        client: Any = script.registered_client
-        with _raced(is_cluster(client)):
-            return await client.eval(script.script, len(keys), *keys, *args)
-
-
 def _now() -> float:
     return asyncio.get_running_loop().time()
 
@@ -375,15 +349,14 @@ class RedisPubSubStrategy(Connected):
         # An owner's index outlives its last enqueue by as long as a job queued
         # then keeps a record after its end.
         self._owner_ttl_ms = max(1, int((active_ttl + ttl) * 1000))
-        # redis-py types register_script for Redis alone; RedisCluster has it too.
-        client: Any = self.redis
-        self._script = client.register_script(_SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
-        self._beat = client.register_script(_HEARTBEAT)
-        self._reader = client.register_script(_READ)
+        client = self.redis
+        self._script = SharedScript(client, _SHARDED_SCRIPT if is_cluster(client) else _SCRIPT)
+        self._beat = SharedScript(client, _HEARTBEAT)
+        self._reader = SharedScript(client, _READ)
         # On one Redis, writes go out pipelined on a connection of their own (see
         # _pipe): a worker's concurrent jobs share round trips, and each costs less
         # CPU. A cluster's writes go to the node of each job's slot, one by one.
-        self._pipe = None if is_cluster(client) else ScriptPipe(client)
+        self._pipe = ScriptPipe(client) if isinstance(client, Redis) else None
         self._fallback = fallback
         self._buffer_size = buffer_size
 
@@ -502,9 +475,9 @@ class RedisPubSubStrategy(Connected):
         )
         return bool(written)
 
-    async def _write(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+    async def _write(self, script: SharedScript, keys: list[str], args: list[Any]) -> Any:
         if self._pipe is None:
-            return await _run(script, keys, args)
+            return await script(keys, args)
         return await self._pipe.call(script, keys, args)
 
     async def aclose(self) -> None:
@@ -561,11 +534,11 @@ class RedisPubSubStrategy(Connected):
                     pipe.hmget(keys[0], ["state", "meta", "hb", "result"])
                     pipe.pttl(keys[0])
                     pipe.get(keys[1])
-                    with _raced(cluster=True):
+                    with raced(cluster=True):
                         fields, ttl_left, tombstone = await pipe.execute()
                 stored_state, stored_meta, beat, stored_result = fields
             else:
-                *fields, ttl_left, tombstone = await _run(self._reader, keys, [])
+                *fields, ttl_left, tombstone = await self._reader(keys, [])
                 stored_state, stored_meta, beat, stored_result = fields
         if stored_state is not None:
             state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))

@@ -56,6 +56,7 @@ from ..._records import lifecycle_seq as _seq
 from ..._records import ms_time as _time
 from ..._records import text as _text
 from ..._records import unpickle as _unpickle
+from ..._script import SharedScript
 from ...state import JobState
 from ...status import JobStatus
 from ...strategies._connected import Connected
@@ -158,7 +159,7 @@ class ArqStrategy(KeyWatching, Connected):
         pool_queue: str = getattr(self.redis, "default_queue_name", default_queue_name)
         self.queue_name = queue_name or pool_queue
         self._loads = deserializer or getattr(self.redis, "job_deserializer", None) or _unpickle
-        self._reader = self._standalone.register_script(_READ)
+        self._reader = SharedScript(self._standalone, _READ)
         self._notifications = notifications
         self._asking: asyncio.Future[bool] | None = None
         self._arq_poller: ArqPoller | None = None
@@ -174,7 +175,7 @@ class ArqStrategy(KeyWatching, Connected):
         await self._retracked(job_id)
         keys = [prefix + job_id for prefix in _READ_PREFIXES] + [self.queue_name]
         async with self.reading:
-            result, in_progress, job, tries, score = await self._reader(keys=keys, args=[job_id])
+            result, in_progress, job, tries, score = await self._reader(keys, [job_id])
         if result is not None:
             return self._ended(job_id, result)
         tries = int(tries or 0)

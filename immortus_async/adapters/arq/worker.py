@@ -126,6 +126,21 @@ def _retry_reason(exc: BaseException) -> str:
     return describe_error(exc)
 
 
+# Where a reader of arq's records is kept on the worker's client, for the jobs of a
+# worker that track_worker did not set up: one per client, not one built per job
+# (2% of such a worker's time). On the client itself, not in a cache that would
+# hold the client (the reader does) for ever.
+_READER_ATTR = "_immortus_arq_reader"
+
+
+def _reader_of(redis: Redis) -> ArqStrategy:
+    reader = getattr(redis, _READER_ATTR, None)
+    if not isinstance(reader, ArqStrategy):
+        reader = ArqStrategy(redis)
+        setattr(redis, _READER_ATTR, reader)
+    return reader
+
+
 async def _begin(
     ctx: dict[Any, Any], redis: Redis, spec: StrategySpec, options: JobOptions, function: str | None
 ) -> JobContext:
@@ -134,7 +149,7 @@ async def _begin(
     if isinstance(worker, _Worker):
         leftovers, reader = worker.leftovers, worker.reader
     else:
-        leftovers, reader = UNOWNED, ArqStrategy(redis)
+        leftovers, reader = UNOWNED, _reader_of(redis)
     return await begin_job(
         ctx["job_id"],
         int(ctx.get("job_try") or 1),
