@@ -61,6 +61,10 @@ def _free_port() -> int:
         return port
 
 
+class _PortTaken(RuntimeError):
+    """The port picked for a server was taken before the server bound it."""
+
+
 class RedisServer:
     """A Redis server process of our own, on 127.0.0.1.
 
@@ -83,6 +87,9 @@ class RedisServer:
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or _free_port()
+        # A port picked here may be taken between the pick and the server's bind
+        # (another process picking too): then the first start picks another.
+        self._repick = port is None
         self.args = args
         self.start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
@@ -112,6 +119,18 @@ class RedisServer:
         """
         if self.running:
             return self
+        for _ in range(3):
+            try:
+                self._start()
+                break
+            except _PortTaken:
+                self.port = _free_port()
+        else:
+            self._start()
+        self._repick = False  # a restart keeps the port: clients know its URL
+        return self
+
+    def _start(self) -> None:
         command = [
             self.binary,
             "--port", str(self.port),
@@ -140,12 +159,13 @@ class RedisServer:
                 if not chunk:
                     self.stop()
                     tail = output.decode(errors="replace")[-2000:]
+                    if self._repick and b"already in use" in output:
+                        raise _PortTaken(tail)
                     raise RuntimeError(f"{self.binary} did not start on port {self.port}:\n{tail}")
                 output += chunk
         # Close our end: later log lines then fail with EPIPE (the server ignores
         # SIGPIPE) instead of blocking the server on a full pipe nobody reads.
         process.stdout.close()
-        return self
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill=True``) and wait for it to exit."""
