@@ -6,11 +6,12 @@ can say so itself: a connection with ``CLIENT TRACKING ON REDIRECT <id>`` has ev
 key it reads remembered, and when one of them is written, deleted or expires (one
 that did not exist when read included) Redis publishes its name once on
 ``__redis__:invalidate`` to the connection ``<id>``, which is subscribed to it. A
-key is then forgotten until it is read again: its watchers are told at once, and
-the key is read again (``EXISTS``, one command for every key read together) only
-when one of them re-reads what it watches (:meth:`KeyWatch.retrack` first), so a
-change after that is announced again. A watcher that knows the change already (the
-job side reported it) re-reads nothing, and its keys cost nothing more.
+key is then forgotten until it is read again: its watchers are told at once. A
+watcher reads what it watches on the tracking connection itself
+(:meth:`KeyWatch.read`), so its snapshot and every re-read register the keys again
+at no cost of their own: registering a job's keys costs no command, and a change
+after a read is announced. A watcher that knows the change already (the job side
+reported it) re-reads nothing, and its keys cost nothing more.
 
 Findings this follows:
 
@@ -30,9 +31,11 @@ Findings this follows:
   or a ``rename-command`` that denies it), tracking is off, said once in the log:
   the caller falls back to another way (:attr:`KeyWatch.off`).
 
-Never read a key that every job writes (a queue's shared sorted set) through this:
-each write of it would tell every watcher. What it costs while nothing changes: a
-PING on each connection every ``ping_interval`` seconds, per process.
+Never read a key that every job writes (a queue's shared sorted set) through this,
+but where nothing else answers (one invalidation at its next write, ignored: no
+subject has that key); a key of a subject is read by the subject's watchers only.
+What it costs while nothing changes: a PING on each connection every
+``ping_interval`` seconds, per process.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._pubsub import connection_factory
+from ._pubsub import SILENT, Silence, connection_factory
 from ._redis import Client
+from ._script import SharedScript
 from .exceptions import TrackerClosed
 
-__all__ = ["KeyWatch", "KeyWatching", "Sink"]
+__all__ = ["KeyWatch", "KeyWatching", "Sink", "Untracked"]
 
 logger = logging.getLogger("immortus_async.key_watch")
 
@@ -72,13 +76,22 @@ class _Off(Exception):
     """Tracking cannot work here: the reason, for the log and the statistics."""
 
 
+class Untracked(Exception):
+    """A read :meth:`KeyWatch.read` could not make on the tracking connection (it is
+    down, off, or the subject is not watched): read another way. A reconnection
+    nudges every watcher, so what changed meanwhile is read again."""
+
+
 @dataclass
 class _Subject:
     keys: tuple[bytes, ...]
     sinks: set[Sink] = field(default_factory=set)
-    read: asyncio.Future[None] | None = None  # done once its keys are read (tracked)
-    stale: set[bytes] = field(default_factory=set)  # announced, so forgotten by Redis
     ends: frozenset[bytes] = frozenset()  # whose change ends the subject
+
+
+# What a reply goes to: the callbacks of an EXISTS (keys tracked again after a
+# reconnection), or the future of a watcher's read.
+_Pending = list[Callable[[], None]] | asyncio.Future[Any]
 
 
 class KeyWatch:
@@ -117,7 +130,8 @@ class KeyWatch:
         self._counts: dict[bytes, tuple[float, int]] = {}  # key: (window start, invalidations)
         self._queued: list[bytes] = []  # keys to read on the tracking connection
         self._after: list[Callable[[], None]] = []  # what to do once they are read
-        self._pending: deque[list[Callable[[], None]]] = deque()  # per command sent
+        self._reads: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []  # watchers' reads
+        self._pending: deque[_Pending] = deque()  # per command sent
         self._dirty = asyncio.Event()
         self._answered: asyncio.Future[None] | None = None  # the first attempt's outcome
         self._task: asyncio.Task[None] | None = None
@@ -143,11 +157,12 @@ class KeyWatch:
         wait a little before re-reading (to let the job side report first) re-reads
         at once when the queue has ended the job.
 
-        Returns once the keys are read on the tracking connection, so a snapshot
-        the caller reads after this sees every change before, and ``sink`` hears of
-        every change after. While the connections are down it returns at once: the
-        reconnection tells every watcher to re-read. The sink is watched even if
-        this is cancelled: the caller unwatches it in any case.
+        Sends nothing: the keys are registered by the watcher's reads
+        (:meth:`read`), its snapshot first, and a change after a read is announced.
+        The first watcher of a process waits for the first connection attempt;
+        while the connections are down it returns at once: the reconnection tells
+        every watcher to re-read. The sink is watched even if this is cancelled:
+        the caller unwatches it in any case.
 
         Raises:
             TrackerClosed: it is closed.
@@ -170,8 +185,6 @@ class KeyWatch:
         known = self._subjects.get(subject)
         if known is not None:
             known.sinks.add(sink)
-            if known.read is not None and not known.read.done():
-                await asyncio.shield(known.read)  # tracked before this caller reads
             return True
         if self._table_max and len(self._by_key) + len(encoded) > self._table_max:
             self._stop(
@@ -180,28 +193,29 @@ class KeyWatch:
             )
             return False
         ending = frozenset(key.encode() for key in ends)
-        watched = self._subjects[subject] = _Subject(encoded, {sink}, ends=ending)
+        self._subjects[subject] = _Subject(encoded, {sink}, ends=ending)
         for key in encoded:
             self._by_key.setdefault(key, set()).add(subject)
-        if not self.connected:
-            return True
-        read = watched.read = asyncio.get_running_loop().create_future()
-        self._read(encoded, _resolve(read))
-        await asyncio.shield(read)
         return True
 
-    async def retrack(self, subject: str) -> None:
-        """Read again the keys of ``subject`` whose change was announced, so that
-        their next change is announced too; call it before re-reading what they
-        hold. Returns at once when there are none, or while the connections are
-        down (the reconnection reads every key and nudges every watcher)."""
-        known = self._subjects.get(subject)
-        if known is None or not known.stale or not self.connected:
-            return
-        keys, known.stale = tuple(known.stale), set()
-        read = asyncio.get_running_loop().create_future()
-        self._read(keys, _resolve(read))
-        await asyncio.shield(read)
+    async def read(self, subject: str, *command: Any) -> Any:
+        """``command``'s reply, sent on the tracking connection: every key it reads
+        is tracked, so a change after it is announced. For the watchers of
+        ``subject`` only; a script is sent whole (``EVAL``): a ``NOSCRIPT`` here
+        would cost the command again.
+
+        Raises:
+            Untracked: the connections are down or tracking is off, ``subject`` is
+                not watched, the connection was lost before the reply, or Redis
+                answered with an error: read another way (which raises the error
+                again if it is the command's own).
+        """
+        if not self.connected or subject not in self._subjects:
+            raise Untracked(subject)
+        reply = asyncio.get_running_loop().create_future()
+        self._reads.append((command, reply))
+        self._dirty.set()
+        return await reply
 
     def unwatch(self, subject: str, sink: Sink) -> None:
         """Stop nudging ``sink``; the last one out forgets the subject. Never blocks.
@@ -289,14 +303,16 @@ class KeyWatch:
         self.connected = False
         # Whatever waited on a reply of the lost connection goes on: the next one
         # reads every key again and nudges every watcher.
-        for callbacks in self._pending:
-            for then in callbacks:
-                then()
+        for pending in self._pending:
+            _answer(pending, Untracked("the client-side caching connection was lost"))
         self._pending.clear()
         for then in self._after:
             then()
+        for _, reply in self._reads:
+            _answer(reply, Untracked("the client-side caching connection was lost"))
         self._queued.clear()
         self._after.clear()
+        self._reads.clear()
 
     def _stop(self, why: str) -> None:
         """Turn tracking off from outside the task, which is stopped."""
@@ -333,8 +349,6 @@ class KeyWatch:
             logger.info("watching queue records with client-side caching (CLIENT TRACKING)")
             subjects = list(self._subjects.values())
             everyone = [sink for subject in subjects for sink in subject.sinks]
-            for subject in subjects:
-                subject.stale.clear()
             # Invalidations were lost meanwhile, or this is the first connection and
             # the watchers came while it was made: every key read, every watcher told.
             self._read((key for subject in subjects for key in subject.keys), _nudge(everyone))
@@ -373,17 +387,21 @@ class KeyWatch:
 
     async def _invalidations(self, sub: AbstractConnection) -> None:
         pinged = False
-        while True:
-            message = await sub.read_response(timeout=self._ping_interval)
-            if message is None:
-                if pinged:
-                    raise RedisTimeoutError("no answer to PING on the invalidation connection")
-                await sub.send_command("PING")
-                pinged = True
-                continue
-            pinged = False
-            if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
-                self._invalidated(message[2])
+        silence = Silence(self._ping_interval)
+        try:
+            while True:
+                message = await silence.read(sub)
+                if message is SILENT:
+                    if pinged:
+                        raise RedisTimeoutError("no answer to PING on the invalidation connection")
+                    await sub.send_command("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
+                    self._invalidated(message[2])
+        finally:
+            silence.close()
 
     def _invalidated(self, keys: Any) -> None:
         if keys is None:  # FLUSHDB / FLUSHALL: every key, and Redis forgot them all
@@ -404,9 +422,7 @@ class KeyWatch:
             return
         for name in subjects:
             subject = self._subjects[name]
-            announced = {key for key in keys if key in subject.keys}
-            subject.stale |= announced
-            now = not announced.isdisjoint(subject.ends)
+            now = not subject.ends.isdisjoint(keys)
             for sink in list(subject.sinks):
                 resync = getattr(sink, "request_resync_now", None) if now else None
                 (resync or sink.request_resync)()
@@ -424,45 +440,64 @@ class KeyWatch:
             self._dirty.clear()
             keys = list(dict.fromkeys(self._queued))
             after, self._queued, self._after = self._after, [], []
-            commands: list[tuple[str | bytes, ...]] = [
+            reads, self._reads = [(c, r) for c, r in self._reads if not r.done()], []
+            commands: list[tuple[Any, ...]] = [
                 ("EXISTS", *keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)
             ]
-            if not commands:
+            pending: list[_Pending] = [[] for _ in commands[:-1]]
+            if commands:
+                pending.append(after)
+            else:
                 for then in after:
                     then()
+            commands += [command for command, _ in reads]
+            pending += [reply for _, reply in reads]
+            if not commands:
                 continue
             # Recorded before the write, with no await in between: replies come back
             # in the order the commands went out, and so does this queue.
-            self._pending.extend([[] for _ in commands[:-1]] + [after])
+            self._pending.extend(pending)
             await data.send_packed_command(data.pack_commands(commands), check_health=False)
 
     async def _replies(self, data: AbstractConnection) -> None:
         pinged = False
-        while True:
-            try:
-                reply = await data.read_response(timeout=self._ping_interval)
-            except ResponseError as exc:  # an ACL that denies the keys
-                raise _Off(f"Redis refused to read watched keys: {exc}") from None
-            if reply is None:
-                if pinged:
-                    raise RedisTimeoutError("no answer to PING on the tracking connection")
-                self._pending.append([])
-                await data.send_command("PING")
-                pinged = True
-                continue
-            pinged = False
-            if not self._pending:
-                raise RedisError(f"a reply to no command on the tracking connection: {reply!r}")
-            for then in self._pending.popleft():
-                then()
+        silence = Silence(self._ping_interval)
+        try:
+            while True:
+                reply: Any
+                try:
+                    reply = await silence.read(data)
+                except ResponseError as exc:
+                    if not self._pending or not isinstance(self._pending[0], asyncio.Future):
+                        # An ACL that denies the keys to the EXISTS that tracks them.
+                        raise _Off(f"Redis refused to read watched keys: {exc}") from None
+                    reply = Untracked(f"Redis answered a read on the tracking connection: {exc}")
+                if reply is SILENT:
+                    if pinged:
+                        raise RedisTimeoutError("no answer to PING on the tracking connection")
+                    self._pending.append([])
+                    await data.send_command("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                if not self._pending:
+                    raise RedisError(f"a reply to no command on the tracking connection: {reply!r}")
+                _answer(self._pending.popleft(), reply)
+        finally:
+            silence.close()
 
 
-def _resolve(future: asyncio.Future[None]) -> Callable[[], None]:
-    def resolve() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    return resolve
+def _answer(pending: _Pending, reply: Any) -> None:
+    """Give a reply (or, for a read, the Untracked that replaces it) to what waits."""
+    if isinstance(pending, asyncio.Future):
+        if not pending.done():
+            if isinstance(reply, Untracked):
+                pending.set_exception(reply)
+            else:
+                pending.set_result(reply)
+        return
+    for then in pending:
+        then()
 
 
 def _nudge(sinks: list[Sink]) -> Callable[[], None]:
@@ -494,11 +529,26 @@ class KeyWatching:
             stats["client_tracking_off"] = self._watch.off
         return stats
 
-    async def _retracked(self, subject: str) -> None:
-        """Before a read of a watched subject: its keys tracked again (see
-        :meth:`KeyWatch.retrack`)."""
+    async def _tracked(
+        self,
+        subject: str,
+        script: SharedScript,
+        keys: list[str],
+        args: list[Any],
+        slots: asyncio.Semaphore,
+    ) -> Any:
+        """``script``'s reply: for a watched subject, run on the tracking connection,
+        which tracks every key it reads (see :meth:`KeyWatch.read`); otherwise, or
+        where that cannot be, through the client, holding one of ``slots``."""
         if self._watch is not None:
-            await self._watch.retrack(subject)
+            try:
+                return await self._watch.read(
+                    subject, "EVAL", script.script, len(keys), *keys, *args
+                )
+            except Untracked:
+                pass
+        async with slots:
+            return await script(keys, args)
 
     def _key_watch(self) -> KeyWatch:
         if self._watch is None:

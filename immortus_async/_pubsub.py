@@ -41,7 +41,7 @@ from .exceptions import (
     TrackerClosed,
 )
 
-__all__ = ["PubSubHub", "Sink", "connection_factory", "dedicated"]
+__all__ = ["SILENT", "PubSubHub", "Silence", "Sink", "connection_factory", "dedicated"]
 
 logger = logging.getLogger("immortus_async.pubsub")
 
@@ -115,7 +115,12 @@ class _Sent:
     left: int  # replies still expected: one per channel, one for a PING
 
 
-class _Silence:
+SILENT: Any = object()
+"""What :meth:`Silence.read` returns once the connection has been silent too long
+(a reply may be nil, so None cannot say it)."""
+
+
+class Silence:
     """Reads of one connection that give up once it has been silent ``interval``
     seconds, at the cost of one timer per interval rather than one per message: a
     deadline per read (``read_response(timeout=...)``) scheduled and cancelled a
@@ -138,7 +143,7 @@ class _Silence:
         self._handle = self._loop.call_at(self._heard + interval, self._check)
 
     async def read(self, conn: AbstractConnection) -> Any:
-        """The next reply, or None once ``interval`` seconds passed without one."""
+        """The next reply, or :data:`SILENT` once ``interval`` seconds passed without one."""
         self._reading = True
         try:
             # Not disconnected on the expiry's cancellation: a reply cut short by
@@ -153,7 +158,7 @@ class _Silence:
                 await conn.disconnect(nowait=True)
                 raise
             self._rearm()
-            return None
+            return SILENT
         finally:
             self._reading = False
         self._heard = self._loop.time()
@@ -591,7 +596,7 @@ class PubSubHub(_Hub):
 
     async def _read(self, conn: AbstractConnection) -> None:
         awaiting_pong = False
-        silence = _Silence(self._ping_interval)
+        silence = Silence(self._ping_interval)
         try:
             while True:
                 try:
@@ -600,7 +605,7 @@ class PubSubHub(_Hub):
                     self._refused(exc)
                     awaiting_pong = False
                     continue
-                if message is None:
+                if message is SILENT:
                     if awaiting_pong:
                         raise RedisTimeoutError("no answer to PING on the pub/sub connection")
                     await self._send(conn, [("PING",)], [_Sent(b"pong", (), 1)])

@@ -16,7 +16,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer, Tracker
-from immortus_async._key_watch import KeyWatch
+from immortus_async._key_watch import KeyWatch, Untracked
 from immortus_async._pubsub import connection_factory
 
 from .utils import SCALE, Watcher, closed_while_cancelled, run_worker, wait_until
@@ -160,33 +160,57 @@ class _Counted:
         self.nudges += 1
 
 
-async def _exists_run(redis: Redis) -> int:
+async def _run_here(redis: Redis) -> dict[str, int]:
+    """Commands Redis ran since its statistics were reset, by name (INFO itself left out)."""
     stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+    calls = {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+    calls.pop("info", None)
+    calls.pop("config|resetstat", None)
+    return calls
 
 
-async def test_an_announced_key_is_read_again_only_before_a_re_read(redis: Redis) -> None:
-    """A change nudges the watchers at once and sends nothing; retrack() reads the
-    announced keys again, so that their next change is announced too."""
+async def test_a_watchers_reads_track_its_keys_and_watching_sends_nothing(redis: Redis) -> None:
+    """Watching sends nothing; a read of the subject's own, on the tracking
+    connection, tracks what it reads: its next change is announced once, and a read
+    again tracks it again."""
     watch = KeyWatch(connection_factory(redis), on_off=lambda subjects: None)
     sink, other = _Counted(), _Counted()
-    assert await watch.watch("job", ["k1", "k2"], sink)
+    assert await watch.watch("job", ["k1"], sink)
     await redis.config_resetstat()
+    assert await watch.watch("other", ["k2"], other)
+    assert await _run_here(redis) == {}
+    with pytest.raises(Untracked):
+        await watch.read("nobody", "GET", "k1")  # only a subject's watchers read here
+    assert await watch.read("job", "GET", "k1") is None
+    assert await watch.read("other", "GET", "k2") is None
     await redis.set("k1", "a")
     await wait_until(lambda: sink.nudges == 1, message="the change's nudge")
-    # Another subject's EXISTS goes out on the same connection after anything the
-    # nudge could have sent: only it has run.
-    assert await watch.watch("other", ["k3"], other)
-    assert await _exists_run(redis) == 1
-    await watch.retrack("job")
-    assert await _exists_run(redis) == 2
-    await watch.retrack("job")  # nothing announced since: nothing to read
-    assert await _exists_run(redis) == 2
+    await redis.set("k1", "b")  # forgotten by Redis since its change: no nudge
+    await redis.set("k2", "c")  # announced on the same connection after k1's would be
+    await wait_until(lambda: other.nudges == 1, message="the other subject's nudge")
+    assert sink.nudges == 1
+    assert await watch.read("job", "GET", "k1") == b"b"
+    await redis.set("k1", "d")
+    await wait_until(lambda: sink.nudges == 2, message="the key read again is announced again")
+    assert (await _run_here(redis)).get("exists") is None
+    await watch.aclose()
+
+
+async def test_a_read_redis_refuses_is_handed_back_and_the_connection_stays(
+    redis: Redis,
+) -> None:
+    """An error reply to a watcher's read (a wrong type here) is Untracked, for the
+    reader to read another way; the connection goes on tracking."""
+    watch = KeyWatch(connection_factory(redis), on_off=lambda subjects: None)
+    sink = _Counted()
+    await redis.set("k1", "a")
+    assert await watch.watch("job", ["k1"], sink)
+    with pytest.raises(Untracked, match="WRONGTYPE"):
+        await watch.read("job", "HGET", "k1", "field")
+    assert await watch.read("job", "GET", "k1") == b"a"
     await redis.set("k1", "b")
-    await wait_until(lambda: sink.nudges == 2, message="the re-tracked key's nudge")
-    await redis.set("k2", "c")  # never announced, so still tracked
-    await wait_until(lambda: sink.nudges == 3, message="the other key's nudge")
-    assert other.nudges == 0
+    await wait_until(lambda: sink.nudges == 1, message="the change's nudge")
+    assert watch.connected and watch.off is None
     await watch.aclose()
 
 

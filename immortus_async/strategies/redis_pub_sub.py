@@ -102,8 +102,8 @@ class _Settling:
     own at that very moment is then read at the heartbeat's deadline at the latest.
     Any other state (``retrying``: arq may end the job at its next try, on its own)
     is read again, and so is the next state pushed that is not such a beat after a
-    read was skipped: the queue's records re-read (and their keys tracked again,
-    see :meth:`KeyWatch.retrack`) once the job side stops saying where the job is.
+    read was skipped: the queue's records re-read (which tracks their keys again,
+    see :meth:`KeyWatch.read`) once the job side stops saying where the job is.
     """
 
     def __init__(self, job_id: str, buffer: StateBuffer) -> None:

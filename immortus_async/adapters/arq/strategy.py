@@ -80,10 +80,16 @@ _VANISHED = (
 )
 
 # A job's records in one command (its snapshot, and every re-read), as atomic as
-# the MULTI/EXEC transactions in which arq moves them.
+# the MULTI/EXEC transactions in which arq moves them. The queue's shared sorted set
+# is looked at only for a job with none of its own keys (one whose key expired while
+# it waits): a watcher's read tracks every key it reads (_key_watch), and that one
+# changes with every job.
 _READ = """
-return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2]), redis.call('GET', KEYS[3]),
-        redis.call('GET', KEYS[4]), redis.call('ZSCORE', KEYS[5], ARGV[1])}
+local result, running = redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])
+local job, tries = redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])
+local score = false
+if not result and running == 0 and not job then score = redis.call('ZSCORE', KEYS[5], ARGV[1]) end
+return {result, running, job, tries, score}
 """
 
 
@@ -172,10 +178,10 @@ class ArqStrategy(KeyWatching, Connected):
 
     async def status(self, job_id: str) -> JobState:
         """The job's state as arq's records tell it; ``unknown`` when arq has none."""
-        await self._retracked(job_id)
         keys = [prefix + job_id for prefix in _READ_PREFIXES] + [self.queue_name]
-        async with self.reading:
-            result, in_progress, job, tries, score = await self._reader(keys, [job_id])
+        result, in_progress, job, tries, score = await self._tracked(
+            job_id, self._reader, keys, [job_id], self.reading
+        )
         if result is not None:
             return self._ended(job_id, result)
         tries = int(tries or 0)

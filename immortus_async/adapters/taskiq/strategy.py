@@ -44,6 +44,7 @@ from ..._follow import poll
 from ..._key_watch import KeyWatching
 from ..._key_watch import Sink as KeyWatchSink
 from ..._records import Nudge
+from ..._script import SharedScript
 from ...state import JobState
 from ...status import JobStatus
 from ...strategies._connected import Connected
@@ -58,6 +59,8 @@ PROGRESS_SUFFIX = "__progress"
 _STEP = {JobStatus.STARTED: 2, JobStatus.RETRYING: 3}
 # A task read from taskiq's records alone is looked at this often at most.
 _POLL_MAX = 2.0
+# A task's result and progress in one step, as a transaction would read them.
+_READ = "return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}"
 
 
 class Serializer(Protocol):
@@ -179,6 +182,7 @@ class TaskiqStrategy(KeyWatching, Connected):
         self._serializer: Serializer = serializer or _SafePickle()
         self.poll_interval = poll_interval
         self._polling: dict[Nudge, asyncio.Future[None]] = {}
+        self._reader = SharedScript(self._standalone, _READ)
 
     @classmethod
     def from_backend(cls, backend: Any, redis: Redis | str | None = None) -> TaskiqStrategy:
@@ -219,12 +223,10 @@ class TaskiqStrategy(KeyWatching, Connected):
         A record that cannot be decoded reads ``failed`` for a result (its outcome
         is unknown) and is ignored for progress.
         """
-        await self._retracked(task_id)
         key = self.result_key(task_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(key)
-            pipe.get(key + PROGRESS_SUFFIX)
-            result, progress = await pipe.execute()
+        result, progress = await self._tracked(
+            task_id, self._reader, [key, key + PROGRESS_SUFFIX], [], self.reading
+        )
         running = self._running(task_id, progress) if progress is not None else None
         if result is not None:
             ended = self._ended(task_id, result)
