@@ -57,7 +57,7 @@ from ._redis import Client
 from ._script import SharedScript
 from .exceptions import TrackerClosed
 
-__all__ = ["KeyWatch", "KeyWatching", "Sink", "Untracked"]
+__all__ = ["KeyWatch", "KeyWatching", "Sink", "Untracked", "tracked_read"]
 
 logger = logging.getLogger("immortus_async.key_watch")
 
@@ -106,7 +106,10 @@ class KeyWatch:
         ping_interval: seconds of silence after which each connection is pinged;
             no answer within as long again means it is dead.
         backoff_min, backoff_max: reconnect delays, doubling from one to the other.
-        storm_limit: invalidations of one key within ten seconds taken for a storm.
+        storm_limit: invalidations of one key within ten seconds taken for a storm;
+            None for a watcher whose nudges never read again what nobody changed
+            (so that a storm cannot feed itself through it), where a key busy with
+            writes would be taken for one.
     """
 
     def __init__(
@@ -117,7 +120,7 @@ class KeyWatch:
         ping_interval: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
-        storm_limit: int = 32,
+        storm_limit: int | None = 32,
     ) -> None:
         self._connect = connect
         self._on_off = on_off
@@ -141,6 +144,8 @@ class KeyWatch:
         """Why tracking is off (refused, a storm), or None while it works or may."""
         self.connected = False
         """True while both connections are up and tracking."""
+        self.generation = 0
+        """Counts the connections made: a read tracked in one is announced by it alone."""
 
     @property
     def subjects(self) -> int:
@@ -325,7 +330,7 @@ class KeyWatch:
     def _turn_off(self, why: str) -> None:
         self.off = why
         self._answer()
-        logger.warning("client-side caching is off (%s); watching queue records another way", why)
+        logger.warning("client-side caching is off (%s); watching another way", why)
         subjects, self._subjects = self._subjects, {}
         self._by_key.clear()
         self._counts.clear()
@@ -346,6 +351,7 @@ class KeyWatch:
                 if not isinstance(reply, list) or reply[:1] != [b"subscribe"]:
                     raise RedisError(f"unexpected reply to SUBSCRIBE: {reply!r}")
             self.connected = True
+            self.generation += 1
             logger.info("watching queue records with client-side caching (CLIENT TRACKING)")
             subjects = list(self._subjects.values())
             everyone = [sink for subject in subjects for sink in subject.sinks]
@@ -412,7 +418,7 @@ class KeyWatch:
             subjects = set()
             for key in keys:
                 subjects |= self._by_key.get(key, set())
-                if key in self._by_key and self._storm(key, now):
+                if self._storm_limit and key in self._by_key and self._storm(key, now):
                     raise _Off(
                         f"key {key!r} invalidated {self._storm_limit} times within ten "
                         "seconds: an eviction storm (tracking-table-max-keys too low?)"
@@ -432,7 +438,7 @@ class KeyWatch:
         if now - start > 10.0:
             start, count = now, 0
         self._counts[key] = (start, count + 1)
-        return count + 1 >= self._storm_limit
+        return count + 1 >= (self._storm_limit or 0)
 
     async def _send(self, data: AbstractConnection) -> None:
         while True:
@@ -508,6 +514,30 @@ def _nudge(sinks: list[Sink]) -> Callable[[], None]:
     return nudge
 
 
+async def tracked_read(
+    watch: KeyWatch | None,
+    subject: str,
+    script: SharedScript,
+    keys: list[str],
+    args: list[Any],
+    slots: asyncio.Semaphore,
+) -> tuple[Any, int | None]:
+    """``script``'s reply, and the :attr:`KeyWatch.generation` it was tracked in:
+    for a watched subject, run on the tracking connection, which tracks every key
+    it reads (see :meth:`KeyWatch.read`); otherwise, or where that cannot be,
+    through the client, holding one of ``slots`` (generation None)."""
+    if watch is not None:
+        generation = watch.generation
+        try:
+            reply = await watch.read(subject, "EVAL", script.script, len(keys), *keys, *args)
+        except Untracked:
+            pass
+        else:
+            return reply, generation
+    async with slots:
+        return await script(keys, args), None
+
+
 class KeyWatching:
     """What a reader of a queue's records that watches its keys has: one
     :class:`KeyWatch` on its client, made on first use, and statistics saying how
@@ -540,15 +570,7 @@ class KeyWatching:
         """``script``'s reply: for a watched subject, run on the tracking connection,
         which tracks every key it reads (see :meth:`KeyWatch.read`); otherwise, or
         where that cannot be, through the client, holding one of ``slots``."""
-        if self._watch is not None:
-            try:
-                return await self._watch.read(
-                    subject, "EVAL", script.script, len(keys), *keys, *args
-                )
-            except Untracked:
-                pass
-        async with slots:
-            return await script(keys, args)
+        return (await tracked_read(self._watch, subject, script, keys, args, slots))[0]
 
     def _key_watch(self) -> KeyWatch:
         if self._watch is None:

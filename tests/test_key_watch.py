@@ -230,13 +230,12 @@ async def test_either_connection_lost_reconnects_both_and_nudges_everyone(
     async with Tracker(redis) as tracker:
         watcher = await Watcher(tracker, job.job_id).subscribed()
         clients = await redis.client_list()
+        # Caching of arq's records, and of ours (a waiter's first read).
         tracking = [c for c in clients if "t" in str(c["flags"])]
-        assert len(tracking) == 1
-        if flag == "t":
-            victim = tracking[0]["id"]
-        else:
-            victim = str(tracking[0]["redir"])
-        await redis.client_kill_filter(_id=victim)
+        assert len(tracking) == 2
+        for client in tracking:
+            victim = client["id"] if flag == "t" else str(client["redir"])
+            await redis.client_kill_filter(_id=victim)
         await run_worker(arq_pool, [known])
         assert (await watcher.finished())[-1].status is S.FAILED
         await wait_until(
@@ -261,3 +260,67 @@ async def test_a_closer_cancelled_while_it_closes_sees_its_cancellation(redis: R
 
 async def _no_tracking_client(redis: Redis) -> bool:
     return not await _tracking_clients(redis)
+
+
+class _Monitor:
+    """The commands Redis is sent, with the address of the client that sent each
+    (``MONITOR``, on a raw connection of its own)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lines: list[tuple[str, str]] = []  # (client address, command name)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Monitor:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(b"MONITOR\r\n")
+        assert await reader.readline() == b"+OK\r\n"
+        self._task = asyncio.create_task(self._read(reader))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        # +1700000000.123456 [0 127.0.0.1:50000] "SUBSCRIBE" "imm:..."
+        while line := await reader.readline():
+            parts = line.decode(errors="replace").split(" ", 3)
+            if len(parts) == 4 and parts[2].endswith("]"):
+                self.lines.append((parts[2][:-1], parts[3].split('"')[1].lower()))
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._writer.close()
+
+
+async def test_a_waiter_sends_four_commands_while_its_job_runs(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """A waiter on a running job, by the job's end: its SUBSCRIBE, the snapshot of
+    our record and of arq's (each one script on a client-side caching connection,
+    which registers the keys it reads), and its UNSUBSCRIBE; nothing while the job
+    runs. The process's own setup (caching's connections) is made by a first
+    waiter before the count starts."""
+    writer = RedisPubSubStrategy(redis)
+    for job_id in ("warm", "job"):
+        await writer.apply(JobUpdate(job_id=job_id, status=S.QUEUED, attempt=0))
+        started = JobUpdate(job_id=job_id, status=S.STARTED, attempt=1)
+        await writer.apply(started, stalled_after=600)
+    waiter_client = Redis.from_url(redis_server.url, client_name="waiter")
+    async with Tracker(waiter_client) as tracker:
+        warm = await Watcher(tracker, "warm").subscribed()
+        await writer.apply(JobUpdate(job_id="warm", status=S.FINISHED))
+        await warm.finished()
+        async with _Monitor(redis_server.port) as monitor:
+            watcher = await Watcher(tracker, "job").subscribed()
+            await writer.apply(JobUpdate(job_id="job", status=S.STARTED, attempt=1, progress=0.5))
+            await writer.apply(JobUpdate(job_id="job", status=S.FINISHED))
+            assert (await watcher.finished())[-1].status is S.FINISHED
+
+            async def unsubscribed() -> bool:
+                return any(name == "unsubscribe" for _, name in monitor.lines)
+
+            await wait_until(unsubscribed, message="the waiter's UNSUBSCRIBE")
+            ours = {c["addr"] for c in await redis.client_list() if c["name"] == "waiter"}
+            sent = sorted(name for addr, name in monitor.lines if addr in ours)
+    await waiter_client.aclose()
+    await writer.aclose()
+    assert sent == ["eval", "eval", "subscribe", "unsubscribe"], sent

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 
 from immortus_async import (
     InvalidStateError,
@@ -180,8 +181,8 @@ class RacingStrategy(RedisPubSubStrategy):
 
     finisher: RedisPubSubStrategy
 
-    async def _read(self, job_id: str, *, catch_up: bool) -> tuple[JobState, float | None]:
-        snapshot = await super()._read(job_id, catch_up=catch_up)
+    async def _read(self, job_id: str, **options: Any) -> tuple[JobState, float | None]:
+        snapshot = await super()._read(job_id, **options)
         if snapshot[0].status is S.QUEUED:
             await finish(self.finisher, job_id)
         return snapshot
@@ -197,6 +198,79 @@ async def test_job_finishing_between_subscribe_and_snapshot(
     async with Tracker(redis, tracking_strategy=strategy) as tracker:
         state = await tracker.completed("race", timeout=10)
     assert state.status is S.FINISHED
+
+
+class HeldSubscribe(Connection):
+    """Once ``gate`` is cleared, a connection that holds every SUBSCRIBE of a job's
+    channel until it is set again (client-side caching's own goes out): the
+    subscription a waiter asked for is not live meanwhile."""
+
+    gate: ClassVar[asyncio.Event]
+    held: ClassVar[asyncio.Event]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        packed = b"".join(command) if isinstance(command, list) else bytes(command)
+        if b"SUBSCRIBE" in packed and b"__redis__" not in packed:
+            type(self).held.set()
+            await type(self).gate.wait()
+        await super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+async def held_subscribe(redis_server: RedisServer) -> AsyncIterator[Tracker]:
+    """A Tracker whose SUBSCRIBEs can be held, its caching connections made by a
+    first waiter."""
+    HeldSubscribe.gate, HeldSubscribe.held = asyncio.Event(), asyncio.Event()
+    HeldSubscribe.gate.set()
+    client = Redis.from_url(redis_server.url, connection_class=HeldSubscribe)
+    writer = RedisPubSubStrategy(client)
+    await queue(writer, "warm")
+    async with Tracker(client, tracking_strategy="redis_pub_sub") as tracker:
+        warm = await Watcher(tracker, "warm").subscribed()
+        await finish(writer, "warm")
+        await warm.finished()
+        HeldSubscribe.gate.clear()
+        HeldSubscribe.held.clear()
+        try:
+            yield tracker
+        finally:
+            HeldSubscribe.gate.set()
+    await writer.aclose()
+    await client.aclose()
+
+
+async def test_the_first_state_comes_before_the_subscription_and_misses_nothing(
+    held_subscribe: Tracker, writer: RedisPubSubStrategy
+) -> None:
+    """A waiter's first state does not wait for its SUBSCRIBE (one round trip): it
+    is read with client-side caching meanwhile, so the job's start and end, written
+    before the subscription is live (their messages lost), still reach it."""
+    await queue(writer, "j")
+    watcher = await Watcher(held_subscribe, "j").subscribed()
+    assert HeldSubscribe.held.is_set() and not HeldSubscribe.gate.is_set()
+    assert [state.status for state in watcher.states] == [S.QUEUED]
+    await writer.apply(JobUpdate(job_id="j", status=S.STARTED, attempt=1))
+    await finish(writer, "j")
+    await wait_until(lambda: watcher.has(S.FINISHED), message="the end, unsubscribed")
+    HeldSubscribe.gate.set()
+    assert (await watcher.finished())[-1].status is S.FINISHED
+
+
+async def test_caching_lost_before_the_subscription_is_live_reads_the_job_again(
+    held_subscribe: Tracker, writer: RedisPubSubStrategy, redis: Redis
+) -> None:
+    """The caching connections killed between the first state and the subscription,
+    and the job ended meanwhile: that end's invalidation is lost with them, its
+    message too; once subscribed, the waiter reads the job again and ends."""
+    await queue(writer, "j")
+    watcher = await Watcher(held_subscribe, "j").subscribed()
+    for client in await redis.client_list():
+        if "t" in str(client["flags"]):
+            await redis.client_kill_filter(_id=client["id"])
+    await finish(writer, "j")
+    HeldSubscribe.gate.set()
+    states = await watcher.finished()
+    assert [state.status for state in states] == [S.QUEUED, S.FINISHED]
 
 
 async def test_a_waiter_cancelled_as_its_snapshot_read_completes_ends_cancelled(

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -18,7 +19,9 @@ from .. import config
 from .._buffer import StateBuffer
 from .._feed import OWNER_SNAPSHOT_LIMIT, FeedBuffer, decode_feed_message, follow_owner
 from .._follow import follow, retrying
+from .._key_watch import KeyWatch, tracked_read
 from .._pipe import ScriptPipe
+from .._pubsub import connection_factory
 from .._redis import Client, is_cluster
 from .._script import SharedScript, raced
 from ..exceptions import InvalidStateError
@@ -108,7 +111,8 @@ class _Settling:
 
     def __init__(self, job_id: str, buffer: StateBuffer) -> None:
         self._job_id = job_id
-        self._buffer = buffer
+        self.buffer = buffer
+        self.unconfirmed: _Unconfirmed | None = None
         self._pushes = 0
         self._beating = False  # the last state pushed is started, with a heartbeat
         self._skipped = False  # a nudge was answered by the job side's beat alone
@@ -123,17 +127,19 @@ class _Settling:
             and announced is not None
             and announced[0] == item.attempt
         )
-        self._buffer.push(item)
+        if self.unconfirmed is not None:
+            self.unconfirmed.pushed(item)
+        self.buffer.push(item)
         if self._skipped and not self._beating:
             self._skipped = False
             self.nudge()
 
     def fail(self, error: BaseException) -> None:
-        self._buffer.fail(error)
+        self.buffer.fail(error)
 
     def request_resync(self) -> None:
         """What the hub asks after a reconnection: at once."""
-        self._buffer.request_resync()
+        self.buffer.request_resync()
 
     def nudge(self) -> None:
         if self._timer is None:
@@ -144,7 +150,7 @@ class _Settling:
         self._timer = None
         self._skipped = self._pushes != seen and self._beating
         if not self._skipped:
-            self._buffer.request_resync()
+            self.buffer.request_resync()
 
     def cancel(self) -> None:
         if self._timer is not None:
@@ -166,6 +172,81 @@ class _Nudged:
 
     def fail(self, error: BaseException) -> None:
         self._settling.fail(error)
+
+
+class _Unconfirmed:
+    """Whether a waiter's snapshot, read before its channel's subscription was
+    confirmed, may have missed a change: the first state in one round trip.
+
+    The snapshot is read on a client-side caching connection while the SUBSCRIBE is
+    on its way (:func:`~immortus_async._key_watch.tracked_read`), so a write after
+    the read and before the subscription took effect, whose message is lost, is
+    announced by an invalidation (this is its sink). The job is then read again
+    unless a message newer than the snapshot arrives within ``_SETTLE`` (a newer
+    state holds all of it: the changes in between are superseded, an end is never
+    followed by another state). A snapshot read without tracking, or in a caching
+    connection that has since been lost, is read again once the subscription is
+    confirmed. Reads made after that need none of this.
+    """
+
+    def __init__(self, buffer: StateBuffer, watch: KeyWatch) -> None:
+        self.live = False  # the subscription is confirmed
+        self._buffer = buffer
+        self._watch = watch
+        self._reading = 0  # reads issued before it was, still in flight
+        self._read: tuple[int | None, int] | None = None  # (generation, seq) of the last such read
+        self._pushed = -1  # the newest seq pushed on the channel
+        self._timer: asyncio.TimerHandle | None = None
+
+    def pushed(self, item: Any) -> None:
+        if isinstance(item, JobState):
+            self._pushed = max(self._pushed, item.seq)
+
+    def issued(self) -> bool:
+        """A read is issued: True if it is one to track (made before the subscription)."""
+        if self.live:
+            return False
+        self._reading += 1
+        return True
+
+    def answered(self, generation: int | None, seq: int) -> None:
+        """The tracked read issued last is answered: in ``generation`` (None: untracked)."""
+        self._reading -= 1
+        self._read = (generation, seq)
+        if self.live and not self._reading:
+            self._check()
+
+    def safe(self) -> None:
+        """A read made after the subscription was confirmed: nothing was missed before it."""
+        self._read = None
+
+    def confirmed(self) -> None:
+        self.live = True
+        if not self._reading and self._read is not None:
+            self._check()
+
+    def _check(self) -> None:
+        assert self._read is not None
+        generation = self._read[0]
+        if generation is None or not self._watch.connected or self._watch.generation != generation:
+            self._read = None
+            self._buffer.request_resync()
+
+    def request_resync(self) -> None:
+        """The record changed after a tracked read (or caching reconnected, or is off)."""
+        if self._read is None and not self._reading:
+            return
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_SETTLE, self._settled)
+
+    def _settled(self) -> None:
+        self._timer = None
+        if self._reading or (self._read is not None and self._pushed <= self._read[1]):
+            self._buffer.request_resync()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 @dataclass
@@ -244,6 +325,18 @@ def _heartbeat(state: JobState, beat: Any, ttl_left: int) -> tuple[JobState, flo
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decoded(job_id: str, fields: list[Any]) -> tuple[JobState, float | None]:
+    """A job's state from its record's fields (state, meta, hb, result, PTTL,
+    tombstone), and the seconds until its heartbeat goes stale."""
+    stored_state, stored_meta, beat, stored_result, ttl_left, tombstone = fields
+    if stored_state is not None:
+        state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
+        return _heartbeat(state, beat, ttl_left)
+    if tombstone is not None:
+        return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
+    return JobState(job_id=job_id), None
 
 
 def _decode_state(stored_state: Any, stored_meta: Any, stored_result: Any = None) -> dict[str, Any]:
@@ -357,6 +450,9 @@ class RedisPubSubStrategy(Connected):
         # _pipe): a worker's concurrent jobs share round trips, and each costs less
         # CPU. A cluster's writes go to the node of each job's slot, one by one.
         self._pipe = ScriptPipe(client) if isinstance(client, Redis) else None
+        # A waiter's snapshot read with client-side caching goes out with its
+        # SUBSCRIBE (see _Unconfirmed); one server only: a cluster's slots move.
+        self._watch: KeyWatch | None = None
         self._fallback = fallback
         self._buffer_size = buffer_size
 
@@ -481,9 +577,12 @@ class RedisPubSubStrategy(Connected):
         return await self._pipe.call(script, keys, args)
 
     async def aclose(self) -> None:
-        """Give the writes' connection back, then as :class:`Connected` does. Idempotent."""
+        """Give the writes' connection back, close client-side caching's, then as
+        :class:`Connected` does. Idempotent."""
         if self._pipe is not None:
             await self._pipe.aclose()
+        if self._watch is not None:
+            await self._watch.aclose()
         await super().aclose()
 
     # Reading
@@ -503,17 +602,21 @@ class RedisPubSubStrategy(Connected):
     async def _status(self, job_id: str, *, catch_up: bool) -> JobState:
         return (await self._read(job_id, catch_up=catch_up))[0]
 
-    async def _read(self, job_id: str, *, catch_up: bool) -> tuple[JobState, float | None]:
+    async def _read(
+        self, job_id: str, *, catch_up: bool, track: _Unconfirmed | None = None
+    ) -> tuple[JobState, float | None]:
         """The job's state and the seconds until its heartbeat goes stale (None: none).
 
         Our record and the fallback's are read at once: one round trip's wait.
+        ``track``: a waiter's, whose read before its subscription is confirmed is
+        tracked (see :class:`_Unconfirmed`).
         """
         fallback = self._fallback if catch_up else None
         if fallback is None:
-            state, stale_in = await self._record(job_id)
+            state, stale_in = await self._record(job_id, track)
         else:
             (state, stale_in), theirs = await asyncio.gather(
-                self._record(job_id), fallback.status(job_id)
+                self._record(job_id, track), fallback.status(job_id)
             )
             if not state.completed:
                 caught = await self._catch_up(state, theirs)
@@ -521,8 +624,28 @@ class RedisPubSubStrategy(Connected):
                     state, stale_in = caught, None
         return state, stale_in
 
-    async def _record(self, job_id: str) -> tuple[JobState, float | None]:
+    async def _record(
+        self, job_id: str, track: _Unconfirmed | None = None
+    ) -> tuple[JobState, float | None]:
         keys = [self.keys.record(job_id), self.keys.tombstone(job_id)]
+        if track is None or not track.issued():
+            read = _decoded(job_id, await self._record_fields(keys))
+            if track is not None:
+                track.safe()
+            return read
+        generation, seq = None, -1
+        try:
+            fields, generation = await tracked_read(
+                self._watch, job_id, self._reader, keys, [], self.reading
+            )
+            read = _decoded(job_id, fields)
+            seq = read[0].seq
+        finally:
+            track.answered(generation, seq)
+        return read
+
+    async def _record_fields(self, keys: list[str]) -> list[Any]:
+        """HMGET's four fields, the PTTL and the tombstone."""
         async with self.reading:
             # Not through the writes' pipe: a waiter's timeout cancels its read,
             # which there would cost every write in flight its connection.
@@ -536,16 +659,8 @@ class RedisPubSubStrategy(Connected):
                     pipe.get(keys[1])
                     with raced(cluster=True):
                         fields, ttl_left, tombstone = await pipe.execute()
-                stored_state, stored_meta, beat, stored_result = fields
-            else:
-                *fields, ttl_left, tombstone = await self._reader(keys, [])
-                stored_state, stored_meta, beat, stored_result = fields
-        if stored_state is not None:
-            state = JobState.from_dict(_decode_state(stored_state, stored_meta, stored_result))
-            return _heartbeat(state, beat, ttl_left)
-        if tombstone is not None:
-            return JobState(job_id=job_id, status=JobStatus.EXPIRED, seq=int(tombstone) + 1), None
-        return JobState(job_id=job_id), None
+                return [*fields, ttl_left, tombstone]
+            return list(await self._reader(keys, []))
 
     async def _catch_up(self, state: JobState, theirs: JobState) -> JobState:
         """Record what the fallback knows (``theirs``) when it is ahead of our record."""
@@ -583,13 +698,15 @@ class RedisPubSubStrategy(Connected):
         """
         buffer = StateBuffer(options.get("buffer_size", self._buffer_size))
         recheck = _Recheck(job_id)
+        settling = _Settling(job_id, buffer)
 
         async def read() -> JobState:
-            state, stale_in = await self._read(job_id, catch_up=True)
+            track = settling.unconfirmed
+            state, stale_in = await self._read(job_id, catch_up=True, track=track)
             recheck.seen(state, stale_in)
             return state
 
-        subscription = self._subscription(job_id, buffer, recheck)
+        subscription = self._subscription(job_id, settling, recheck)
         return follow(
             job_id,
             subscription,
@@ -665,33 +782,74 @@ class RedisPubSubStrategy(Connected):
 
     @contextlib.asynccontextmanager
     async def _subscription(
-        self, job_id: str, buffer: StateBuffer, recheck: _Recheck
+        self, job_id: str, settling: _Settling, recheck: _Recheck
     ) -> AsyncIterator[None]:
-        # The channel's SUBSCRIBE and the fallback's registration (ArqStrategy.changes)
-        # go out together: both are live before the snapshot is read, after one
-        # round trip's wait rather than two.
+        # The channel's SUBSCRIBE, the fallback's registration (ArqStrategy.changes)
+        # and, with client-side caching, the snapshot (see _Unconfirmed) go out
+        # together: the first state comes after one round trip's wait. Without
+        # caching, the snapshot waits for the subscription to be live.
         channel = self.keys.channel(job_id)
         hub = self._pubsub()
         _following[job_id] += 1
-        settling = _Settling(job_id, buffer)
         subscribing = asyncio.ensure_future(hub.subscribe(channel, settling, self._decode))
         # Retrieved even when the block is left before it is awaited.
         subscribing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        watch = self._record_watch()
+        unconfirmed: _Unconfirmed | None = None
         try:
+            if watch is not None:
+                unconfirmed = _Unconfirmed(settling.buffer, watch)
+                keys = [self.keys.record(job_id), self.keys.tombstone(job_id)]
+                if await watch.watch(job_id, keys, unconfirmed) and watch.connected:
+                    settling.unconfirmed = unconfirmed
+                    subscribing.add_done_callback(partial(_subscribed, settling, unconfirmed))
             changes = getattr(self._fallback, "changes", None)
             if changes is None:
-                await subscribing
+                if settling.unconfirmed is None:
+                    await subscribing
                 yield
                 return
             async with changes(job_id, _Nudged(settling)) as poll:
                 recheck.poll = poll
-                await subscribing
+                if settling.unconfirmed is None:
+                    await subscribing
                 yield
         finally:
             subscribing.cancel()
             settling.cancel()
+            if watch is not None and unconfirmed is not None:
+                unconfirmed.cancel()
+                watch.unwatch(job_id, unconfirmed)
             hub.unsubscribe(channel, settling)
             _following[job_id] -= 1
             if not _following[job_id]:
                 del _following[job_id]
                 _announced.pop(job_id, None)
+
+    def _record_watch(self) -> KeyWatch | None:
+        """Client-side caching of our records, made on first use; None on a cluster."""
+        if self._watch is None and isinstance(self.redis, Redis):
+            self._watch = KeyWatch(
+                connection_factory(self.redis), on_off=_resync_all, storm_limit=None
+            )
+        return self._watch
+
+
+def _subscribed(
+    settling: _Settling, unconfirmed: _Unconfirmed, subscribing: asyncio.Future[Any]
+) -> None:
+    """The channel's subscription answered: confirmed, or its error for the waiter."""
+    if subscribing.cancelled():
+        return
+    error = subscribing.exception()
+    if error is not None:
+        settling.fail(error)
+    else:
+        unconfirmed.confirmed()
+
+
+def _resync_all(subjects: dict[str, set[Any]]) -> None:
+    """Caching of our records turned off: whoever may have missed a change reads again."""
+    for sinks in subjects.values():
+        for sink in sinks:
+            sink.request_resync()
