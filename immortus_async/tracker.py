@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from . import adapters, config, metrics, tracing
 from ._builder import StrategyBuilder
+from ._closing import close_all
 from ._follow import poll, retrying
 from ._redis import REFUSED, UNREACHABLE, Client, client_from, names_cluster
 from .config import strategy_for
@@ -553,18 +554,7 @@ class Tracker:
             closers.append(self._redis.aclose)
         if self._owns_queue_redis and self._queue_redis is not None:
             closers.append(self._queue_redis.aclose)
-        cancelled: asyncio.CancelledError | None = None
-        for close in closers:
-            if close is None:
-                continue
-            try:
-                await close()
-            except asyncio.CancelledError as exc:
-                cancelled = exc  # raised once the rest is closed
-            except Exception:
-                logger.exception("closing the Tracker: %r failed", close)
-        if cancelled is not None:
-            raise cancelled
+        await close_all(closers, on_error=_close_failed)
 
     async def __aenter__(self) -> Tracker:
         return self
@@ -576,6 +566,10 @@ class Tracker:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _close_failed(close: Callable[[], Awaitable[None]], exc: Exception) -> None:
+    logger.error("closing the Tracker: %r failed", close, exc_info=exc)
 
 
 async def _read(strategy: object, job_id: str) -> JobState:

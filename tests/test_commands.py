@@ -354,8 +354,9 @@ async def test_watch_gives_up_at_its_timeout_as_a_redis_write_completes(
     holding = Redis.from_url(
         redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
     )
-    # No fallback: the snapshot is read in watch's own task.
-    configure(tracking_strategy=RedisPubSubStrategy(holding))
+    # No fallback: the snapshot is read in watch's own task; without client-side
+    # caching, on the client.
+    configure(tracking_strategy=RedisPubSubStrategy(holding, client_tracking=False))
     args = build_parser().parse_args(
         ["watch", "t1", "--redis", redis_server.url, "--timeout", str(2 * SCALE)]
     )

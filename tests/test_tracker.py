@@ -283,8 +283,11 @@ async def test_a_waiter_cancelled_as_its_snapshot_read_completes_ends_cancelled(
     redis = Redis.from_url(
         redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
     )
+    # Without client-side caching: the snapshot is read on the client, not on
+    # caching's connection (which has no socket_timeout).
+    reader = RedisPubSubStrategy(redis, client_tracking=False)
     try:
-        async with Tracker(redis, tracking_strategy="redis_pub_sub") as tracker:
+        async with Tracker(redis, tracking_strategy=reader) as tracker:
             # Connected, scripts loaded: the next write is the waiter's snapshot read.
             assert (await tracker.status("w")).status is S.QUEUED
             WriteEndingAsCancelled.held = asyncio.Event()
@@ -297,6 +300,7 @@ async def test_a_waiter_cancelled_as_its_snapshot_read_completes_ends_cancelled(
             assert waiter.cancelled()
     finally:
         WriteEndingAsCancelled.armed = False
+        await reader.aclose()
         await redis.aclose()
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
+from .._closing import close_all
 from .._pubsub import PubSubHub, connection_factory
 from .._redis import Client, client_from, is_cluster, keep_startup_nodes
 from .._sharded import ShardedHub
@@ -169,11 +170,12 @@ class Connected:
         """Leave the shared pub/sub connection (the last one out closes it), and
         close the client if this object created it. Idempotent."""
         shared, self._shared = self._shared, None
+        closers: list[Callable[[], Awaitable[None]]] = []
         if shared is not None:
             shared.users -= 1
             if shared.users == 0:
-                await shared.hub.aclose()
-                await shared.plain.aclose()
+                closers += [shared.hub.aclose, shared.plain.aclose]
         if self._owns_redis:
             self._owns_redis = False
-            await self.redis.aclose()
+            closers.append(self.redis.aclose)
+        await close_all(closers)

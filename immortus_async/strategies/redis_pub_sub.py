@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from .. import config
 from .._buffer import StateBuffer
+from .._closing import close_all
 from .._feed import OWNER_SNAPSHOT_LIMIT, FeedBuffer, decode_feed_message, follow_owner
 from .._follow import follow, retrying
 from .._key_watch import KeyWatch, tracked_read
@@ -201,6 +202,10 @@ class _Unconfirmed:
     def pushed(self, item: Any) -> None:
         if isinstance(item, JobState):
             self._pushed = max(self._pushed, item.seq)
+            if self._read is not None and not self._reading and item.seq > self._read[1]:
+                # Written after the subscription took effect: whatever the read
+                # could have missed is older, and this holds all of it.
+                self._read = None
 
     def issued(self) -> bool:
         """A read is issued: True if it is one to track (made before the subscription)."""
@@ -406,6 +411,10 @@ class RedisPubSubStrategy(Connected):
             by code that never heard of us).
         buffer_size: states kept per waiter that has not read them yet (the
             oldest go first; the latest and the terminal one are always kept).
+        client_tracking: False to go without client-side caching: a waiter's
+            first read then waits for its subscription to be live (two round
+            trips, not one); None (default) uses it on one server that allows
+            it (Redis 6 or later, ``CLIENT`` not denied), not on a cluster.
         unreachable_timeout: seconds a waiter rides out a Redis it cannot reach
             (at its first read or mid-wait) before it raises
             :class:`~immortus_async.RedisUnavailable`; None: for ever.
@@ -423,6 +432,7 @@ class RedisPubSubStrategy(Connected):
         # Reading
         fallback: StateReader | None = None,
         buffer_size: int = 64,
+        client_tracking: bool | None = None,
         unreachable_timeout: float | None = 30.0,
     ) -> None:
         retention = config._retention
@@ -453,6 +463,7 @@ class RedisPubSubStrategy(Connected):
         # A waiter's snapshot read with client-side caching goes out with its
         # SUBSCRIBE (see _Unconfirmed); one server only: a cluster's slots move.
         self._watch: KeyWatch | None = None
+        self._tracking = client_tracking is not False
         self._fallback = fallback
         self._buffer_size = buffer_size
 
@@ -579,11 +590,14 @@ class RedisPubSubStrategy(Connected):
     async def aclose(self) -> None:
         """Give the writes' connection back, close client-side caching's, then as
         :class:`Connected` does. Idempotent."""
-        if self._pipe is not None:
-            await self._pipe.aclose()
-        if self._watch is not None:
-            await self._watch.aclose()
-        await super().aclose()
+        pipe, watch = self._pipe, self._watch
+        await close_all(
+            [
+                None if pipe is None else pipe.aclose,
+                None if watch is None else watch.aclose,
+                super().aclose,
+            ]
+        )
 
     # Reading
 
@@ -828,7 +842,7 @@ class RedisPubSubStrategy(Connected):
 
     def _record_watch(self) -> KeyWatch | None:
         """Client-side caching of our records, made on first use; None on a cluster."""
-        if self._watch is None and isinstance(self.redis, Redis):
+        if self._watch is None and self._tracking and isinstance(self.redis, Redis):
             self._watch = KeyWatch(
                 connection_factory(self.redis), on_off=_resync_all, storm_limit=None
             )

@@ -300,11 +300,12 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
 async def holding_bridge(redis_server: RedisServer) -> AsyncIterator[Bridge]:
     """A bridge whose Redis client writes through :class:`WriteEndingAsCancelled`, with
     a socket_timeout (so through ``asyncio.wait_for``) and no fallback strategy: a
-    subscription's snapshot is read in its own task."""
+    subscription's snapshot is read in its own task, on the client (without
+    client-side caching, whose connection has no socket_timeout)."""
     redis = Redis.from_url(
         redis_server.url, connection_class=WriteEndingAsCancelled, socket_timeout=30 * SCALE
     )
-    reader = RedisPubSubStrategy(redis)
+    reader = RedisPubSubStrategy(redis, client_tracking=False)
     bridge = await serve(redis, "127.0.0.1", 0, secret=SECRET, tracking_strategy=reader)
     try:
         yield bridge

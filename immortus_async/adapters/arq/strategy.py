@@ -47,6 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ... import metrics
 from ..._buffer import StateBuffer
+from ..._closing import close_all
 from ..._describe import describe_error
 from ..._follow import follow
 from ..._key_watch import KeyWatching
@@ -261,11 +262,14 @@ class ArqStrategy(KeyWatching, Connected):
         """Stop the poller, close the pub/sub connection, and the client if made here."""
         for handover in list(self._handovers.values()):
             handover.cancel()
-        if self._watch is not None:
-            await self._watch.aclose()
-        if self._arq_poller is not None:
-            await self._arq_poller.aclose()
-        await super().aclose()
+        watch, poller = self._watch, self._arq_poller
+        await close_all(
+            [
+                None if watch is None else watch.aclose,
+                None if poller is None else poller.aclose,
+                super().aclose,
+            ]
+        )
 
     async def notifications_enabled(self) -> bool:
         """Whether the server publishes the keyspace events a watcher needs.

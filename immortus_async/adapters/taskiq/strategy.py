@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Protocol
 from redis.asyncio import ConnectionPool, Redis
 
 from ..._buffer import StateBuffer
+from ..._closing import close_all
 from ..._follow import poll
 from ..._key_watch import KeyWatching
 from ..._key_watch import Sink as KeyWatchSink
@@ -333,9 +334,8 @@ class TaskiqStrategy(KeyWatching, Connected):
         """Stop client-side caching, close the client if made here."""
         for polling in list(self._polling.values()):
             polling.cancel()
-        if self._watch is not None:
-            await self._watch.aclose()
-        await super().aclose()
+        watch = self._watch
+        await close_all([None if watch is None else watch.aclose, super().aclose])
 
     def watch(self, task_id: str, **options: Any) -> AsyncIterator[JobState]:
         """Yield the task's state now, then each change, until a terminal one.
