@@ -93,6 +93,7 @@ from .registry import StrategySpec
 from .state import JobUpdate
 from .status import JobStatus
 from .strategies.base import Heartbeats, StateReader, StateWriter
+from .strategies.redis_pub_sub import RedisPubSubStrategy
 
 __all__ = [
     "MAX_META_BYTES",
@@ -245,16 +246,23 @@ def _strategy_on(redis: Client, spec: StrategySpec) -> object:
 
 # What a strategy class can do, by class: a runtime Protocol check costs some 10 µs,
 # and a trivial job makes three (see benchmarks/README.md, Overhead).
-_KINDS: dict[type, tuple[bool, bool]] = {}
+_KINDS: dict[type, tuple[bool, bool, bool]] = {}
 
 
-def _kind(strategy: object) -> tuple[bool, bool]:
-    """``(is a Heartbeats, is a StateWriter)`` for ``strategy``, checked once per class."""
+def _kind(strategy: object) -> tuple[bool, bool, bool]:
+    """``(is a Heartbeats, is a StateWriter, writes with RedisPubSubStrategy._applied)``
+    for ``strategy``, checked once per class.
+
+    ``_applied`` is ``apply`` without parsing the state it returns: taken only where
+    ``apply`` is the strategy's own, so that a subclass's ``apply`` is still called.
+    """
     kind = _KINDS.get(type(strategy))
     if kind is None:
         kind = _KINDS[type(strategy)] = (
             isinstance(strategy, Heartbeats),
             isinstance(strategy, StateWriter),
+            isinstance(strategy, RedisPubSubStrategy)
+            and type(strategy).apply is RedisPubSubStrategy.apply,
         )
     return kind
 
@@ -644,16 +652,25 @@ class JobContext:
         finally:
             self._redelivery = None
 
+    def _beats_with(self, update: JobUpdate) -> float | None:
+        """The ``stalled_after`` of a write that is a heartbeat too (a started or
+        progress write of this attempt: one round trip), else None."""
+        if update.status is JobStatus.STARTED and update.attempt == self.attempt:
+            return self._options.stalled_after
+        return None
+
     async def _deliver(self, update: JobUpdate) -> None:
         strategy = self._strategy
-        beats_too, writes = _kind(strategy)
+        beats_too, writes, quiet = _kind(strategy)
         try:
+            if quiet:
+                await cast(RedisPubSubStrategy, strategy)._applied(
+                    update, stalled_after=self._beats_with(update)
+                )
+                return
             if beats_too:
-                # A started (or progress) write is a heartbeat too: one round trip.
-                stalled_after = self._options.stalled_after
-                beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
                 await cast(Heartbeats, strategy).apply(
-                    update, stalled_after=stalled_after if beats else None
+                    update, stalled_after=self._beats_with(update)
                 )
                 return
             if writes:
