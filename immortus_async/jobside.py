@@ -379,6 +379,8 @@ class JobContext:
         self._backlog: JobUpdate | None = None
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # The started write while its reply is awaited by nobody (see _post).
+        self._posted: tuple[JobUpdate, asyncio.Future[Any]] | None = None
         # The next beat is a timer, and a task only while it writes: a job shorter
         # than heartbeat_interval (most) never makes one.
         self._next_beat: asyncio.TimerHandle | None = None
@@ -487,14 +489,19 @@ class JobContext:
             await asyncio.wait([beat])
 
     async def _start(self) -> None:
-        await self._send(
-            JobUpdate(
-                job_id=self.job_id,
-                status=JobStatus.STARTED,
-                attempt=self.attempt,
-                function=self.function,
-            )
+        update = JobUpdate(
+            job_id=self.job_id,
+            status=JobStatus.STARTED,
+            attempt=self.attempt,
+            function=self.function,
         )
+        if self._post(update):
+            # The pipe sends in the next turn of the loop: yield to it, so that
+            # `started` is on its way before the job's body runs (a body that holds
+            # the loop would hold it back).
+            await asyncio.sleep(0)
+        else:
+            await self._send(update)
         beat = getattr(self._strategy, "heartbeat", None)
         if beat is not None:
             if not _kind(self._strategy)[0]:
@@ -588,6 +595,64 @@ class JobContext:
 
     # Writing, whatever Redis does
 
+    def _post(self, update: JobUpdate) -> bool:
+        """Queue ``started`` on the strategy's pipe without waiting for its reply.
+
+        Why: waiting costs the job a wake-up for the reply (the job's body does not
+        need it), and the job's next write then shares the reply's wait. Bounded and
+        noticed as any write: at ``write_timeout`` the write is cancelled (which
+        costs the pipe its connection, as a write past its deadline does), and a
+        failure goes to the background redelivery, logged, as in :meth:`_send`. The
+        next write takes the outcome over (:meth:`_take_posted`), so that updates
+        are handed to the redelivery in the order they were made. False: the
+        strategy has no pipe (another kind, a cluster), and nothing was written.
+        """
+        strategy = self._strategy
+        if not _kind(strategy)[2]:
+            return False
+        write = cast(RedisPubSubStrategy, strategy)._queued(
+            update, stalled_after=self._beats_with(update)
+        )
+        if write is None:
+            return False
+        self._posted = (update, write)
+        deadline = asyncio.get_running_loop().call_later(
+            self._options.write_timeout, write.cancel
+        )
+        write.add_done_callback(lambda done: self._posted_done(done, deadline))
+        return True
+
+    def _posted_done(self, write: asyncio.Future[Any], deadline: asyncio.TimerHandle) -> None:
+        deadline.cancel()
+        posted = self._posted
+        if posted is not None and posted[1] is write:
+            self._posted = None
+            self._outcome(*posted)
+
+    async def _take_posted(self) -> None:
+        """The posted write's outcome, handled before the next write's: it is known
+        by then (a pipe answers in order), or by its own deadline (a write sent
+        again after ``NOSCRIPT`` is answered after those sent behind it)."""
+        posted, self._posted = self._posted, None
+        if posted is not None:
+            if not posted[1].done():
+                # wait(), not await: a write cancelled at its deadline would raise
+                # CancelledError here, read as the job's own cancellation.
+                await asyncio.wait([posted[1]])
+            self._outcome(*posted)
+
+    def _outcome(self, update: JobUpdate, write: asyncio.Future[Any]) -> None:
+        if write.cancelled():
+            self._defer(update, TimeoutError())
+        elif (exc := write.exception()) is None:
+            return
+        elif isinstance(exc, UNREACHABLE):
+            self._defer(update, exc)
+        else:
+            logger.error(
+                "tracking job %s failed; the job goes on without it", self.job_id, exc_info=exc
+            )
+
     async def _send(self, update: JobUpdate) -> None:
         if self._strategy is None:
             return
@@ -598,21 +663,33 @@ class JobContext:
             if self._redelivery is not None:
                 self._backlog = _merge(self._backlog, update)
                 return
+            # A posted started is taken over after this write is queued, so that the
+            # two share one wait: the pipe answers in order.
             try:
                 async with asyncio.timeout(self._options.write_timeout):
                     await self._deliver(update)
             except UNREACHABLE as exc:
-                logger.warning(
-                    "tracking job %s: %s; the job goes on, its state is written once Redis "
-                    "is back (retrying for up to %ss)",
-                    self.job_id,
-                    self._options.why(exc),
-                    self._options.retry_for,
-                )
-                self._backlog = update
-                self._redelivery = self._leftovers.spawn(
-                    self._redeliver(), name=f"immortus: redelivery of job {self.job_id}"
-                )
+                await self._take_posted()
+                self._defer(update, exc)
+            else:
+                await self._take_posted()
+
+    def _defer(self, update: JobUpdate, exc: BaseException) -> None:
+        """``update`` could not be written: to the background redelivery (one per job)."""
+        if self._redelivery is not None:
+            self._backlog = _merge(self._backlog, update)
+            return
+        logger.warning(
+            "tracking job %s: %s; the job goes on, its state is written once Redis "
+            "is back (retrying for up to %ss)",
+            self.job_id,
+            self._options.why(exc),
+            self._options.retry_for,
+        )
+        self._backlog = update
+        self._redelivery = self._leftovers.spawn(
+            self._redeliver(), name=f"immortus: redelivery of job {self.job_id}"
+        )
 
     async def _redeliver(self) -> None:
         loop = asyncio.get_running_loop()

@@ -396,6 +396,16 @@ class RedisPubSubStrategy(Connected):
         keys, args = self._call(update, stalled_after)
         return self._write(self._script, keys, args)
 
+    def _queued(
+        self, update: JobUpdate, *, stalled_after: float | None
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`_applied`, queued on the pipe now, whoever awaits it: its future;
+        None without a pipe (a cluster), with nothing written."""
+        if self._pipe is None:
+            return None
+        keys, args = self._call(update, stalled_after)
+        return self._pipe.call(self._script, keys, args)
+
     def _call(
         self,
         update: JobUpdate,
