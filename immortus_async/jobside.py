@@ -495,12 +495,7 @@ class JobContext:
             attempt=self.attempt,
             function=self.function,
         )
-        if self._post(update):
-            # The pipe sends in the next turn of the loop: yield to it, so that
-            # `started` is on its way before the job's body runs (a body that holds
-            # the loop would hold it back).
-            await asyncio.sleep(0)
-        else:
+        if not self._post(update):
             await self._send(update)
         beat = getattr(self._strategy, "heartbeat", None)
         if beat is not None:
@@ -596,15 +591,17 @@ class JobContext:
     # Writing, whatever Redis does
 
     def _post(self, update: JobUpdate) -> bool:
-        """Queue ``started`` on the strategy's pipe without waiting for its reply.
+        """Write ``started`` on the strategy's pipe, and go on without its reply.
 
-        Why: waiting costs the job a wake-up for the reply (the job's body does not
-        need it), and the job's next write then shares the reply's wait. Bounded and
-        noticed as any write: at ``write_timeout`` the write is cancelled (which
-        costs the pipe its connection, as a write past its deadline does), and a
-        failure goes to the background redelivery, logged, as in :meth:`_send`. The
-        next write takes the outcome over (:meth:`_take_posted`), so that updates
-        are handed to the redelivery in the order they were made. False: the
+        Why: waiting for it cost the job a wake-up and a turn of the loop before its
+        body ran, for a reply the body does not need; the job's next write shares
+        that wait instead. The write is on the connection before the body runs (a
+        body that holds the loop does not hold it back). Bounded and noticed as any
+        write: at ``write_timeout`` it is cancelled (which costs the pipe its
+        connection, as a write past its deadline does), and a failure goes to the
+        background redelivery, logged, as in :meth:`_send`, whether or not the job
+        writes again. The next write takes the outcome over (:meth:`_take_posted`),
+        so that updates reach the redelivery in the order they were made. False: the
         strategy has no pipe (another kind, a cluster), and nothing was written.
         """
         strategy = self._strategy
@@ -616,9 +613,7 @@ class JobContext:
         if write is None:
             return False
         self._posted = (update, write)
-        deadline = asyncio.get_running_loop().call_later(
-            self._options.write_timeout, write.cancel
-        )
+        deadline = asyncio.get_running_loop().call_later(self._options.write_timeout, write.cancel)
         write.add_done_callback(lambda done: self._posted_done(done, deadline))
         return True
 

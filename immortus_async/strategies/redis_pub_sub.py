@@ -399,12 +399,13 @@ class RedisPubSubStrategy(Connected):
     def _queued(
         self, update: JobUpdate, *, stalled_after: float | None
     ) -> asyncio.Future[Any] | None:
-        """:meth:`_applied`, queued on the pipe now, whoever awaits it: its future;
+        """:meth:`_applied`, written to the pipe's connection at once (with what was
+        queued before it) for a caller that goes on without awaiting it: its future.
         None without a pipe (a cluster), with nothing written."""
         if self._pipe is None:
             return None
         keys, args = self._call(update, stalled_after)
-        return self._pipe.call(self._script, keys, args)
+        return self._pipe.call(self._script, keys, args, now=True)
 
     def _call(
         self,
