@@ -32,7 +32,10 @@ heartbeats, and the owner of the tasks a job leaves behind.
   once per client; ``config.strategy_for(function)`` is the usual spec), records
   ``started`` and starts the heartbeat. It never raises for tracking: a strategy
   that cannot be built leaves the job untracked, logged. ``redis`` None (a job
-  called outside a worker) gives a context that records nothing.
+  called outside a worker) gives a context that records nothing. On one Redis
+  (``RedisPubSubStrategy``'s pipelined writes), ``started`` is on the connection
+  when it returns, but its reply is not awaited: the job's next write waits for
+  both, and one left unanswered is noticed at its own deadline all the same.
 * ``reader`` is the queue's own records (a
   :class:`~immortus_async.strategies.base.StateReader`, the adapter's strategy),
   used by :meth:`JobContext.settle` after an end the job side cannot see (a
