@@ -631,12 +631,16 @@ class JobContext:
         """The posted write's outcome, handled before the next write's: it is known
         by then (a pipe answers in order), or by its own deadline (a write sent
         again after ``NOSCRIPT`` is answered after those sent behind it)."""
-        posted, self._posted = self._posted, None
-        if posted is not None:
-            if not posted[1].done():
-                # wait(), not await: a write cancelled at its deadline would raise
-                # CancelledError here, read as the job's own cancellation.
-                await asyncio.wait([posted[1]])
+        posted = self._posted
+        if posted is None:
+            return
+        if not posted[1].done():
+            # wait(), not await: a write cancelled at its deadline would raise
+            # CancelledError here, read as the job's own cancellation. Left posted
+            # meanwhile: if this wait is cancelled, its done callback takes it.
+            await asyncio.wait([posted[1]])
+        if self._posted is posted:
+            self._posted = None
             self._outcome(*posted)
 
     def _outcome(self, update: JobUpdate, write: asyncio.Future[Any]) -> None:
