@@ -87,13 +87,22 @@ class ScriptPipe:
         self._reader: asyncio.Task[None] | None = None
         self._flush_due = False
 
-    def call(self, script: SharedScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
-        """Queue ``script(keys, args)``; the future is its reply (or its error)."""
+    def call(
+        self, script: SharedScript, keys: list[Any], args: list[Any], *, now: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue ``script(keys, args)``; the future is its reply (or its error).
+
+        ``now``: written at once, with what is queued before it, rather than in the
+        next turn of the loop (for a caller that goes on without awaiting the reply).
+        """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         call = _Call(script, len(keys), [*keys, *args], future)
         future.add_done_callback(lambda done: self._given_up(call) if done.cancelled() else None)
         self._queue.append(call)
-        self._wake()
+        if now:
+            self._flush()
+        else:
+            self._wake()
         return future
 
     async def _send(self) -> None:

@@ -32,7 +32,10 @@ heartbeats, and the owner of the tasks a job leaves behind.
   once per client; ``config.strategy_for(function)`` is the usual spec), records
   ``started`` and starts the heartbeat. It never raises for tracking: a strategy
   that cannot be built leaves the job untracked, logged. ``redis`` None (a job
-  called outside a worker) gives a context that records nothing.
+  called outside a worker) gives a context that records nothing. On one Redis
+  (``RedisPubSubStrategy``'s pipelined writes), ``started`` is on the connection
+  when it returns, but its reply is not awaited: the job's next write waits for
+  both, and one left unanswered is noticed at its own deadline all the same.
 * ``reader`` is the queue's own records (a
   :class:`~immortus_async.strategies.base.StateReader`, the adapter's strategy),
   used by :meth:`JobContext.settle` after an end the job side cannot see (a
@@ -93,6 +96,7 @@ from .registry import StrategySpec
 from .state import JobUpdate
 from .status import JobStatus
 from .strategies.base import Heartbeats, StateReader, StateWriter
+from .strategies.redis_pub_sub import RedisPubSubStrategy
 
 __all__ = [
     "MAX_META_BYTES",
@@ -245,16 +249,23 @@ def _strategy_on(redis: Client, spec: StrategySpec) -> object:
 
 # What a strategy class can do, by class: a runtime Protocol check costs some 10 µs,
 # and a trivial job makes three (see benchmarks/README.md, Overhead).
-_KINDS: dict[type, tuple[bool, bool]] = {}
+_KINDS: dict[type, tuple[bool, bool, bool]] = {}
 
 
-def _kind(strategy: object) -> tuple[bool, bool]:
-    """``(is a Heartbeats, is a StateWriter)`` for ``strategy``, checked once per class."""
+def _kind(strategy: object) -> tuple[bool, bool, bool]:
+    """``(is a Heartbeats, is a StateWriter, writes with RedisPubSubStrategy._applied)``
+    for ``strategy``, checked once per class.
+
+    ``_applied`` is ``apply`` without parsing the state it returns: taken only where
+    ``apply`` is the strategy's own, so that a subclass's ``apply`` is still called.
+    """
     kind = _KINDS.get(type(strategy))
     if kind is None:
         kind = _KINDS[type(strategy)] = (
             isinstance(strategy, Heartbeats),
             isinstance(strategy, StateWriter),
+            isinstance(strategy, RedisPubSubStrategy)
+            and type(strategy).apply is RedisPubSubStrategy.apply,
         )
     return kind
 
@@ -371,6 +382,8 @@ class JobContext:
         self._backlog: JobUpdate | None = None
         self._redelivery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # The started write while its reply is awaited by nobody (see _post).
+        self._posted: tuple[JobUpdate, asyncio.Future[Any]] | None = None
         # The next beat is a timer, and a task only while it writes: a job shorter
         # than heartbeat_interval (most) never makes one.
         self._next_beat: asyncio.TimerHandle | None = None
@@ -479,14 +492,14 @@ class JobContext:
             await asyncio.wait([beat])
 
     async def _start(self) -> None:
-        await self._send(
-            JobUpdate(
-                job_id=self.job_id,
-                status=JobStatus.STARTED,
-                attempt=self.attempt,
-                function=self.function,
-            )
+        update = JobUpdate(
+            job_id=self.job_id,
+            status=JobStatus.STARTED,
+            attempt=self.attempt,
+            function=self.function,
         )
+        if not self._post(update):
+            await self._send(update)
         beat = getattr(self._strategy, "heartbeat", None)
         if beat is not None:
             if not _kind(self._strategy)[0]:
@@ -580,6 +593,68 @@ class JobContext:
 
     # Writing, whatever Redis does
 
+    def _post(self, update: JobUpdate) -> bool:
+        """Write ``started`` on the strategy's pipe, and go on without its reply.
+
+        Why: waiting for it cost the job a wake-up and a turn of the loop before its
+        body ran, for a reply the body does not need; the job's next write shares
+        that wait instead. The write is on the connection before the body runs (a
+        body that holds the loop does not hold it back). Bounded and noticed as any
+        write: at ``write_timeout`` it is cancelled (which costs the pipe its
+        connection, as a write past its deadline does), and a failure goes to the
+        background redelivery, logged, as in :meth:`_send`, whether or not the job
+        writes again. The next write takes the outcome over (:meth:`_take_posted`),
+        so that updates reach the redelivery in the order they were made. False: the
+        strategy has no pipe (another kind, a cluster), and nothing was written.
+        """
+        strategy = self._strategy
+        if not _kind(strategy)[2]:
+            return False
+        write = cast(RedisPubSubStrategy, strategy)._queued(
+            update, stalled_after=self._beats_with(update)
+        )
+        if write is None:
+            return False
+        self._posted = (update, write)
+        deadline = asyncio.get_running_loop().call_later(self._options.write_timeout, write.cancel)
+        write.add_done_callback(lambda done: self._posted_done(done, deadline))
+        return True
+
+    def _posted_done(self, write: asyncio.Future[Any], deadline: asyncio.TimerHandle) -> None:
+        deadline.cancel()
+        posted = self._posted
+        if posted is not None and posted[1] is write:
+            self._posted = None
+            self._outcome(*posted)
+
+    async def _take_posted(self) -> None:
+        """The posted write's outcome, handled before the next write's: it is known
+        by then (a pipe answers in order), or by its own deadline (a write sent
+        again after ``NOSCRIPT`` is answered after those sent behind it)."""
+        posted = self._posted
+        if posted is None:
+            return
+        if not posted[1].done():
+            # wait(), not await: a write cancelled at its deadline would raise
+            # CancelledError here, read as the job's own cancellation. Left posted
+            # meanwhile: if this wait is cancelled, its done callback takes it.
+            await asyncio.wait([posted[1]])
+        if self._posted is posted:
+            self._posted = None
+            self._outcome(*posted)
+
+    def _outcome(self, update: JobUpdate, write: asyncio.Future[Any]) -> None:
+        if write.cancelled():
+            self._defer(update, TimeoutError())
+        elif (exc := write.exception()) is None:
+            return
+        elif isinstance(exc, UNREACHABLE):
+            self._defer(update, exc)
+        else:
+            logger.error(
+                "tracking job %s failed; the job goes on without it", self.job_id, exc_info=exc
+            )
+
     async def _send(self, update: JobUpdate) -> None:
         if self._strategy is None:
             return
@@ -590,21 +665,33 @@ class JobContext:
             if self._redelivery is not None:
                 self._backlog = _merge(self._backlog, update)
                 return
+            # A posted started is taken over after this write is queued, so that the
+            # two share one wait: the pipe answers in order.
             try:
                 async with asyncio.timeout(self._options.write_timeout):
                     await self._deliver(update)
             except UNREACHABLE as exc:
-                logger.warning(
-                    "tracking job %s: %s; the job goes on, its state is written once Redis "
-                    "is back (retrying for up to %ss)",
-                    self.job_id,
-                    self._options.why(exc),
-                    self._options.retry_for,
-                )
-                self._backlog = update
-                self._redelivery = self._leftovers.spawn(
-                    self._redeliver(), name=f"immortus: redelivery of job {self.job_id}"
-                )
+                await self._take_posted()
+                self._defer(update, exc)
+            else:
+                await self._take_posted()
+
+    def _defer(self, update: JobUpdate, exc: BaseException) -> None:
+        """``update`` could not be written: to the background redelivery (one per job)."""
+        if self._redelivery is not None:
+            self._backlog = _merge(self._backlog, update)
+            return
+        logger.warning(
+            "tracking job %s: %s; the job goes on, its state is written once Redis "
+            "is back (retrying for up to %ss)",
+            self.job_id,
+            self._options.why(exc),
+            self._options.retry_for,
+        )
+        self._backlog = update
+        self._redelivery = self._leftovers.spawn(
+            self._redeliver(), name=f"immortus: redelivery of job {self.job_id}"
+        )
 
     async def _redeliver(self) -> None:
         loop = asyncio.get_running_loop()
@@ -644,16 +731,25 @@ class JobContext:
         finally:
             self._redelivery = None
 
+    def _beats_with(self, update: JobUpdate) -> float | None:
+        """The ``stalled_after`` of a write that is a heartbeat too (a started or
+        progress write of this attempt: one round trip), else None."""
+        if update.status is JobStatus.STARTED and update.attempt == self.attempt:
+            return self._options.stalled_after
+        return None
+
     async def _deliver(self, update: JobUpdate) -> None:
         strategy = self._strategy
-        beats_too, writes = _kind(strategy)
+        beats_too, writes, quiet = _kind(strategy)
         try:
+            if quiet:
+                await cast(RedisPubSubStrategy, strategy)._applied(
+                    update, stalled_after=self._beats_with(update)
+                )
+                return
             if beats_too:
-                # A started (or progress) write is a heartbeat too: one round trip.
-                stalled_after = self._options.stalled_after
-                beats = update.status is JobStatus.STARTED and update.attempt == self.attempt
                 await cast(Heartbeats, strategy).apply(
-                    update, stalled_after=stalled_after if beats else None
+                    update, stalled_after=self._beats_with(update)
                 )
                 return
             if writes:

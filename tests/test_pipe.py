@@ -84,3 +84,21 @@ async def test_a_write_past_its_deadline_costs_the_connection_not_the_next_write
         state = await strategy.status("a")
         await strategy.aclose()
     assert state.status is S.FINISHED
+
+
+async def test_a_write_made_now_leaves_with_those_queued_before_it_in_order(
+    redis: Redis,
+) -> None:
+    """call(now=True) writes at once, not a turn of the loop later, and what was queued
+    before it goes first: the job's writes land in the order they were made."""
+    strategy = RedisPubSubStrategy(redis)
+    await strategy.apply(update("warm", S.STARTED))  # the writes' connection is open
+    pipe = strategy._pipe
+    assert pipe is not None
+    queued = pipe.call(strategy._script, *strategy._call(update("a", S.STARTED), None))
+    now = pipe.call(strategy._script, *strategy._call(update("a", S.FINISHED), None), now=True)
+    assert not pipe._queue
+    replies = [await queued, await now]
+    state = await strategy.status("a")
+    await strategy.aclose()
+    assert all(replies) and (state.status, state.seq) == (S.FINISHED, 2)
