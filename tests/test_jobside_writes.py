@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from immortus_async import JobState, JobStatus, JobUpdate, RedisPubSubStrategy, RedisServer
-from immortus_async.jobside import JobOptions, Leftovers, begin_job
+from immortus_async.jobside import JobContext, JobOptions, Leftovers, begin_job
 
 from .utils import wait_until
 
@@ -43,6 +43,22 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
+async def _begin_frozen(
+    server: RedisServer,
+    strategy: RedisPubSubStrategy,
+    leftovers: Leftovers,
+    caplog: pytest.LogCaptureFixture,
+) -> JobContext:
+    """Freeze Redis (SIGSTOP), then begin a job of function ``f`` on it."""
+    caplog.set_level(logging.WARNING, logger="immortus_async.jobside")
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    return await begin_job(
+        "job", 1, redis=strategy.redis, spec=strategy, options=OPTIONS, function="f",
+        leftovers=leftovers,
+    )  # fmt: skip
+
+
 @pytest.mark.timeout(30)
 async def test_started_unanswered_is_noticed_at_its_deadline_without_another_write(
     frozen: tuple[RedisServer, RedisPubSubStrategy], caplog: pytest.LogCaptureFixture
@@ -51,15 +67,9 @@ async def test_started_unanswered_is_noticed_at_its_deadline_without_another_wri
     body does not wait for started's reply); at the deadline the write is given up,
     logged and redelivered, though the job writes nothing more; it lands once Redis is
     back."""
-    caplog.set_level(logging.WARNING, logger="immortus_async.jobside")
     server, strategy = frozen
-    assert server.pid is not None
     leftovers = Leftovers()
-    os.kill(server.pid, signal.SIGSTOP)
-    context = await begin_job(
-        "job", 1, redis=strategy.redis, spec=strategy, options=OPTIONS, function="f",
-        leftovers=leftovers,
-    )  # fmt: skip
+    context = await _begin_frozen(server, strategy, leftovers, caplog)
     assert _warnings(caplog) == []
     await wait_until(lambda: any(GAVE_UP in m for m in _warnings(caplog)), message="the deadline")
     os.kill(server.pid, signal.SIGCONT)
@@ -82,15 +92,9 @@ async def test_an_end_written_behind_an_unanswered_started_is_redelivered_after_
     """The job ends while its started is unanswered (Redis frozen): the end waits for
     no more than its deadline, both writes go to one redelivery in the order they were
     made (logged once), and the job reads finished once Redis is back."""
-    caplog.set_level(logging.WARNING, logger="immortus_async.jobside")
     server, strategy = frozen
-    assert server.pid is not None
     leftovers = Leftovers()
-    os.kill(server.pid, signal.SIGSTOP)
-    context = await begin_job(
-        "job", 1, redis=strategy.redis, spec=strategy, options=OPTIONS, function="f",
-        leftovers=leftovers,
-    )  # fmt: skip
+    context = await _begin_frozen(server, strategy, leftovers, caplog)
     await context.finished()
     assert len([m for m in _warnings(caplog) if GAVE_UP in m]) == 1
     os.kill(server.pid, signal.SIGCONT)
