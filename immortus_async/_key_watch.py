@@ -82,7 +82,7 @@ class Untracked(Exception):
     nudges every watcher, so what changed meanwhile is read again."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subject:
     keys: tuple[bytes, ...]
     sinks: set[Sink] = field(default_factory=set)

@@ -87,6 +87,8 @@ class Nudge:
     state: the records are read again.
     """
 
+    __slots__ = ("_buffer",)
+
     def __init__(self, buffer: StateBuffer) -> None:
         self._buffer = buffer
 

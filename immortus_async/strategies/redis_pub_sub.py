@@ -110,6 +110,9 @@ class _Settling:
     see :meth:`KeyWatch.read`) once the job side stops saying where the job is.
     """
 
+    # One of each per waiter (a bridge holds thousands): no __dict__.
+    __slots__ = ("_beating", "_job_id", "_pushes", "_skipped", "_timer", "buffer", "unconfirmed")
+
     def __init__(self, job_id: str, buffer: StateBuffer) -> None:
         self._job_id = job_id
         self.buffer = buffer
@@ -161,6 +164,8 @@ class _Settling:
 class _Nudged:
     """What the fallback's ``changes`` is given in place of the buffer."""
 
+    __slots__ = ("_settling",)
+
     def __init__(self, settling: _Settling) -> None:
         self._settling = settling
 
@@ -189,6 +194,8 @@ class _Unconfirmed:
     connection that has since been lost, is read again once the subscription is
     confirmed. Reads made after that need none of this.
     """
+
+    __slots__ = ("_buffer", "_pushed", "_read", "_reading", "_timer", "_watch", "live")
 
     def __init__(self, buffer: StateBuffer, watch: KeyWatch) -> None:
         self.live = False  # the subscription is confirmed
@@ -254,7 +261,7 @@ class _Unconfirmed:
             self._timer.cancel()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Recheck:
     """When a watcher must read its job again though nothing was published.
 
