@@ -203,6 +203,15 @@ class KeyWatch:
             self._by_key.setdefault(key, set()).add(subject)
         return True
 
+    def ready(self) -> bool:
+        """True while both connections are up and tracking. Otherwise False at once,
+        the connections being made (unless tracking is off or this is closed), so
+        that a later caller finds them: for a caller that has another way meanwhile."""
+        if self._closed or self.off is not None:
+            return False
+        self._start()
+        return self.connected
+
     async def read(self, subject: str, *command: Any) -> Any:
         """``command``'s reply, sent on the tracking connection: every key it reads
         is tracked, so a change after it is announced. For the watchers of

@@ -828,9 +828,9 @@ class RedisPubSubStrategy(Connected):
         self, job_id: str, settling: _Settling, recheck: _Recheck
     ) -> AsyncIterator[None]:
         # The channel's SUBSCRIBE, the fallback's registration (ArqStrategy.changes)
-        # and, with client-side caching, the snapshot (see _Unconfirmed) go out
-        # together: the first state comes after one round trip's wait. Without
-        # caching, the snapshot waits for the subscription to be live.
+        # and, with client-side caching connected, the snapshot (see _Unconfirmed)
+        # go out together: the first state comes after one round trip's wait.
+        # Otherwise the snapshot waits for the subscription to be live.
         channel = self.keys.channel(job_id)
         hub = self._pubsub()
         _following[job_id] += 1
@@ -840,7 +840,9 @@ class RedisPubSubStrategy(Connected):
         watch = self._record_watch()
         unconfirmed: _Unconfirmed | None = None
         try:
-            if watch is not None:
+            # Not while caching's connections are being made (a process's first
+            # waiters): they would wait for them, longer than for the subscription.
+            if watch is not None and watch.ready():
                 unconfirmed = _Unconfirmed(settling.buffer, watch)
                 keys = [self.keys.record(job_id), self.keys.tombstone(job_id)]
                 if await watch.watch(job_id, keys, unconfirmed) and watch.connected:
