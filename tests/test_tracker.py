@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -19,6 +21,7 @@ from immortus_async import (
     JobUpdate,
     RedisPubSubStrategy,
     RedisServer,
+    RedisUnavailable,
     Tracker,
     TrackerClosed,
 )
@@ -271,6 +274,37 @@ async def test_caching_lost_before_the_subscription_is_live_reads_the_job_again(
     HeldSubscribe.gate.set()
     states = await watcher.finished()
     assert [state.status for state in states] == [S.QUEUED, S.FINISHED]
+
+
+async def test_a_first_read_on_caching_s_connection_of_a_frozen_redis_gives_up_in_time(
+    redis_server: RedisServer, writer: RedisPubSubStrategy
+) -> None:
+    """Redis frozen (SIGSTOP) once client-side caching is connected: a waiter's first
+    read, on caching's connection, is answered by nobody; the waiter raises
+    RedisUnavailable at its unreachable_timeout instead of waiting for ever, and the
+    next waiter, once Redis is back, gets its state."""
+    await queue(writer, "warm", "j")
+    client = Redis.from_url(redis_server.url)
+    reader = RedisPubSubStrategy(client, unreachable_timeout=1 * SCALE)
+    assert redis_server.pid is not None
+    try:
+        async with Tracker(client, tracking_strategy=reader) as tracker:
+            warm = await Watcher(tracker, "warm").subscribed()
+            await finish(writer, "warm")
+            await warm.finished()
+            assert reader._record_watch() is not None and reader._record_watch().ready()
+            os.kill(redis_server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RedisUnavailable):
+                    await asyncio.wait_for(tracker.completed("j"), 10 * SCALE)
+            finally:
+                os.kill(redis_server.pid, signal.SIGCONT)
+            waiter = asyncio.create_task(tracker.completed("j", timeout=20 * SCALE))
+            await finish(writer, "j")
+            assert (await waiter).status is S.FINISHED
+    finally:
+        await reader.aclose()
+        await client.aclose()
 
 
 async def test_a_waiter_cancelled_as_its_snapshot_read_completes_ends_cancelled(
